@@ -1,0 +1,93 @@
+//! `ledtemp-core`: the `no_std`, allocation-free heart of ledtemp.
+//!
+//! A node reports LED changes and temperatures over MQTT. Every message leaves the device as a
+//! *sealed frame*: a postcard payload encrypted and authenticated with a per-device AEAD key, with
+//! the frame header and the MQTT topic bound in as associated data. Nobody without the key can
+//! read a frame, forge one, or move one to another topic or device; the receiver's
+//! [`ReplayWindow`] rejects frames it has seen before.
+//!
+//! This crate owns:
+//! - the message model ([`Message`], [`LedChange`], [`TemperatureReading`], [`StatusReport`]) and
+//!   validated names ([`DeviceId`], [`LedName`], [`SensorName`]);
+//! - the topic scheme ([`Topic`]);
+//! - the wire format ([`Codec`], [`AeadCodec`], [`FrameHeader`]; byte by byte in
+//!   `docs/protocol.md`);
+//! - sequence numbers that survive reboots without reuse ([`SequenceCounter`], [`SequenceStore`])
+//!   and the receiver's [`ReplayWindow`].
+//!
+//! It never reads a clock, a socket or a file, never allocates and never panics on input.
+//!
+//! # Example
+//!
+//! ```
+//! use ledtemp_core::{
+//!     AesGcmCodec, Codec, DeviceId, KeyId, MAX_FRAME_LEN, MemorySequenceStore, Message,
+//!     MilliCelsius, ReplayWindow, SensorName, SequenceCounter, TemperatureReading, Topic, Uptime,
+//! };
+//!
+//! let key = [0x42; 16]; // one key per device, from a key file in real life
+//! let node_codec = AesGcmCodec::from_key_bytes(KeyId(1), &key)?;
+//! let device = DeviceId::new("kitchen-pi")?;
+//!
+//! // Node: seal a reading with a fresh sequence number.
+//! let mut store = MemorySequenceStore::new();
+//! let mut counter = SequenceCounter::resume(&mut store, SequenceCounter::DEFAULT_BLOCK)?;
+//! let reading = Message::Temperature(TemperatureReading {
+//!     sensor: SensorName::new("cpu")?,
+//!     temperature: MilliCelsius(21_375),
+//!     uptime: Uptime(1_000),
+//! });
+//! let mut frame = [0u8; MAX_FRAME_LEN];
+//! let len = node_codec.seal(&device, counter.next(&mut store)?, &reading, &mut frame)?;
+//! let topic = reading.topic(&device).to_topic_string();
+//! assert_eq!(topic.as_str(), "ledtemp/kitchen-pi/temp/cpu");
+//! assert_eq!(len, 31);
+//!
+//! // Server: parse the topic, open with that device's key, then check for replay.
+//! let server_codec = AesGcmCodec::from_key_bytes(KeyId(1), &key)?;
+//! let mut window = ReplayWindow::new();
+//! let topic = Topic::parse(&topic)?;
+//! let opened = server_codec.open(&topic, &frame[..len])?;
+//! window.accept(opened.header.sequence)?;
+//! assert_eq!(opened.message, reading);
+//! assert!(window.accept(opened.header.sequence).is_err()); // a replay
+//! # Ok::<(), ledtemp_core::Error>(())
+//! ```
+//!
+//! # Features
+//! - `chacha20poly1305` (default): [`ChaChaCodec`], for CPUs without AES instructions.
+#![no_std]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+#[cfg(test)]
+extern crate std;
+
+mod codec;
+mod error;
+mod frame;
+mod message;
+mod name;
+mod replay;
+mod sequence;
+mod topic;
+
+#[cfg(feature = "chacha20poly1305")]
+pub use codec::ChaChaCodec;
+pub use codec::{AeadCodec, AesGcmCodec, Codec, OpenedFrame};
+pub use error::Error;
+pub use frame::{
+    FRAME_OVERHEAD, FRAME_VERSION, FrameHeader, HEADER_LEN, KeyId, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
+    MAX_SEQUENCE, SequenceNumber, TAG_LEN,
+};
+pub use message::{
+    LedChange, LedState, LedStatus, MAX_LEDS, Message, MilliCelsius, NodeStatus, StatusReport,
+    TemperatureReading, Uptime,
+};
+pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
+pub use replay::{ReplayState, ReplayWindow};
+pub use sequence::{MemorySequenceStore, SequenceCounter, SequenceStore};
+pub use topic::{MAX_TOPIC_LEN, TOPIC_FILTER_ALL, TOPIC_ROOT, Topic, TopicString};
+
+/// Re-exported so callers name the same `aead` the codec is generic over.
+pub use aead;

@@ -1,0 +1,150 @@
+//! The message model: what a node says.
+
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::topic::Topic;
+use crate::{DeviceId, LedName, SensorName};
+
+/// Most LEDs a status report can carry.
+pub const MAX_LEDS: usize = 8;
+
+/// An LED is on or off. Both states encode to one byte, so the frame length never tells them
+/// apart (a plain-text `"ON"`/`"OFF"` payload leaks the state through its length even when
+/// encrypted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LedState {
+    /// The LED is dark.
+    Off,
+    /// The LED is lit.
+    On,
+}
+
+impl LedState {
+    /// The other state.
+    #[must_use]
+    pub fn toggled(self) -> Self {
+        match self {
+            LedState::Off => LedState::On,
+            LedState::On => LedState::Off,
+        }
+    }
+
+    /// `true` when on.
+    pub fn is_on(self) -> bool {
+        self == LedState::On
+    }
+}
+
+impl From<bool> for LedState {
+    fn from(on: bool) -> Self {
+        if on { LedState::On } else { LedState::Off }
+    }
+}
+
+/// A temperature in thousandths of a degree Celsius (fixed point: no floats on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MilliCelsius(#[serde(with = "postcard::fixint::le")] pub i32);
+
+impl MilliCelsius {
+    /// The temperature in degrees Celsius, for display.
+    pub fn to_celsius(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+/// Milliseconds since the node booted, as carried on the wire. It wraps after about 49.7 days; a
+/// receiver compares two values with wrapping arithmetic. It lets a receiver date frames that
+/// waited in the node's queue while the broker was unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Uptime(#[serde(with = "postcard::fixint::le")] pub u32);
+
+/// An LED changed state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LedChange {
+    /// Which LED.
+    pub led: LedName,
+    /// Its new state.
+    pub state: LedState,
+    /// When the change happened, on the node's clock.
+    pub uptime: Uptime,
+}
+
+/// One temperature sample.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TemperatureReading {
+    /// Which sensor.
+    pub sensor: SensorName,
+    /// The temperature.
+    pub temperature: MilliCelsius,
+    /// When it was sampled, on the node's clock.
+    pub uptime: Uptime,
+}
+
+/// The state of one LED inside a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LedStatus {
+    /// Which LED.
+    pub led: LedName,
+    /// Its state.
+    pub state: LedState,
+}
+
+/// Whether a node is up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// The node is running (sent at boot, on every connect and periodically), with the current
+    /// state of each of its LEDs.
+    Online {
+        /// Every LED of the node and its state.
+        leds: Vec<LedStatus, MAX_LEDS>,
+    },
+    /// The node went away: its MQTT Last Will, sealed like any frame.
+    Offline,
+}
+
+/// A node's status report.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatusReport {
+    /// Online (with LED states) or offline.
+    pub status: NodeStatus,
+    /// When the report was made, on the node's clock.
+    pub uptime: Uptime,
+}
+
+/// Everything a node publishes. Each kind has its own topic (see [`Topic`]); the names of the LED
+/// or sensor travel in the topic, not in the sealed payload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// An LED changed state; topic `ledtemp/<device>/led/<led>`.
+    Led(LedChange),
+    /// A temperature sample; topic `ledtemp/<device>/temp/<sensor>`.
+    Temperature(TemperatureReading),
+    /// Online or offline; topic `ledtemp/<device>/status`.
+    Status(StatusReport),
+}
+
+impl Message {
+    /// The topic this message is published on when `device` sends it.
+    pub fn topic(&self, device: &DeviceId) -> Topic {
+        let device = device.clone();
+        match self {
+            Message::Led(change) => Topic::Led { device, led: change.led.clone() },
+            Message::Temperature(reading) => {
+                Topic::Temperature { device, sensor: reading.sensor.clone() }
+            }
+            Message::Status(_) => Topic::Status { device },
+        }
+    }
+
+    /// The node time the message carries.
+    pub fn uptime(&self) -> Uptime {
+        match self {
+            Message::Led(m) => m.uptime,
+            Message::Temperature(m) => m.uptime,
+            Message::Status(m) => m.uptime,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The MQTT topic scheme, both ways.
+
+use core::fmt;
+
+use heapless::String;
+
+use crate::{DeviceId, Error, LedName, MAX_NAME_LEN, SensorName};
+
+/// First level of every ledtemp topic.
+pub const TOPIC_ROOT: &str = "ledtemp";
+
+/// Topic filter that matches everything every ledtemp device publishes.
+pub const TOPIC_FILTER_ALL: &str = "ledtemp/+/#";
+
+/// Longest topic, in bytes: `ledtemp/<device>/temp/<sensor>` with both names at their limit.
+pub const MAX_TOPIC_LEN: usize = TOPIC_ROOT.len() + 1 + MAX_NAME_LEN + "/temp/".len() + MAX_NAME_LEN;
+
+/// A topic held without allocation.
+pub type TopicString = String<MAX_TOPIC_LEN>;
+
+/// A parsed ledtemp topic.
+///
+/// | topic | message |
+/// | --- | --- |
+/// | `ledtemp/<device>/led/<led>` | [`LedChange`](crate::LedChange) |
+/// | `ledtemp/<device>/temp/<sensor>` | [`TemperatureReading`](crate::TemperatureReading) |
+/// | `ledtemp/<device>/status` | [`StatusReport`](crate::StatusReport) |
+///
+/// Parsing is strict (no empty levels, no extra levels, names validated), so a parsed topic
+/// formats back to exactly the bytes it came from; the sealed frame's associated data relies on it.
+///
+/// ```
+/// use ledtemp_core::Topic;
+/// let topic = Topic::parse("ledtemp/kitchen/temp/cpu")?;
+/// assert_eq!(topic.device().as_str(), "kitchen");
+/// assert_eq!(topic.to_topic_string().as_str(), "ledtemp/kitchen/temp/cpu");
+/// # Ok::<(), ledtemp_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `ledtemp/<device>/led/<led>`
+    Led {
+        /// Sending device.
+        device: DeviceId,
+        /// LED name.
+        led: LedName,
+    },
+    /// `ledtemp/<device>/temp/<sensor>`
+    Temperature {
+        /// Sending device.
+        device: DeviceId,
+        /// Sensor name.
+        sensor: SensorName,
+    },
+    /// `ledtemp/<device>/status`
+    Status {
+        /// Sending device.
+        device: DeviceId,
+    },
+}
+
+impl Topic {
+    /// Parses a topic string; anything outside the scheme is [`Error::InvalidTopic`].
+    pub fn parse(topic: &str) -> Result<Self, Error> {
+        if topic.len() > MAX_TOPIC_LEN {
+            return Err(Error::InvalidTopic);
+        }
+        let mut levels = topic.split('/');
+        let (Some(TOPIC_ROOT), Some(device)) = (levels.next(), levels.next()) else {
+            return Err(Error::InvalidTopic);
+        };
+        let device = DeviceId::new(device).map_err(|_| Error::InvalidTopic)?;
+        let parsed = match (levels.next(), levels.next()) {
+            (Some("led"), Some(led)) => {
+                Topic::Led { device, led: LedName::new(led).map_err(|_| Error::InvalidTopic)? }
+            }
+            (Some("temp"), Some(sensor)) => Topic::Temperature {
+                device,
+                sensor: SensorName::new(sensor).map_err(|_| Error::InvalidTopic)?,
+            },
+            (Some("status"), None) => Topic::Status { device },
+            _ => return Err(Error::InvalidTopic),
+        };
+        match levels.next() {
+            None => Ok(parsed),
+            Some(_) => Err(Error::InvalidTopic),
+        }
+    }
+
+    /// The device the topic belongs to.
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            Topic::Led { device, .. } | Topic::Temperature { device, .. } | Topic::Status { device } => {
+                device
+            }
+        }
+    }
+
+    /// The topic as a string.
+    pub fn to_topic_string(&self) -> TopicString {
+        let mut out = TopicString::new();
+        // Cannot fail: MAX_TOPIC_LEN is the longest topic valid names can form.
+        let _ = fmt::write(&mut out, format_args!("{self}"));
+        out
+    }
+
+    /// Levels after the device, as the static kind word and the optional name.
+    fn kind_and_name(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Topic::Led { led, .. } => ("led", Some(led.as_str())),
+            Topic::Temperature { sensor, .. } => ("temp", Some(sensor.as_str())),
+            Topic::Status { .. } => ("status", None),
+        }
+    }
+
+    /// Writes the topic's bytes into `out`, returning how many were written, without `core::fmt`.
+    pub(crate) fn write_bytes(&self, out: &mut [u8]) -> Result<usize, Error> {
+        let (kind, name) = self.kind_and_name();
+        let parts = [TOPIC_ROOT, "/", self.device().as_str(), "/", kind];
+        let name_parts = match name {
+            Some(name) => ["/", name],
+            None => ["", ""],
+        };
+        let mut len = 0;
+        for part in parts.iter().chain(name_parts.iter()) {
+            let end = len + part.len();
+            out.get_mut(len..end).ok_or(Error::BufferTooSmall)?.copy_from_slice(part.as_bytes());
+            len = end;
+        }
+        Ok(len)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, name) = self.kind_and_name();
+        write!(f, "{TOPIC_ROOT}/{}/{kind}", self.device())?;
+        match name {
+            Some(name) => write!(f, "/{name}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::format;
+
+    #[test]
+    fn parses_each_kind_and_formats_back() {
+        for s in ["ledtemp/pi-1/led/red", "ledtemp/pi-1/temp/cpu", "ledtemp/pi-1/status"] {
+            let topic = Topic::parse(s).unwrap();
+            assert_eq!(topic.to_topic_string().as_str(), s);
+            let mut buf = [0u8; MAX_TOPIC_LEN];
+            let n = topic.write_bytes(&mut buf).unwrap();
+            assert_eq!(&buf[..n], s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn longest_topic_fits() {
+        let name = "n".repeat(MAX_NAME_LEN);
+        let s = format!("ledtemp/{name}/temp/{name}");
+        assert_eq!(s.len(), MAX_TOPIC_LEN);
+        assert_eq!(Topic::parse(&s).unwrap().to_topic_string().as_str(), s);
+    }
+
+    #[test]
+    fn rejects_everything_off_scheme() {
+        for s in [
+            "",
+            "ledtemp",
+            "ledtemp/",
+            "ledtemp/pi",
+            "ledtemp/pi/",
+            "ledtemp//status",
+            "ledtemp/pi/status/",
+            "ledtemp/pi/status/extra",
+            "ledtemp/pi/led",
+            "ledtemp/pi/led/",
+            "ledtemp/pi/led/red/x",
+            "ledtemp/+/status",
+            "ledtemp/#",
+            "ledtemp/pi/temp/#",
+            "other/pi/status",
+            "/ledtemp/pi/status",
+            "ledtemp/pi/humidity/x",
+        ] {
+            assert_eq!(Topic::parse(s), Err(Error::InvalidTopic), "{s:?}");
+        }
+    }
+}
