@@ -1,12 +1,13 @@
 //! The `Codec` trait and its AEAD implementation.
 
 use aead::array::typenum::{U12, U16};
+use aead::inout::InOutBuf;
 use aead::{AeadCore, AeadInOut, Key, KeyInit, Nonce, Tag};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{FRAME_OVERHEAD, HEADER_LEN, MAX_PAYLOAD_LEN, TAG_LEN};
 use crate::message::{LedState, MilliCelsius, NodeStatus, Uptime};
-use crate::topic::MAX_TOPIC_LEN;
+use crate::topic::{MAX_TOPIC_LEN, write_topic_bytes};
 use crate::{
     DeviceId, Error, FrameHeader, KeyId, LedChange, Message, SequenceNumber, StatusReport,
     TemperatureReading, Topic,
@@ -113,24 +114,21 @@ where
     }
 }
 
-/// Associated data: the frame header followed by the topic's bytes.
-struct AssociatedData {
-    bytes: [u8; HEADER_LEN + MAX_TOPIC_LEN],
-    len: usize,
-}
+/// Room for the associated data: the frame header followed by the topic's bytes.
+type AssociatedData = [u8; HEADER_LEN + MAX_TOPIC_LEN];
 
-impl AssociatedData {
-    fn new(header: &FrameHeader, topic: &Topic) -> Result<Self, Error> {
-        let mut bytes = [0u8; HEADER_LEN + MAX_TOPIC_LEN];
-        let (head, rest) = bytes.split_at_mut(HEADER_LEN);
-        head.copy_from_slice(&header.to_bytes());
-        let topic_len = topic.write_bytes(rest)?;
-        Ok(AssociatedData { bytes, len: HEADER_LEN + topic_len })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or(&self.bytes)
-    }
+/// Fills `aad` with the header and the topic `ledtemp/<device>/<kind>[/<name>]`; returns the
+/// filled part.
+fn associated_data<'a>(
+    aad: &'a mut AssociatedData,
+    header: &FrameHeader,
+    device: &DeviceId,
+    (kind, name): (&str, Option<&str>),
+) -> Result<&'a [u8], Error> {
+    let (head, rest) = aad.split_at_mut(HEADER_LEN);
+    head.copy_from_slice(&header.to_bytes());
+    let topic_len = write_topic_bytes(device, kind, name, rest)?;
+    aad.get(..HEADER_LEN + topic_len).ok_or(Error::BufferTooSmall)
 }
 
 impl<A> Codec for AeadCodec<A>
@@ -149,7 +147,8 @@ where
         out: &mut [u8],
     ) -> Result<usize, Error> {
         let header = FrameHeader { key_id: self.key_id, sequence };
-        let aad = AssociatedData::new(&header, &message.topic(device))?;
+        let mut aad = [0; HEADER_LEN + MAX_TOPIC_LEN];
+        let aad = associated_data(&mut aad, &header, device, message.topic_kind_and_name())?;
         let (head, rest) = out.split_at_mut_checked(HEADER_LEN).ok_or(Error::BufferTooSmall)?;
         head.copy_from_slice(&header.to_bytes());
         let payload_len = encode_payload(message, rest)?;
@@ -158,7 +157,7 @@ where
         let nonce = Nonce::<A>::from(header.nonce());
         let tag = self
             .cipher
-            .encrypt_inout_detached(&nonce, aad.as_slice(), payload.into())
+            .encrypt_inout_detached(&nonce, aad, payload.into())
             .map_err(|_| Error::SealFailed)?;
         tag_out.copy_from_slice(&tag);
         Ok(payload_len + FRAME_OVERHEAD)
@@ -175,11 +174,12 @@ where
         let tag = Tag::<A>::try_from(tag).map_err(|_| Error::Truncated)?;
         let mut payload = [0u8; MAX_PAYLOAD_LEN];
         let payload = payload.get_mut(..ciphertext.len()).ok_or(Error::Oversize)?;
-        payload.copy_from_slice(ciphertext);
-        let aad = AssociatedData::new(&header, topic)?;
+        let mut aad = [0; HEADER_LEN + MAX_TOPIC_LEN];
+        let aad = associated_data(&mut aad, &header, topic.device(), topic.kind_and_name())?;
         let nonce = Nonce::<A>::from(header.nonce());
+        let buffer = InOutBuf::new(ciphertext, payload).map_err(|_| Error::Truncated)?;
         self.cipher
-            .decrypt_inout_detached(&nonce, aad.as_slice(), (&mut *payload).into(), &tag)
+            .decrypt_inout_detached(&nonce, aad, buffer, &tag)
             .map_err(|_| Error::Unauthentic)?;
         let message = decode_payload(topic, payload)?;
         Ok(OpenedFrame { header, message })
@@ -210,7 +210,9 @@ struct StatusPayload {
 
 fn encode_payload(message: &Message, out: &mut [u8]) -> Result<usize, Error> {
     let written = match message {
-        Message::Led(m) => postcard::to_slice(&LedPayload { state: m.state, uptime: m.uptime }, out),
+        Message::Led(m) => {
+            postcard::to_slice(&LedPayload { state: m.state, uptime: m.uptime }, out)
+        }
         Message::Temperature(m) => postcard::to_slice(
             &TemperaturePayload { temperature: m.temperature, uptime: m.uptime },
             out,

@@ -51,9 +51,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidName => f.write_str(
-                "invalid name: use 1 to 32 characters from A-Z, a-z, 0-9, '-' and '_'",
-            ),
+            Error::InvalidName => {
+                f.write_str("invalid name: use 1 to 32 characters from A-Z, a-z, 0-9, '-' and '_'")
+            }
             Error::InvalidTopic => {
                 f.write_str("topic does not follow the ledtemp/<device>/<kind>[/<name>] scheme")
             }

@@ -105,7 +105,6 @@ impl FrameHeader {
 mod tests {
     use super::*;
 
-
     #[test]
     fn header_round_trips_through_bytes() {
         let header =

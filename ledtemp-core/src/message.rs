@@ -3,7 +3,7 @@
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::topic::Topic;
+use crate::topic::{KIND_LED, KIND_STATUS, KIND_TEMPERATURE, Topic};
 use crate::{DeviceId, LedName, SensorName};
 
 /// Most LEDs a status report can carry.
@@ -94,12 +94,13 @@ pub struct LedStatus {
 
 /// Whether a node is up.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "no allocator to box into; messages are transient")]
 pub enum NodeStatus {
     /// The node is running (sent at boot, on every connect and periodically), with the current
     /// state of each of its LEDs.
     Online {
         /// Every LED of the node and its state.
-        leds: Vec<LedStatus, MAX_LEDS>,
+        leds: Vec<LedStatus, MAX_LEDS, u8>,
     },
     /// The node went away: its MQTT Last Will, sealed like any frame.
     Offline,
@@ -117,6 +118,7 @@ pub struct StatusReport {
 /// Everything a node publishes. Each kind has its own topic (see [`Topic`]); the names of the LED
 /// or sensor travel in the topic, not in the sealed payload.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(clippy::large_enum_variant, reason = "no allocator to box into; messages are transient")]
 pub enum Message {
     /// An LED changed state; topic `ledtemp/<device>/led/<led>`.
     Led(LedChange),
@@ -136,6 +138,15 @@ impl Message {
                 Topic::Temperature { device, sensor: reading.sensor.clone() }
             }
             Message::Status(_) => Topic::Status { device },
+        }
+    }
+
+    /// The topic levels after the device: kind word and optional name (see [`Topic`]).
+    pub(crate) fn topic_kind_and_name(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Message::Led(m) => (KIND_LED, Some(m.led.as_str())),
+            Message::Temperature(m) => (KIND_TEMPERATURE, Some(m.sensor.as_str())),
+            Message::Status(_) => (KIND_STATUS, None),
         }
     }
 

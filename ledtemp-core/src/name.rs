@@ -15,7 +15,7 @@ pub const MAX_NAME_LEN: usize = 32;
 /// [`MAX_NAME_LEN`] characters from `A-Z a-z 0-9 - _`. It can never be a wildcard (`+`, `#`),
 /// hold a `/`, start with `$` or be `.` / `..`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(String<MAX_NAME_LEN>);
+pub struct Name(String<MAX_NAME_LEN, u8>);
 
 impl Name {
     /// Validates `s` as a name.
@@ -142,7 +142,6 @@ name_newtype!(
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn accepts_safe_names_up_to_the_limit() {

@@ -105,7 +105,6 @@ impl ReplayWindow {
 mod tests {
     use super::*;
 
-
     fn seq(n: u64) -> SequenceNumber {
         SequenceNumber::new(n).unwrap()
     }

@@ -174,7 +174,10 @@ mod tests {
                 assert!(used.insert(counter.next(&mut store).unwrap().get()));
             }
         }
-        assert_eq!(used.into_iter().collect::<Vec<_>>(), [0, 1, 2, 8, 9, 10, 16, 17, 18, 24, 25, 26, 32, 33, 34]);
+        assert_eq!(
+            used.into_iter().collect::<Vec<_>>(),
+            [0, 1, 2, 8, 9, 10, 16, 17, 18, 24, 25, 26, 32, 33, 34]
+        );
     }
 
     struct FailingStore;

@@ -13,7 +13,12 @@ pub const TOPIC_ROOT: &str = "ledtemp";
 pub const TOPIC_FILTER_ALL: &str = "ledtemp/+/#";
 
 /// Longest topic, in bytes: `ledtemp/<device>/temp/<sensor>` with both names at their limit.
-pub const MAX_TOPIC_LEN: usize = TOPIC_ROOT.len() + 1 + MAX_NAME_LEN + "/temp/".len() + MAX_NAME_LEN;
+pub const MAX_TOPIC_LEN: usize =
+    TOPIC_ROOT.len() + 1 + MAX_NAME_LEN + "/temp/".len() + MAX_NAME_LEN;
+
+pub(crate) const KIND_LED: &str = "led";
+pub(crate) const KIND_TEMPERATURE: &str = "temp";
+pub(crate) const KIND_STATUS: &str = "status";
 
 /// A topic held without allocation.
 pub type TopicString = String<MAX_TOPIC_LEN>;
@@ -71,14 +76,14 @@ impl Topic {
         };
         let device = DeviceId::new(device).map_err(|_| Error::InvalidTopic)?;
         let parsed = match (levels.next(), levels.next()) {
-            (Some("led"), Some(led)) => {
+            (Some(KIND_LED), Some(led)) => {
                 Topic::Led { device, led: LedName::new(led).map_err(|_| Error::InvalidTopic)? }
             }
-            (Some("temp"), Some(sensor)) => Topic::Temperature {
+            (Some(KIND_TEMPERATURE), Some(sensor)) => Topic::Temperature {
                 device,
                 sensor: SensorName::new(sensor).map_err(|_| Error::InvalidTopic)?,
             },
-            (Some("status"), None) => Topic::Status { device },
+            (Some(KIND_STATUS), None) => Topic::Status { device },
             _ => return Err(Error::InvalidTopic),
         };
         match levels.next() {
@@ -90,9 +95,9 @@ impl Topic {
     /// The device the topic belongs to.
     pub fn device(&self) -> &DeviceId {
         match self {
-            Topic::Led { device, .. } | Topic::Temperature { device, .. } | Topic::Status { device } => {
-                device
-            }
+            Topic::Led { device, .. }
+            | Topic::Temperature { device, .. }
+            | Topic::Status { device } => device,
         }
     }
 
@@ -105,30 +110,42 @@ impl Topic {
     }
 
     /// Levels after the device, as the static kind word and the optional name.
-    fn kind_and_name(&self) -> (&'static str, Option<&str>) {
+    pub(crate) fn kind_and_name(&self) -> (&'static str, Option<&str>) {
         match self {
-            Topic::Led { led, .. } => ("led", Some(led.as_str())),
-            Topic::Temperature { sensor, .. } => ("temp", Some(sensor.as_str())),
-            Topic::Status { .. } => ("status", None),
+            Topic::Led { led, .. } => (KIND_LED, Some(led.as_str())),
+            Topic::Temperature { sensor, .. } => (KIND_TEMPERATURE, Some(sensor.as_str())),
+            Topic::Status { .. } => (KIND_STATUS, None),
         }
     }
 
-    /// Writes the topic's bytes into `out`, returning how many were written, without `core::fmt`.
-    pub(crate) fn write_bytes(&self, out: &mut [u8]) -> Result<usize, Error> {
+    /// Writes the topic's bytes into `out`, returning how many were written.
+    #[cfg(test)]
+    fn write_bytes(&self, out: &mut [u8]) -> Result<usize, Error> {
         let (kind, name) = self.kind_and_name();
-        let parts = [TOPIC_ROOT, "/", self.device().as_str(), "/", kind];
-        let name_parts = match name {
-            Some(name) => ["/", name],
-            None => ["", ""],
-        };
-        let mut len = 0;
-        for part in parts.iter().chain(name_parts.iter()) {
-            let end = len + part.len();
-            out.get_mut(len..end).ok_or(Error::BufferTooSmall)?.copy_from_slice(part.as_bytes());
-            len = end;
-        }
-        Ok(len)
+        write_topic_bytes(self.device(), kind, name, out)
     }
+}
+
+/// Writes `ledtemp/<device>/<kind>[/<name>]` into `out` without `core::fmt`, returning its length.
+/// The sealing path uses it to put the topic into the associated data without building a [`Topic`].
+pub(crate) fn write_topic_bytes(
+    device: &DeviceId,
+    kind: &str,
+    name: Option<&str>,
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    let parts = [TOPIC_ROOT, "/", device.as_str(), "/", kind];
+    let name_parts = match name {
+        Some(name) => ["/", name],
+        None => ["", ""],
+    };
+    let mut len = 0;
+    for part in parts.iter().chain(name_parts.iter()) {
+        let end = len + part.len();
+        out.get_mut(len..end).ok_or(Error::BufferTooSmall)?.copy_from_slice(part.as_bytes());
+        len = end;
+    }
+    Ok(len)
 }
 
 impl fmt::Display for Topic {

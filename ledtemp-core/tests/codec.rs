@@ -64,9 +64,9 @@ fn a_frame_moved_to_another_topic_or_device_fails_to_open() {
     let message = temperature("cpu", 20_000, 5);
     let frame = seal(&codec, "pi-1", 9, &message);
     for other in [
-        "ledtemp/pi-2/temp/cpu",   // another device (sharing a key, as a misconfiguration)
+        "ledtemp/pi-2/temp/cpu", // another device (sharing a key, as a misconfiguration)
         "ledtemp/pi-1/temp/board", // another sensor of the same device
-        "ledtemp/pi-1/led/cpu",    // another kind
+        "ledtemp/pi-1/led/cpu",  // another kind
         "ledtemp/pi-1/status",
     ] {
         let topic = Topic::parse(other).unwrap();

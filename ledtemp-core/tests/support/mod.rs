@@ -28,7 +28,7 @@ pub fn online(leds: &[(&str, LedState)], uptime: u32) -> Message {
     let leds = leds
         .iter()
         .map(|(name, state)| LedStatus { led: LedName::new(name).unwrap(), state: *state })
-        .collect::<heapless::Vec<_, { ledtemp_core::MAX_LEDS }>>();
+        .collect::<heapless::Vec<_, { ledtemp_core::MAX_LEDS }, u8>>();
     Message::Status(StatusReport { status: NodeStatus::Online { leds }, uptime: Uptime(uptime) })
 }
 
@@ -80,13 +80,9 @@ pub fn led_state_strategy() -> impl Strategy<Value = LedState> {
 /// Any valid message.
 pub fn message_strategy() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (name_strategy(), any::<i32>(), any::<u32>())
-            .prop_map(|(s, t, u)| temperature(&s, t, u)),
+        (name_strategy(), any::<i32>(), any::<u32>()).prop_map(|(s, t, u)| temperature(&s, t, u)),
         (name_strategy(), led_state_strategy(), any::<u32>()).prop_map(|(n, s, u)| led(&n, s, u)),
-        (
-            proptest::collection::vec((name_strategy(), led_state_strategy()), 0..=8),
-            any::<u32>()
-        )
+        (proptest::collection::vec((name_strategy(), led_state_strategy()), 0..=8), any::<u32>())
             .prop_map(|(leds, u)| {
                 let leds: Vec<(&str, LedState)> =
                     leds.iter().map(|(n, s)| (n.as_str(), *s)).collect();
