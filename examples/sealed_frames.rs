@@ -31,7 +31,12 @@ fn receive(codec: &AesGcmCodec, window: &mut ReplayWindow, topic: &str, frame: &
                 t.temperature.to_celsius()
             ),
             Message::Led(l) => {
-                format!("accepted #{}: LED {} is {:?}", opened.header.sequence.get(), l.led, l.state)
+                format!(
+                    "accepted #{}: LED {} is {:?}",
+                    opened.header.sequence.get(),
+                    l.led,
+                    l.state
+                )
             }
             Message::Status(s) => format!("accepted #{}: {:?}", opened.header.sequence.get(), s),
         },

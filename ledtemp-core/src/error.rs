@@ -44,6 +44,9 @@ pub enum Error {
     /// A key has the wrong length for its cipher (16 bytes for AES-128-GCM, 32 for
     /// ChaCha20-Poly1305).
     InvalidKeyLength,
+    /// More LEDs, sensors or queue entries than the fixed capacity allows
+    /// ([`MAX_LEDS`](crate::MAX_LEDS), [`MAX_SENSORS`](crate::MAX_SENSORS)).
+    Capacity,
     /// The AEAD refused to seal (input too long for the cipher); nothing was sent.
     SealFailed,
 }
@@ -71,6 +74,7 @@ impl fmt::Display for Error {
             }
             Error::SequenceStore => f.write_str("sequence-number store failed to persist"),
             Error::InvalidKeyLength => f.write_str("key has the wrong length for its cipher"),
+            Error::Capacity => f.write_str("more LEDs or sensors than a node supports"),
             Error::SealFailed => f.write_str("AEAD refused to seal the frame"),
         }
     }

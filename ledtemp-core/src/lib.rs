@@ -64,29 +64,42 @@
 extern crate std;
 
 mod codec;
+mod driver;
 mod error;
 mod frame;
+mod hardware;
 mod message;
 mod name;
+mod node;
 mod replay;
 mod sequence;
+mod time;
 mod topic;
 
 #[cfg(feature = "chacha20poly1305")]
 pub use codec::ChaChaCodec;
 pub use codec::{AeadCodec, AesGcmCodec, Codec, OpenedFrame};
+pub use driver::{
+    AsyncIo, BUTTON_POLL_INTERVAL, Backoff, BlockingIo, Driver, NodeIo, RunEvent, block_on,
+    run_async, run_blocking,
+};
 pub use error::Error;
 pub use frame::{
     FRAME_OVERHEAD, FRAME_VERSION, FrameHeader, HEADER_LEN, KeyId, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
     MAX_SEQUENCE, SequenceNumber, TAG_LEN,
+};
+pub use hardware::{
+    AsyncPublisher, AsyncTempSensor, Button, Led, Outgoing, Publisher, QoS, TempSensor,
 };
 pub use message::{
     LedChange, LedState, LedStatus, MAX_LEDS, Message, MilliCelsius, NodeStatus, StatusReport,
     TemperatureReading, Uptime,
 };
 pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
+pub use node::{DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats};
 pub use replay::{ReplayState, ReplayWindow};
 pub use sequence::{MemorySequenceStore, SequenceCounter, SequenceStore};
+pub use time::{Clock, Instant};
 pub use topic::{MAX_TOPIC_LEN, TOPIC_FILTER_ALL, TOPIC_ROOT, Topic, TopicString};
 
 /// Re-exported so callers name the same `aead` the codec is generic over.

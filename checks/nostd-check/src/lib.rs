@@ -9,6 +9,8 @@
 extern crate aead as _;
 extern crate aes_gcm as _;
 extern crate chacha20poly1305 as _;
+extern crate embedded_hal as _;
+extern crate embedded_hal_async as _;
 extern crate heapless as _;
 extern crate ledtemp_core as _;
 extern crate postcard as _;

@@ -1,0 +1,478 @@
+//! The node: a sans-IO state machine that turns button levels, sensor readings and time into LED
+//! outputs and sealed frames.
+
+use core::time::Duration;
+
+use heapless::Vec;
+
+use crate::hardware::{Outgoing, QoS};
+use crate::message::MAX_LEDS;
+use crate::{
+    Codec, DeviceId, Error, Instant, LedChange, LedName, LedState, LedStatus, Message,
+    MilliCelsius, NodeStatus, SensorName, SequenceCounter, SequenceNumber, SequenceStore,
+    StatusReport, TemperatureReading, Uptime,
+};
+
+/// Most temperature sensors one node samples.
+pub const MAX_SENSORS: usize = 4;
+
+/// Default capacity of the store-and-forward queue, in messages.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 32;
+
+/// How a node behaves; [`NodeConfig::default`] is what the original project did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// A button level must hold this long before it counts (contact bounce). Default 20 ms.
+    pub debounce: Duration,
+    /// Time between temperature samples. Default 1 s.
+    pub temperature_period: Duration,
+    /// Time between re-announcements of every LED's state, so a server that restarted (or missed
+    /// a frame) learns them. Default 30 s.
+    pub announce_period: Duration,
+    /// Sequence numbers reserved per write to the [`SequenceStore`]. Default 1024.
+    pub sequence_block: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            debounce: Duration::from_millis(20),
+            temperature_period: Duration::from_secs(1),
+            announce_period: Duration::from_secs(30),
+            sequence_block: SequenceCounter::DEFAULT_BLOCK,
+        }
+    }
+}
+
+/// Counters a driver can log or export.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Frames sealed (including Last Wills and frames sealed again after a failed publish).
+    pub frames_sealed: u64,
+    /// Frames the publisher accepted.
+    pub frames_sent: u64,
+    /// Messages dropped because the queue was full while the broker was unreachable.
+    pub frames_dropped: u64,
+    /// Sensor reads that failed.
+    pub sensor_errors: u64,
+    /// Messages waiting in the queue now.
+    pub queued: usize,
+}
+
+/// A message waiting to be sealed and sent. Kept compact (names are looked up by index when the
+/// frame is sealed), so a deep queue costs little RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Led {
+        index: u8,
+        state: LedState,
+        at: Uptime,
+    },
+    Temperature {
+        index: u8,
+        value: MilliCelsius,
+        at: Uptime,
+    },
+    /// Online status, with the LED states at the time (bit i: LED i on) and, for the
+    /// announcement of a connection, the sequence number reserved next to that connection's will.
+    Online {
+        leds: u8,
+        at: Uptime,
+        reserved: Option<SequenceNumber>,
+    },
+}
+
+impl Pending {
+    /// Which entry to drop when the queue is full: temperatures first (the next one is a period
+    /// away), then online announcements, LED changes last.
+    fn drop_rank(&self) -> u8 {
+        match self {
+            Pending::Temperature { .. } => 0,
+            Pending::Online { .. } => 1,
+            Pending::Led { .. } => 2,
+        }
+    }
+}
+
+/// Debounces one button: a new level counts once it has held for the debounce time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Debouncer {
+    stable: bool,
+    candidate: Option<(bool, Instant)>,
+}
+
+impl Debouncer {
+    fn input(&mut self, now: Instant, level: bool) {
+        if level == self.stable {
+            self.candidate = None;
+        } else if self.candidate.map(|(l, _)| l) != Some(level) {
+            self.candidate = Some((level, now));
+        }
+    }
+
+    /// The new stable level, if the candidate has held long enough by `now`.
+    fn settle(&mut self, now: Instant, debounce: Duration) -> Option<bool> {
+        let (level, since) = self.candidate?;
+        if now - since >= debounce {
+            self.stable = level;
+            self.candidate = None;
+            Some(level)
+        } else {
+            None
+        }
+    }
+
+    fn deadline(&self, debounce: Duration) -> Option<Instant> {
+        self.candidate.map(|(_, since)| since + debounce)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LedSlot {
+    name: LedName,
+    state: LedState,
+    button: Debouncer,
+}
+
+/// A ledtemp node, without I/O.
+///
+/// It owns the LED states, the sequence counter (with its store) and the outbound queue. Drivers
+/// ([`run_blocking`](crate::run_blocking), [`run_async`](crate::run_async), or your own loop) feed
+/// it inputs and carry out its outputs. Button `i` toggles LED `i`.
+///
+/// # Call order
+///
+/// 1. [`new`](Self::new) at boot.
+/// 2. Whenever the publisher is down and it is time to (re)connect: [`handle_connect`] gives the
+///    sealed Last Will to connect with (and queues an online status at the front).
+/// 3. In a loop, with `now` from a monotonic clock:
+///    - [`handle_button`] with each button's raw level (poll every few ms, or on each edge);
+///    - [`handle_timeout`] once `now` reaches [`poll_timeout`];
+///    - [`poll_sample`] until `None`, answering each with [`handle_temperature`] or
+///      [`handle_sensor_error`];
+///    - [`poll_led`] until `None`, driving each LED;
+///    - while the publisher is up: [`poll_transmit`], publish, then [`handle_sent`];
+///    - sleep until [`poll_timeout`] (or the next button poll).
+///
+/// While the publisher is down, messages wait in a queue of `QUEUE` entries. When it is full the
+/// oldest temperature is dropped first, then the oldest online announcement, and an LED change
+/// only when nothing else is left; [`NodeStats::frames_dropped`] counts them.
+///
+/// [`handle_connect`]: Self::handle_connect
+/// [`handle_button`]: Self::handle_button
+/// [`handle_timeout`]: Self::handle_timeout
+/// [`poll_timeout`]: Self::poll_timeout
+/// [`poll_sample`]: Self::poll_sample
+/// [`handle_temperature`]: Self::handle_temperature
+/// [`handle_sensor_error`]: Self::handle_sensor_error
+/// [`poll_led`]: Self::poll_led
+/// [`poll_transmit`]: Self::poll_transmit
+/// [`handle_sent`]: Self::handle_sent
+pub struct Node<C, S, const QUEUE: usize = DEFAULT_QUEUE_CAPACITY> {
+    device: DeviceId,
+    codec: C,
+    store: S,
+    counter: SequenceCounter,
+    config: NodeConfig,
+    leds: Vec<LedSlot, MAX_LEDS, u8>,
+    sensors: Vec<SensorName, MAX_SENSORS, u8>,
+    queue: Vec<Pending, QUEUE>,
+    /// Bit i: LED i must be driven to its state.
+    leds_to_drive: u8,
+    /// Bit i: sensor i is due for a sample.
+    samples_due: u8,
+    next_sample: Instant,
+    next_announce: Instant,
+    stats: NodeStats,
+}
+
+impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
+    /// A node for `device` with the given LEDs (all start off) and sensors, sealing with `codec`
+    /// and reserving sequence numbers through `store`. The first temperature sample is due at
+    /// `now`. Errors: more than [`MAX_LEDS`] LEDs or [`MAX_SENSORS`] sensors
+    /// ([`Error::Capacity`]), or the store failing to load ([`Error::SequenceStore`]).
+    pub fn new(
+        device: DeviceId,
+        leds: &[LedName],
+        sensors: &[SensorName],
+        codec: C,
+        mut store: S,
+        config: NodeConfig,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        let counter = SequenceCounter::resume(&mut store, config.sequence_block)?;
+        let mut led_slots = Vec::new();
+        for name in leds {
+            led_slots
+                .push(LedSlot {
+                    name: name.clone(),
+                    state: LedState::Off,
+                    button: Debouncer::default(),
+                })
+                .map_err(|_| Error::Capacity)?;
+        }
+        let sensors = Vec::from_slice(sensors).map_err(|_| Error::Capacity)?;
+        Ok(Node {
+            device,
+            codec,
+            store,
+            counter,
+            config,
+            leds_to_drive: all_bits(led_slots.len()),
+            leds: led_slots,
+            sensors,
+            queue: Vec::new(),
+            samples_due: 0,
+            next_sample: now,
+            next_announce: now + config.announce_period,
+            stats: NodeStats::default(),
+        })
+    }
+
+    /// The device this node speaks for.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The state of LED `index`.
+    pub fn led_state(&self, index: usize) -> Option<LedState> {
+        self.leds.get(index).map(|led| led.state)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats { queued: self.queue.len(), ..self.stats }
+    }
+
+    /// Feeds the raw level of button `index` (`true` = pressed). A press that survives the
+    /// debounce time toggles LED `index`. Unknown indices are ignored.
+    pub fn handle_button(&mut self, now: Instant, index: usize, pressed: bool) {
+        if let Some(led) = self.leds.get_mut(index) {
+            led.button.input(now, pressed);
+        }
+        self.settle_buttons(now);
+    }
+
+    /// Sets LED `index` directly (a command, a schedule), reported like a button toggle.
+    pub fn set_led(&mut self, now: Instant, index: usize, state: LedState) {
+        if self.leds.get(index).is_some_and(|led| led.state != state) {
+            self.change_led(now, index, state);
+        }
+    }
+
+    /// Advances timers: settles buttons, marks sensors due, queues the periodic LED announcement.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.settle_buttons(now);
+        if now >= self.next_sample {
+            self.samples_due = all_bits(self.sensors.len());
+            self.next_sample = next_on_grid(self.next_sample, self.config.temperature_period, now);
+        }
+        if now >= self.next_announce {
+            for index in 0..self.leds.len() {
+                if let Some(led) = self.leds.get(index) {
+                    let state = led.state;
+                    self.enqueue(Pending::Led { index: index as u8, state, at: now.uptime() });
+                }
+            }
+            self.next_announce = next_on_grid(self.next_announce, self.config.announce_period, now);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        let debounce = self.config.debounce;
+        self.leds
+            .iter()
+            .filter_map(|led| led.button.deadline(debounce))
+            .fold(self.next_sample.min(self.next_announce), Instant::min)
+    }
+
+    /// The next sensor to read, if one is due.
+    pub fn poll_sample(&mut self) -> Option<usize> {
+        let index = take_lowest_bit(&mut self.samples_due)?;
+        Some(index)
+    }
+
+    /// A reading of sensor `index`, taken at `now`; queues a temperature frame.
+    pub fn handle_temperature(&mut self, now: Instant, index: usize, value: MilliCelsius) {
+        if index < self.sensors.len() {
+            self.enqueue(Pending::Temperature { index: index as u8, value, at: now.uptime() });
+        }
+    }
+
+    /// Sensor `index` failed to read. Counted; no frame is sent for this period.
+    pub fn handle_sensor_error(&mut self, _index: usize) {
+        self.stats.sensor_errors += 1;
+    }
+
+    /// The next LED to drive and the state to drive it to.
+    pub fn poll_led(&mut self) -> Option<(usize, LedState)> {
+        let index = take_lowest_bit(&mut self.leds_to_drive)?;
+        self.leds.get(index).map(|led| (index, led.state))
+    }
+
+    /// Prepares a connection: reserves two sequence numbers, seals the Last Will (offline status)
+    /// with the second into `buf`, and queues, at the front, an online status with the current LED
+    /// states that will be sealed with the first. A receiver accepts an offline frame only if its
+    /// number directly follows the last online status it accepted, so a replayed or stale will is
+    /// rejected. Call before every connection attempt.
+    pub fn handle_connect<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Result<Outgoing<'b>, Error> {
+        let online = self.counter.next(&mut self.store)?;
+        let will = self.counter.next(&mut self.store)?;
+        let message =
+            Message::Status(StatusReport { status: NodeStatus::Offline, uptime: now.uptime() });
+        let len = self.codec.seal(&self.device, will, &message, buf)?;
+        self.stats.frames_sealed += 1;
+        self.queue.retain(|p| !matches!(p, Pending::Online { .. }));
+        let entry =
+            Pending::Online { leds: self.led_bits(), at: now.uptime(), reserved: Some(online) };
+        if self.queue.is_full() {
+            self.drop_one();
+        }
+        // Cannot fail: there is room now.
+        let _ = self.queue.insert(0, entry);
+        let frame = buf.get(..len).ok_or(Error::BufferTooSmall)?;
+        Ok(Outgoing {
+            topic: message.topic(&self.device).to_topic_string(),
+            frame,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        })
+    }
+
+    /// Seals the oldest queued message into `buf` (at least
+    /// [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN) bytes). It stays queued until
+    /// [`handle_sent`](Self::handle_sent); if publishing fails, the next call seals it again
+    /// with a new sequence number (a number is never used for two different frames).
+    pub fn poll_transmit<'b>(&mut self, buf: &'b mut [u8]) -> Result<Option<Outgoing<'b>>, Error> {
+        let Some(&pending) = self.queue.first() else {
+            return Ok(None);
+        };
+        let (message, reserved) = self.message_of(pending)?;
+        // A retry of the connection's online status keeps its reserved number: the message is
+        // identical, so the frame is byte for byte the same one and no nonce is reused with a
+        // different plaintext. Its will names exactly that number.
+        let sequence = match reserved {
+            Some(sequence) => sequence,
+            None => self.counter.next(&mut self.store)?,
+        };
+        let len = self.codec.seal(&self.device, sequence, &message, buf)?;
+        self.stats.frames_sealed += 1;
+        let (qos, retain) = match message {
+            Message::Temperature(_) => (QoS::AtMostOnce, false),
+            Message::Led(_) | Message::Status(_) => (QoS::AtLeastOnce, true),
+        };
+        let frame = buf.get(..len).ok_or(Error::BufferTooSmall)?;
+        Ok(Some(Outgoing {
+            topic: message.topic(&self.device).to_topic_string(),
+            frame,
+            qos,
+            retain,
+        }))
+    }
+
+    /// The frame from the last [`poll_transmit`](Self::poll_transmit) was published.
+    pub fn handle_sent(&mut self) {
+        if !self.queue.is_empty() {
+            self.queue.remove(0);
+            self.stats.frames_sent += 1;
+        }
+    }
+
+    fn settle_buttons(&mut self, now: Instant) {
+        let debounce = self.config.debounce;
+        for index in 0..self.leds.len() {
+            let Some(led) = self.leds.get_mut(index) else { continue };
+            if led.button.settle(now, debounce) == Some(true) {
+                let state = led.state.toggled();
+                self.change_led(now, index, state);
+            }
+        }
+    }
+
+    fn change_led(&mut self, now: Instant, index: usize, state: LedState) {
+        if let Some(led) = self.leds.get_mut(index) {
+            led.state = state;
+            self.leds_to_drive |= 1 << index;
+            self.enqueue(Pending::Led { index: index as u8, state, at: now.uptime() });
+        }
+    }
+
+    fn led_bits(&self) -> u8 {
+        self.leds
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (i, led)| bits | (u8::from(led.state.is_on()) << i))
+    }
+
+    fn enqueue(&mut self, entry: Pending) {
+        if self.queue.is_full() {
+            self.drop_one();
+        }
+        if self.queue.push(entry).is_err() {
+            // Only with a zero-capacity queue.
+            self.stats.frames_dropped += 1;
+        }
+    }
+
+    /// Drops the oldest entry of the lowest rank.
+    fn drop_one(&mut self) {
+        let victim =
+            (0..=2u8).find_map(|rank| self.queue.iter().position(|p| p.drop_rank() == rank));
+        if let Some(index) = victim {
+            self.queue.remove(index);
+            self.stats.frames_dropped += 1;
+        }
+    }
+
+    fn message_of(&self, pending: Pending) -> Result<(Message, Option<SequenceNumber>), Error> {
+        Ok(match pending {
+            Pending::Led { index, state, at } => {
+                let led = self.leds.get(usize::from(index)).ok_or(Error::Capacity)?;
+                (Message::Led(LedChange { led: led.name.clone(), state, uptime: at }), None)
+            }
+            Pending::Temperature { index, value, at } => {
+                let sensor = self.sensors.get(usize::from(index)).ok_or(Error::Capacity)?;
+                let reading =
+                    TemperatureReading { sensor: sensor.clone(), temperature: value, uptime: at };
+                (Message::Temperature(reading), None)
+            }
+            Pending::Online { leds, at, reserved } => {
+                let mut statuses = Vec::new();
+                for (i, led) in self.leds.iter().enumerate() {
+                    let state = LedState::from(leds & (1 << i) != 0);
+                    // Cannot fail: as many LEDs as the node has, at most MAX_LEDS.
+                    let _ = statuses.push(LedStatus { led: led.name.clone(), state });
+                }
+                let status = NodeStatus::Online { leds: statuses };
+                (Message::Status(StatusReport { status, uptime: at }), reserved)
+            }
+        })
+    }
+}
+
+fn all_bits(count: usize) -> u8 {
+    if count >= 8 { u8::MAX } else { (1u8 << count) - 1 }
+}
+
+fn take_lowest_bit(bits: &mut u8) -> Option<usize> {
+    if *bits == 0 {
+        return None;
+    }
+    let index = bits.trailing_zeros() as usize;
+    *bits &= *bits - 1;
+    Some(index)
+}
+
+/// The first deadline after `now` on the grid `previous + k * period`: a late wake-up does not
+/// shift the schedule (no drift), and missed periods are skipped, not bunched.
+fn next_on_grid(previous: Instant, period: Duration, now: Instant) -> Instant {
+    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+    let behind = now.as_millis().saturating_sub(previous.as_millis());
+    let steps = behind / period_ms + 1;
+    Instant::from_millis(previous.as_millis().saturating_add(steps.saturating_mul(period_ms)))
+}
