@@ -476,3 +476,266 @@ fn next_on_grid(previous: Instant, period: Duration, now: Instant) -> Instant {
     let steps = behind / period_ms + 1;
     Instant::from_millis(previous.as_millis().saturating_add(steps.saturating_mul(period_ms)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AesGcmCodec, KeyId, MAX_FRAME_LEN, MemorySequenceStore, Topic};
+    use std::string::{String, ToString};
+    use std::vec::Vec as StdVec;
+
+    const KEY: [u8; 16] = [9; 16];
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn codec() -> AesGcmCodec {
+        AesGcmCodec::from_key_bytes(KeyId(1), &KEY).unwrap()
+    }
+
+    fn node<const Q: usize>(store: &mut MemorySequenceStore) -> Node<AesGcmCodec, &mut MemorySequenceStore, Q> {
+        Node::new(
+            DeviceId::new("pi").unwrap(),
+            &[LedName::new("red").unwrap(), LedName::new("green").unwrap()],
+            &[SensorName::new("cpu").unwrap()],
+            codec(),
+            store,
+            NodeConfig::default(),
+            at(0),
+        )
+        .unwrap()
+    }
+
+    /// Everything the node would publish now, opened with the receiver's codec.
+    fn drain<C: Codec, S: SequenceStore, const Q: usize>(
+        node: &mut Node<C, S, Q>,
+    ) -> StdVec<(String, u64, Message)> {
+        let mut out = StdVec::new();
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        while let Some(frame) = node.poll_transmit(&mut buf).unwrap() {
+            let topic = Topic::parse(&frame.topic).unwrap();
+            let opened = codec().open(&topic, frame.frame).unwrap();
+            out.push((frame.topic.to_string(), opened.header.sequence.get(), opened.message));
+            node.handle_sent();
+        }
+        out
+    }
+
+    fn led_change(name: &str, state: LedState, ms: u32) -> Message {
+        Message::Led(LedChange { led: LedName::new(name).unwrap(), state, uptime: Uptime(ms) })
+    }
+
+    #[test]
+    fn a_bouncy_press_toggles_once_and_emits_one_led_frame() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let will = node.handle_connect(at(0), &mut buf).unwrap();
+        assert_eq!(will.topic.as_str(), "ledtemp/pi/status");
+        node.handle_timeout(at(0));
+        while node.poll_sample().is_some() {} // sensor readings are another test's business
+        // Initial LED outputs are driven.
+        assert_eq!(node.poll_led(), Some((0, LedState::Off)));
+        assert_eq!(node.poll_led(), Some((1, LedState::Off)));
+        assert_eq!(node.poll_led(), None);
+
+        // Press with bounce: 100 down, 102 up, 104 down, held; release at 300 with bounce.
+        for (ms, level) in [(100, true), (102, false), (104, true), (110, true), (123, true)] {
+            node.handle_button(at(ms), 0, level);
+        }
+        assert_eq!(node.led_state(0), Some(LedState::Off), "not yet stable for 20 ms");
+        assert_eq!(node.poll_timeout(), at(124));
+        node.handle_timeout(at(124));
+        assert_eq!(node.led_state(0), Some(LedState::On));
+        assert_eq!(node.poll_led(), Some((0, LedState::On)));
+        for (ms, level) in [(300, false), (301, true), (303, false), (330, false)] {
+            node.handle_button(at(ms), 0, level);
+        }
+        // Second press.
+        for (ms, level) in [(500, true), (525, true)] {
+            node.handle_button(at(ms), 0, level);
+        }
+        assert_eq!(node.led_state(0), Some(LedState::Off));
+
+        let frames = drain(&mut node);
+        let got: StdVec<_> = frames.iter().map(|(t, s, m)| (t.as_str(), *s, m.clone())).collect();
+        let online = Message::Status(StatusReport {
+            status: NodeStatus::Online {
+                leds: Vec::from_slice(&[
+                    LedStatus { led: LedName::new("red").unwrap(), state: LedState::Off },
+                    LedStatus { led: LedName::new("green").unwrap(), state: LedState::Off },
+                ])
+                .unwrap(),
+            },
+            uptime: Uptime(0),
+        });
+        assert_eq!(
+            got,
+            [
+                ("ledtemp/pi/status", 0, online),
+                ("ledtemp/pi/led/red", 2, led_change("red", LedState::On, 124)),
+                ("ledtemp/pi/led/red", 3, led_change("red", LedState::Off, 525)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_will_is_sealed_with_the_number_after_the_online_status() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let will = node.handle_connect(at(5), &mut buf).unwrap();
+        let topic = Topic::parse(&will.topic).unwrap();
+        let opened = codec().open(&topic, will.frame).unwrap();
+        assert_eq!(opened.header.sequence.get(), 1);
+        assert!(matches!(
+            opened.message,
+            Message::Status(StatusReport { status: NodeStatus::Offline, .. })
+        ));
+        assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, true));
+        let frames = drain(&mut node);
+        assert_eq!(frames[0].1, 0, "online status takes the reserved number below the will");
+
+        // A failed attempt and a reconnect: one online status, new numbers, no reuse.
+        node.handle_connect(at(10), &mut buf).unwrap();
+        node.handle_connect(at(20), &mut buf).unwrap();
+        let frames = drain(&mut node);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].1, 4);
+    }
+
+    #[test]
+    fn a_failed_publish_of_the_online_status_resends_the_identical_frame() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        node.handle_connect(at(0), &mut buf).unwrap();
+        let first = node.poll_transmit(&mut buf).unwrap().unwrap().frame.to_vec();
+        let again = node.poll_transmit(&mut buf).unwrap().unwrap().frame.to_vec();
+        assert_eq!(first, again);
+        node.handle_sent();
+        // Other frames get a fresh number per attempt.
+        node.set_led(at(1), 1, LedState::On);
+        let a = node.poll_transmit(&mut buf).unwrap().unwrap().frame.to_vec();
+        let b = node.poll_transmit(&mut buf).unwrap().unwrap().frame.to_vec();
+        assert_ne!(a[..7], b[..7]);
+    }
+
+    #[test]
+    fn temperatures_follow_the_period_without_drift() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<64>(&mut store);
+        let mut samples = StdVec::new();
+        // Wake-ups arrive late by varying amounts; samples stay on the 1 s grid.
+        for ms in [0, 1_013, 2_250, 2_400, 3_001, 5_700, 6_000] {
+            node.handle_timeout(at(ms));
+            while let Some(index) = node.poll_sample() {
+                node.handle_temperature(at(ms), index, MilliCelsius(20_000 + ms as i32));
+                samples.push(ms);
+            }
+            assert!(node.poll_timeout() > at(ms));
+            assert_eq!(node.poll_timeout().as_millis() % 1_000, 0, "on the grid after {ms}");
+        }
+        // 2_400 is inside the 2 s period already sampled at 2_250; 4 s was missed (not bunched).
+        assert_eq!(samples, [0, 1_013, 2_250, 3_001, 5_700, 6_000]);
+        let frames = drain(&mut node);
+        let temps: StdVec<_> = frames
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::Temperature(t) => Some((t.temperature.0, t.uptime.0)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(temps[1], (21_013, 1_013));
+        assert_eq!(temps.len(), 6);
+    }
+
+    #[test]
+    fn a_sensor_error_is_counted_and_sends_nothing() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        node.handle_timeout(at(0));
+        let index = node.poll_sample().unwrap();
+        node.handle_sensor_error(index);
+        assert_eq!(node.stats().sensor_errors, 1);
+        assert!(drain(&mut node).is_empty());
+        node.handle_timeout(at(1_000));
+        let index = node.poll_sample().unwrap();
+        node.handle_temperature(at(1_000), index, MilliCelsius(21_000));
+        assert_eq!(drain(&mut node).len(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_temperatures_first_and_keeps_led_changes_in_order() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<4>(&mut store);
+        node.handle_temperature(at(0), 0, MilliCelsius(1));
+        node.set_led(at(1), 0, LedState::On);
+        node.handle_temperature(at(2), 0, MilliCelsius(2));
+        node.set_led(at(3), 1, LedState::On);
+        node.handle_temperature(at(4), 0, MilliCelsius(3)); // full: drops temperature 1
+        node.set_led(at(5), 0, LedState::Off); // drops temperature 2
+        node.set_led(at(6), 1, LedState::Off); // drops temperature 3
+        node.set_led(at(7), 0, LedState::On); // only LED changes left: drops the oldest
+        assert_eq!(node.stats().frames_dropped, 4);
+        assert_eq!(node.stats().queued, 4);
+        let frames: StdVec<_> = drain(&mut node).into_iter().map(|(_, _, m)| m).collect();
+        assert_eq!(
+            frames,
+            [
+                led_change("green", LedState::On, 3),
+                led_change("red", LedState::Off, 5),
+                led_change("green", LedState::Off, 6),
+                led_change("red", LedState::On, 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn led_states_are_reannounced_periodically() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        node.set_led(at(10), 1, LedState::On);
+        drain(&mut node);
+        node.handle_timeout(at(30_000));
+        while node.poll_sample().is_some() {}
+        let frames: StdVec<_> = drain(&mut node).into_iter().map(|(_, _, m)| m).collect();
+        assert_eq!(
+            frames,
+            [led_change("red", LedState::Off, 30_000), led_change("green", LedState::On, 30_000)]
+        );
+    }
+
+    #[test]
+    fn a_rebooted_node_never_reuses_a_sequence_number() {
+        let mut store = MemorySequenceStore::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for boot in 0..3u64 {
+            let mut node = node::<8>(&mut store);
+            for i in 0..5 {
+                node.set_led(at(boot * 100 + i), 0, LedState::from(i % 2 == 0));
+            }
+            for (_, sequence, _) in drain(&mut node) {
+                assert!(seen.insert(sequence), "sequence {sequence} reused");
+            }
+        }
+        assert_eq!(seen.len(), 15);
+    }
+
+    #[test]
+    fn too_many_leds_or_sensors_is_an_error() {
+        let names: StdVec<LedName> =
+            (0..9).map(|i| LedName::new(&std::format!("l{i}")).unwrap()).collect();
+        let result = Node::<_, _, 4>::new(
+            DeviceId::new("pi").unwrap(),
+            &names,
+            &[],
+            codec(),
+            MemorySequenceStore::new(),
+            NodeConfig::default(),
+            at(0),
+        );
+        assert!(matches!(result, Err(Error::Capacity)));
+    }
+}

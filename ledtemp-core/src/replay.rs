@@ -2,16 +2,23 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, SequenceNumber};
+use crate::{Error, Message, NodeStatus, OpenedFrame, SequenceNumber, StatusReport};
 
 /// A sliding window over the sequence numbers of one (device, key id) stream: rejects any number
 /// accepted before and any number too far below the highest accepted one, and accepts numbers that
 /// arrive out of order inside the window.
 ///
 /// The window is [`ReplayWindow::WIDTH`] (64) numbers wide, the DTLS and IPsec default: the newest
-/// accepted number and the 63 below it are tracked one bit each. Its whole state is 16 bytes
+/// accepted number and the 63 below it are tracked one bit each. Its whole state is 24 bytes
 /// ([`ReplayState`]); a server persists it in the same transaction as the data the frame carried,
 /// so a frame captured before a restart is still rejected after it.
+///
+/// The MQTT Last Will needs one more rule. The node seals its will (an offline status) when it
+/// connects, with the number right after that connection's online status, but the broker
+/// publishes it much later, when it is far below the window. [`accept_frame`](Self::accept_frame)
+/// therefore accepts an offline status exactly when its number is one above the last accepted
+/// online status, once, and never otherwise: a will replayed later, or the stale will of an
+/// earlier connection that a broker publishes after the node reconnected, is rejected.
 ///
 /// Check only frames that opened: a forged frame must never move the window.
 ///
@@ -39,6 +46,9 @@ pub struct ReplayState {
     pub top: u64,
     /// Bit `i` set: number `top - 1 - i` was accepted.
     pub seen: u64,
+    /// The sequence number of the offline status (Last Will) that may still be accepted: one above
+    /// the last accepted online status. 0 when none is expected.
+    pub expected_will: u64,
 }
 
 impl ReplayWindow {
@@ -66,7 +76,7 @@ impl ReplayWindow {
     /// [`accept`]: Self::accept
     pub fn check(&self, sequence: SequenceNumber) -> Result<(), Error> {
         let s = sequence.get();
-        let ReplayState { top, seen } = self.state;
+        let ReplayState { top, seen, .. } = self.state;
         if s >= top {
             return Ok(());
         }
@@ -84,14 +94,42 @@ impl ReplayWindow {
     pub fn state_after(&self, sequence: SequenceNumber) -> Result<ReplayState, Error> {
         self.check(sequence)?;
         let s = sequence.get();
-        let ReplayState { top, seen } = self.state;
+        let ReplayState { top, seen, .. } = self.state;
         Ok(if s >= top {
             let shift = s + 1 - top;
             let seen = if shift >= Self::WIDTH { 0 } else { seen << shift };
-            ReplayState { top: s + 1, seen: seen | 1 }
+            ReplayState { top: s + 1, seen: seen | 1, ..self.state }
         } else {
-            ReplayState { top, seen: seen | (1 << (top - 1 - s)) }
+            ReplayState { top, seen: seen | (1 << (top - 1 - s)), ..self.state }
         })
+    }
+
+    /// The state after accepting an opened frame, or why it is refused; the window does not
+    /// change. Applies the Last Will rule (see the type's documentation) to offline statuses and
+    /// the plain window to everything else.
+    pub fn state_after_frame(&self, frame: &OpenedFrame) -> Result<ReplayState, Error> {
+        let sequence = frame.header.sequence;
+        match &frame.message {
+            Message::Status(StatusReport { status: NodeStatus::Offline, .. }) => {
+                if self.state.expected_will == 0 || sequence.get() != self.state.expected_will {
+                    return Err(Error::Replayed);
+                }
+                // Also mark it seen where the window still covers it.
+                let state = self.state_after(sequence).unwrap_or(self.state);
+                Ok(ReplayState { expected_will: 0, ..state })
+            }
+            Message::Status(StatusReport { status: NodeStatus::Online { .. }, .. }) => {
+                let state = self.state_after(sequence)?;
+                Ok(ReplayState { expected_will: sequence.get() + 1, ..state })
+            }
+            Message::Led(_) | Message::Temperature(_) => self.state_after(sequence),
+        }
+    }
+
+    /// Checks an opened frame and records it: what a receiver calls for every frame it opened.
+    pub fn accept_frame(&mut self, frame: &OpenedFrame) -> Result<(), Error> {
+        self.state = self.state_after_frame(frame)?;
+        Ok(())
     }
 
     /// Checks `sequence` and records it as seen.
@@ -136,7 +174,7 @@ mod tests {
         let mut window = ReplayWindow::new();
         window.accept(seq(1)).unwrap();
         window.accept(seq(1_000_000)).unwrap();
-        assert_eq!(window.state(), ReplayState { top: 1_000_001, seen: 1 });
+        assert_eq!(window.state(), ReplayState { top: 1_000_001, seen: 1, expected_will: 0 });
         assert_eq!(window.accept(seq(999_999)), Ok(()));
         assert_eq!(window.accept(seq(1)), Err(Error::TooOld));
     }
@@ -149,6 +187,46 @@ mod tests {
         assert!(window.check(seq(4)).is_ok());
         assert!(window.state_after(seq(4)).is_ok());
         assert_eq!(window, before);
+    }
+
+    fn status(sequence: u64, status: NodeStatus) -> OpenedFrame {
+        OpenedFrame {
+            header: crate::FrameHeader { key_id: crate::KeyId(1), sequence: seq(sequence) },
+            message: Message::Status(StatusReport { status, uptime: crate::Uptime(0) }),
+        }
+    }
+
+    fn online(sequence: u64) -> OpenedFrame {
+        status(sequence, NodeStatus::Online { leds: heapless::Vec::new() })
+    }
+
+    fn offline(sequence: u64) -> OpenedFrame {
+        status(sequence, NodeStatus::Offline)
+    }
+
+    #[test]
+    fn the_will_of_the_current_connection_is_accepted_once_however_late() {
+        let mut window = ReplayWindow::new();
+        window.accept_frame(&online(10)).unwrap();
+        for n in 12..5_000 {
+            window.accept(seq(n)).unwrap();
+        }
+        assert_eq!(window.accept_frame(&offline(11)), Ok(()));
+        assert_eq!(window.accept_frame(&offline(11)), Err(Error::Replayed));
+    }
+
+    #[test]
+    fn a_stale_or_forged_number_will_is_rejected() {
+        let mut window = ReplayWindow::new();
+        assert_eq!(window.accept_frame(&offline(0)), Err(Error::Replayed), "no online yet");
+        window.accept_frame(&online(10)).unwrap();
+        // Reconnect: a new online status; the broker then publishes the old connection's will.
+        window.accept_frame(&online(20)).unwrap();
+        assert_eq!(window.accept_frame(&offline(11)), Err(Error::Replayed));
+        assert_eq!(window.accept_frame(&offline(22)), Err(Error::Replayed));
+        assert_eq!(window.accept_frame(&offline(21)), Ok(()));
+        // The will number is not accepted again as anything else either.
+        assert_eq!(window.accept(seq(21)), Err(Error::Replayed));
     }
 
     #[test]

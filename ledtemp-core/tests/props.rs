@@ -115,7 +115,7 @@ proptest! {
         let (mut window, base) = match start {
             Some((top, seen)) => {
                 let top = top % (MAX_SEQUENCE / 2);
-                (ReplayWindow::restore(ReplayState { top, seen }), top)
+                (ReplayWindow::restore(ReplayState { top, seen, expected_will: 0 }), top)
             }
             None => (ReplayWindow::new(), 0),
         };
