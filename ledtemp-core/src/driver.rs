@@ -463,3 +463,151 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        AesGcmCodec, DeviceId, KeyId, LedName, MemorySequenceStore, Message, NodeConfig,
+        SensorName, Topic,
+    };
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    #[derive(Clone)]
+    struct FakeClock(Rc<Cell<u64>>);
+    impl Clock for FakeClock {
+        fn now(&mut self) -> Instant {
+            Instant::from_millis(self.0.get())
+        }
+    }
+    impl embedded_hal::delay::DelayNs for FakeClock {
+        fn delay_ns(&mut self, ns: u32) {
+            self.0.set(self.0.get() + u64::from(ns.div_ceil(1_000_000)).max(1));
+        }
+    }
+
+    /// Held down between 100 and 200 ms.
+    struct FakeButton(FakeClock);
+    impl Button for FakeButton {
+        type Error = Infallible;
+        fn is_pressed(&mut self) -> Result<bool, Infallible> {
+            let now = self.0.now().as_millis();
+            Ok((100..200).contains(&now))
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeLed(Vec<LedState>);
+    impl Led for FakeLed {
+        type Error = Infallible;
+        fn set(&mut self, state: LedState) -> Result<(), Infallible> {
+            self.0.push(state);
+            Ok(())
+        }
+    }
+
+    /// Fails every second read.
+    struct FakeSensor(u32);
+    impl TempSensor for FakeSensor {
+        type Error = &'static str;
+        fn read(&mut self) -> Result<MilliCelsius, &'static str> {
+            self.0 += 1;
+            if self.0 % 2 == 0 { Err("bus error") } else { Ok(MilliCelsius(20_000)) }
+        }
+    }
+
+    /// Refuses the first connection attempt; records what it publishes.
+    #[derive(Default)]
+    struct FakePublisher {
+        attempts: u32,
+        connected: bool,
+        wills: Vec<Vec<u8>>,
+        published: Vec<(String, Vec<u8>)>,
+    }
+    impl Publisher for FakePublisher {
+        type Error = &'static str;
+        fn is_connected(&mut self) -> bool {
+            self.connected
+        }
+        fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), &'static str> {
+            self.attempts += 1;
+            self.wills.push(will.frame.to_vec());
+            if self.attempts == 1 {
+                return Err("connection refused");
+            }
+            self.connected = true;
+            Ok(())
+        }
+        fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), &'static str> {
+            self.published.push((frame.topic.to_string(), frame.frame.to_vec()));
+            Ok(())
+        }
+        fn poll(&mut self) -> Result<(), &'static str> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_blocking_driver_connects_with_backoff_and_publishes_sealed_frames() {
+        let clock = FakeClock(Rc::new(Cell::new(0)));
+        let codec = AesGcmCodec::from_key_bytes(KeyId(1), &[1; 16]).unwrap();
+        let mut node: Node<_, _, 16> = Node::new(
+            DeviceId::new("pi").unwrap(),
+            &[LedName::new("red").unwrap()],
+            &[SensorName::new("cpu").unwrap()],
+            codec,
+            MemorySequenceStore::new(),
+            NodeConfig::default(),
+            Instant::from_millis(0),
+        )
+        .unwrap();
+        let mut buttons = [FakeButton(clock.clone())];
+        let mut leds = [FakeLed::default()];
+        let mut sensors = [FakeSensor(0)];
+        let mut io = BlockingIo {
+            buttons: &mut buttons,
+            leds: &mut leds,
+            sensors: &mut sensors,
+            publisher: FakePublisher::default(),
+            clock: clock.clone(),
+            delay: clock.clone(),
+        };
+        let mut driver = Driver::default();
+        let mut events = Vec::new();
+        while clock.0.get() < 3_500 {
+            let wake = block_on(driver.step(&mut node, &mut io, &mut |event| {
+                events.push(std::format!("{event:?}"));
+            }))
+            .unwrap();
+            assert!(wake.as_millis() > clock.0.get() || wake.as_millis() == clock.0.get());
+            block_on(io.sleep_until(wake));
+        }
+
+        // First attempt refused at 0 ms, second after the 1 s backoff.
+        assert_eq!(io.publisher.attempts, 2);
+        assert!(events[0].starts_with("ConnectFailed"), "{events:?}");
+        assert!(events.iter().any(|e| e.contains("SensorFailed")));
+        assert_eq!(io.leds[0].0, [LedState::Off, LedState::On]);
+
+        let codec = AesGcmCodec::from_key_bytes(KeyId(1), &[1; 16]).unwrap();
+        let opened: Vec<(String, Message)> = io
+            .publisher
+            .published
+            .iter()
+            .map(|(topic, frame)| {
+                (topic.clone(), codec.open(&Topic::parse(topic).unwrap(), frame).unwrap().message)
+            })
+            .collect();
+        let topics: Vec<&str> = opened.iter().map(|(t, _)| t.as_str()).collect();
+        // Queued while down: the reading at 0 ms and the press at 120 ms; then online first.
+        assert_eq!(topics[0], "ledtemp/pi/status");
+        assert!(topics.contains(&"ledtemp/pi/led/red"));
+        let temperatures = topics.iter().filter(|t| **t == "ledtemp/pi/temp/cpu").count();
+        assert_eq!(temperatures, 2, "4 samples at 0, 1, 2, 3 s; every second one failed");
+        assert_eq!(node.stats().frames_sent as usize, opened.len());
+        assert_eq!(node.stats().sensor_errors, 2);
+    }
+}
