@@ -515,7 +515,7 @@ mod tests {
         type Error = &'static str;
         fn read(&mut self) -> Result<MilliCelsius, &'static str> {
             self.0 += 1;
-            if self.0 % 2 == 0 { Err("bus error") } else { Ok(MilliCelsius(20_000)) }
+            if self.0.is_multiple_of(2) { Err("bus error") } else { Ok(MilliCelsius(20_000)) }
         }
     }
 
