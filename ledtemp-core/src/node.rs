@@ -494,7 +494,9 @@ mod tests {
         AesGcmCodec::from_key_bytes(KeyId(1), &KEY).unwrap()
     }
 
-    fn node<const Q: usize>(store: &mut MemorySequenceStore) -> Node<AesGcmCodec, &mut MemorySequenceStore, Q> {
+    fn node<const Q: usize>(
+        store: &mut MemorySequenceStore,
+    ) -> Node<AesGcmCodec, &mut MemorySequenceStore, Q> {
         Node::new(
             DeviceId::new("pi").unwrap(),
             &[LedName::new("red").unwrap(), LedName::new("green").unwrap()],
