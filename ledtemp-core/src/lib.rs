@@ -56,6 +56,8 @@
 //!
 //! # Features
 //! - `chacha20poly1305` (default): [`ChaChaCodec`], for CPUs without AES instructions.
+//! - `minimq`: `MqttPublisher`, an [`AsyncPublisher`] over the minimq MQTT v5 client (`no_std`;
+//!   needs an embassy-time driver).
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -67,13 +69,18 @@ mod codec;
 mod driver;
 mod error;
 mod frame;
+mod hal;
 mod hardware;
 mod message;
+#[cfg(feature = "minimq")]
+mod mqtt;
 mod name;
 mod node;
 mod replay;
 mod sequence;
+mod sim;
 mod time;
+mod tmp102;
 mod topic;
 
 #[cfg(feature = "chacha20poly1305")]
@@ -88,6 +95,7 @@ pub use frame::{
     FRAME_OVERHEAD, FRAME_VERSION, FrameHeader, HEADER_LEN, KeyId, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
     MAX_SEQUENCE, SequenceNumber, TAG_LEN,
 };
+pub use hal::{PinButton, PinLed};
 pub use hardware::{
     AsyncPublisher, AsyncTempSensor, Button, Led, Outgoing, Publisher, QoS, TempSensor,
 };
@@ -95,11 +103,18 @@ pub use message::{
     LedChange, LedState, LedStatus, MAX_LEDS, Message, MilliCelsius, NodeStatus, StatusReport,
     TemperatureReading, Uptime,
 };
+#[cfg(feature = "minimq")]
+pub use mqtt::{
+    Connector, MAX_CLIENT_ID_LEN, MQTT_RX_LEN, MQTT_TX_LEN, MqttBuffers, MqttConfig, MqttError,
+    MqttMailbox, MqttPublisher, mqtt_link,
+};
 pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
 pub use node::{DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats};
 pub use replay::{ReplayState, ReplayWindow};
 pub use sequence::{MemorySequenceStore, SequenceCounter, SequenceStore};
+pub use sim::{ScriptedButton, SimulatedFault, SimulatedTemperature};
 pub use time::{Clock, Instant};
+pub use tmp102::Tmp102;
 pub use topic::{MAX_TOPIC_LEN, TOPIC_FILTER_ALL, TOPIC_ROOT, Topic, TopicString};
 
 /// Re-exported so callers name the same `aead` the codec is generic over.

@@ -73,12 +73,11 @@ enum Pending {
         value: MilliCelsius,
         at: Uptime,
     },
-    /// Online status, with the LED states at the time (bit i: LED i on) and, for the
-    /// announcement of a connection, the sequence number reserved next to that connection's will.
+    /// Online status, with the LED states at the time (bit i: LED i on). The announcement of a
+    /// connection is sealed with `Node::online_reserved`, the number next to its will.
     Online {
         leds: u8,
         at: Uptime,
-        reserved: Option<SequenceNumber>,
     },
 }
 
@@ -183,6 +182,9 @@ pub struct Node<C, S, const QUEUE: usize = DEFAULT_QUEUE_CAPACITY> {
     samples_due: u8,
     next_sample: Instant,
     next_announce: Instant,
+    /// The sequence number reserved for the online status of the current connection (kept out of
+    /// the queue entries so that each stays 12 bytes).
+    online_reserved: Option<SequenceNumber>,
     stats: NodeStats,
 }
 
@@ -225,6 +227,7 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
             samples_due: 0,
             next_sample: now,
             next_announce: now + config.announce_period,
+            online_reserved: None,
             stats: NodeStats::default(),
         })
     }
@@ -328,8 +331,8 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         let len = self.codec.seal(&self.device, will, &message, buf)?;
         self.stats.frames_sealed += 1;
         self.queue.retain(|p| !matches!(p, Pending::Online { .. }));
-        let entry =
-            Pending::Online { leds: self.led_bits(), at: now.uptime(), reserved: Some(online) };
+        self.online_reserved = Some(online);
+        let entry = Pending::Online { leds: self.led_bits(), at: now.uptime() };
         if self.queue.is_full() {
             self.drop_one();
         }
@@ -352,7 +355,11 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         let Some(&pending) = self.queue.first() else {
             return Ok(None);
         };
-        let (message, reserved) = self.message_of(pending)?;
+        let message = self.message_of(pending)?;
+        let reserved = match pending {
+            Pending::Online { .. } => self.online_reserved,
+            _ => None,
+        };
         // A retry of the connection's online status keeps its reserved number: the message is
         // identical, so the frame is byte for byte the same one and no nonce is reused with a
         // different plaintext. Its will names exactly that number.
@@ -378,7 +385,9 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
     /// The frame from the last [`poll_transmit`](Self::poll_transmit) was published.
     pub fn handle_sent(&mut self) {
         if !self.queue.is_empty() {
-            self.queue.remove(0);
+            if let Pending::Online { .. } = self.queue.remove(0) {
+                self.online_reserved = None;
+            }
             self.stats.frames_sent += 1;
         }
     }
@@ -429,19 +438,19 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         }
     }
 
-    fn message_of(&self, pending: Pending) -> Result<(Message, Option<SequenceNumber>), Error> {
+    fn message_of(&self, pending: Pending) -> Result<Message, Error> {
         Ok(match pending {
             Pending::Led { index, state, at } => {
                 let led = self.leds.get(usize::from(index)).ok_or(Error::Capacity)?;
-                (Message::Led(LedChange { led: led.name.clone(), state, uptime: at }), None)
+                Message::Led(LedChange { led: led.name.clone(), state, uptime: at })
             }
             Pending::Temperature { index, value, at } => {
                 let sensor = self.sensors.get(usize::from(index)).ok_or(Error::Capacity)?;
                 let reading =
                     TemperatureReading { sensor: sensor.clone(), temperature: value, uptime: at };
-                (Message::Temperature(reading), None)
+                Message::Temperature(reading)
             }
-            Pending::Online { leds, at, reserved } => {
+            Pending::Online { leds, at } => {
                 let mut statuses = Vec::new();
                 for (i, led) in self.leds.iter().enumerate() {
                     let state = LedState::from(leds & (1 << i) != 0);
@@ -449,7 +458,7 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
                     let _ = statuses.push(LedStatus { led: led.name.clone(), state });
                 }
                 let status = NodeStatus::Online { leds: statuses };
-                (Message::Status(StatusReport { status, uptime: at }), reserved)
+                Message::Status(StatusReport { status, uptime: at })
             }
         })
     }

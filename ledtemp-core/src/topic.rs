@@ -103,9 +103,17 @@ impl Topic {
 
     /// The topic as a string.
     pub fn to_topic_string(&self) -> TopicString {
+        let (kind, name) = self.kind_and_name();
         let mut out = TopicString::new();
-        // Cannot fail: MAX_TOPIC_LEN is the longest topic valid names can form.
-        let _ = fmt::write(&mut out, format_args!("{self}"));
+        // Built piece by piece rather than with `write!`, which would pull `core::fmt` into
+        // firmware images. Cannot overflow: MAX_TOPIC_LEN is the longest topic names can form.
+        for part in [TOPIC_ROOT, "/", self.device().as_str(), "/", kind] {
+            let _ = out.push_str(part);
+        }
+        if let Some(name) = name {
+            let _ = out.push_str("/");
+            let _ = out.push_str(name);
+        }
         out
     }
 

@@ -9,10 +9,13 @@
 extern crate aead as _;
 extern crate aes_gcm as _;
 extern crate chacha20poly1305 as _;
+extern crate embassy_time as _;
 extern crate embedded_hal as _;
 extern crate embedded_hal_async as _;
+extern crate embedded_io_async as _;
 extern crate heapless as _;
 extern crate ledtemp_core as _;
+extern crate minimq as _;
 extern crate postcard as _;
 extern crate serde as _;
 

@@ -1,0 +1,636 @@
+//! [`MqttPublisher`]: an [`AsyncPublisher`] over minimq (MQTT v5, `no_std`, no allocator).
+//!
+//! The design, an example and the RAM it takes are on [`MqttPublisher`].
+#![allow(async_fn_in_trait, reason = "node drivers run on one task; no Send bound is wanted")]
+
+use core::cell::Cell;
+use core::convert::Infallible;
+use core::fmt;
+use core::future::{Future, poll_fn};
+use core::pin::{Pin, pin};
+use core::task::Poll;
+use core::time::Duration;
+
+use embassy_time::with_timeout;
+use embedded_io_async::{ErrorKind, Read, Write};
+use heapless::Vec;
+use minimq::{Buffers, ConfigBuilder, Publication, Session, Will};
+
+use crate::hardware::{AsyncPublisher, Outgoing, QoS};
+use crate::{MAX_FRAME_LEN, MAX_TOPIC_LEN, TopicString};
+
+/// Size of the MQTT receive buffer in [`MqttBuffers`], in bytes. The publisher subscribes to
+/// nothing, so it receives only CONNACK, PUBACK, PINGRESP and DISCONNECT; CONNECT tells the broker
+/// (Maximum Packet Size) never to send more than this.
+pub const MQTT_RX_LEN: usize = 128;
+
+/// Longest client id minimq stores, in bytes.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// Largest CONNECT: fixed header (5), variable header (10), properties (15), client id, an empty
+/// will property list, and a will of [`MAX_FRAME_LEN`] on a topic of [`MAX_TOPIC_LEN`]. minimq
+/// keeps this much of the transmit buffer for the whole connection.
+const MAX_CONNECT_LEN: usize =
+    5 + 10 + 15 + (2 + MAX_CLIENT_ID_LEN) + 1 + (2 + MAX_TOPIC_LEN) + (2 + MAX_FRAME_LEN);
+
+/// Largest PUBLISH: fixed header, topic, packet id, empty properties, frame.
+const MAX_PUBLISH_LEN: usize = 5 + (2 + MAX_TOPIC_LEN) + 2 + 1 + MAX_FRAME_LEN;
+
+/// Size of the MQTT transmit buffer in [`MqttBuffers`], in bytes: the largest CONNECT (kept for
+/// the connection) plus one QoS 1 PUBLISH kept until its PUBACK, plus minimq's header scratch.
+/// With a username and password, add their lengths plus 4 (use
+/// `MqttBuffers::<MQTT_RX_LEN, { MQTT_TX_LEN + n }>::with_sizes()`).
+pub const MQTT_TX_LEN: usize = MAX_CONNECT_LEN + MAX_PUBLISH_LEN + 16;
+
+/// The publisher's packet buffers: `RX + TX` bytes ([`MQTT_RX_LEN`] + [`MQTT_TX_LEN`] = 1013 by
+/// default). Put them in a `static` cell or on the stack of the task that runs the node.
+///
+/// RAM of the whole publisher: these buffers, an [`MqttMailbox`] (about 400 bytes: one frame and
+/// topic in flight) and the [`mqtt_link`] future (about 400 bytes for its copy of the will, plus
+/// minimq's session state and the transport).
+#[derive(Debug)]
+pub struct MqttBuffers<const RX: usize = MQTT_RX_LEN, const TX: usize = MQTT_TX_LEN> {
+    rx: [u8; RX],
+    tx: [u8; TX],
+}
+
+impl MqttBuffers {
+    /// Zeroed buffers of the default sizes.
+    pub const fn new() -> Self {
+        Self::with_sizes()
+    }
+}
+
+impl<const RX: usize, const TX: usize> MqttBuffers<RX, TX> {
+    /// Zeroed buffers of `RX` and `TX` bytes: `MqttBuffers::<128, 1024>::with_sizes()`.
+    pub const fn with_sizes() -> Self {
+        MqttBuffers { rx: [0; RX], tx: [0; TX] }
+    }
+}
+
+impl<const RX: usize, const TX: usize> Default for MqttBuffers<RX, TX> {
+    fn default() -> Self {
+        Self::with_sizes()
+    }
+}
+
+/// Opens a new transport to the broker, once per connection attempt.
+///
+/// ```
+/// # #[derive(Debug)] struct NetError;
+/// # struct TcpSocket;
+/// # impl embedded_io_async::ErrorType for TcpSocket { type Error = embedded_io_async::ErrorKind; }
+/// # impl embedded_io_async::Read for TcpSocket {
+/// #     async fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> { Ok(0) }
+/// # }
+/// # impl embedded_io_async::Write for TcpSocket {
+/// #     async fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> { Ok(b.len()) }
+/// #     async fn flush(&mut self) -> Result<(), Self::Error> { Ok(()) }
+/// # }
+/// # async fn open_socket(_: [u8; 4], _: u16) -> Result<TcpSocket, NetError> { Ok(TcpSocket) }
+/// use ledtemp_core::Connector;
+///
+/// struct Broker {
+///     address: [u8; 4],
+///     port: u16,
+/// }
+///
+/// impl Connector for Broker {
+///     type Io = TcpSocket;
+///     type Error = NetError;
+///     async fn connect(&mut self) -> Result<TcpSocket, NetError> {
+///         open_socket(self.address, self.port).await
+///     }
+/// }
+/// ```
+///
+/// On tokio: `TcpStream::connect(addr)` wrapped in `embedded_io_adapters::tokio_1::FromTokio`.
+/// A read of the transport must stay pending while no data is there: minimq treats an error,
+/// `TimedOut` included, as a dead connection.
+pub trait Connector {
+    /// The open transport.
+    type Io: Read + Write;
+    /// Why no transport could be opened.
+    type Error: fmt::Debug;
+
+    /// Opens a transport (a TCP connection, say) to the broker. Cancel-safe: a dropped attempt
+    /// leaves nothing behind.
+    async fn connect(&mut self) -> Result<Self::Io, Self::Error>;
+}
+
+impl<T: Connector + ?Sized> Connector for &mut T {
+    type Io = T::Io;
+    type Error = T::Error;
+    async fn connect(&mut self) -> Result<Self::Io, Self::Error> {
+        (**self).connect().await
+    }
+}
+
+/// How the publisher connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MqttConfig<'a> {
+    /// MQTT client id, at most [`MAX_CLIENT_ID_LEN`] bytes; usually the device id. The broker
+    /// disconnects an older connection with the same id.
+    pub client_id: &'a str,
+    /// Username and password, if the broker wants them.
+    pub credentials: Option<(&'a str, &'a [u8])>,
+    /// Keep-alive interval in seconds (the broker drops the connection after 1.5 times this without
+    /// a packet; minimq pings before). Default 30.
+    pub keep_alive_secs: u16,
+    /// How long opening the transport, the CONNECT handshake, or one publish (for QoS 1: until
+    /// the PUBACK) may take before the connection is given up. Default 5 s.
+    pub timeout: Duration,
+}
+
+impl<'a> MqttConfig<'a> {
+    /// Defaults for `client_id`: no credentials, keep-alive 30 s, timeout 5 s.
+    pub const fn new(client_id: &'a str) -> Self {
+        MqttConfig {
+            client_id,
+            credentials: None,
+            keep_alive_secs: 30,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the MQTT link failed. After any of these but [`NotConnected`](Self::NotConnected) the
+/// connection is closed; the driver connects again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MqttError<E> {
+    /// The [`Connector`] could not open a transport (broker down or unreachable).
+    Connect(E),
+    /// Reading or writing the open transport failed.
+    Transport(ErrorKind),
+    /// The broker closed the connection, sent DISCONNECT, or stopped answering pings.
+    Closed,
+    /// The broker refused (a reason code in CONNACK or PUBACK) or sent an invalid packet.
+    Broker(minimq::PeerError),
+    /// The configuration does not fit minimq (client id or topic too long).
+    Config(minimq::ConfigError),
+    /// A packet does not fit the buffers ([`MqttBuffers`] too small for the credentials, or a
+    /// frame longer than [`MAX_FRAME_LEN`]).
+    Resource(minimq::ResourceError),
+    /// minimq refused the request (QoS above the broker's maximum, say).
+    Refused,
+    /// The transport, the CONNACK or a PUBACK did not come within [`MqttConfig::timeout`].
+    Timeout,
+    /// Publish or poll while not connected.
+    NotConnected,
+}
+
+impl<E: fmt::Debug> fmt::Display for MqttError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MqttError::Connect(e) => write!(f, "cannot reach the MQTT broker: {e:?}"),
+            MqttError::Transport(kind) => {
+                write!(f, "connection to the MQTT broker failed: {kind:?}")
+            }
+            MqttError::Closed => f.write_str("the MQTT broker closed the connection"),
+            MqttError::Broker(e) => write!(f, "the MQTT broker refused: {e}"),
+            MqttError::Config(e) => write!(f, "invalid MQTT configuration: {e}"),
+            MqttError::Resource(e) => write!(f, "MQTT buffers too small: {e}"),
+            MqttError::Refused => f.write_str("MQTT request not allowed by this broker"),
+            MqttError::Timeout => f.write_str("the MQTT broker did not answer in time"),
+            MqttError::NotConnected => f.write_str("not connected to the MQTT broker"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for MqttError<E> {}
+
+impl<E, T: embedded_io_async::Error> From<minimq::Error<T>> for MqttError<E> {
+    fn from(error: minimq::Error<T>) -> Self {
+        match error {
+            minimq::Error::Transport(e) => MqttError::Transport(e.kind()),
+            minimq::Error::WriteZero => MqttError::Transport(ErrorKind::WriteZero),
+            minimq::Error::Disconnected => MqttError::Closed,
+            minimq::Error::Peer(e) => MqttError::Broker(e),
+            minimq::Error::Resource(e) => MqttError::Resource(e),
+            _ => MqttError::Refused,
+        }
+    }
+}
+
+impl<E, P, T: embedded_io_async::Error> From<minimq::PubError<P, T>> for MqttError<E> {
+    fn from(error: minimq::PubError<P, T>) -> Self {
+        match error {
+            minimq::PubError::Session(e) => e.into(),
+            // Copying a frame into the packet failed: it does not fit the buffer.
+            minimq::PubError::Payload(_) => {
+                MqttError::Resource(minimq::ResourceError::BufferTooSmall)
+            }
+        }
+    }
+}
+
+/// A frame copied out of an [`Outgoing`], so it can wait in the mailbox.
+#[derive(Debug, Clone)]
+struct OwnedFrame {
+    topic: TopicString,
+    frame: Vec<u8, MAX_FRAME_LEN>,
+    qos: QoS,
+    retain: bool,
+}
+
+impl OwnedFrame {
+    fn copy<E>(outgoing: &Outgoing<'_>) -> Result<Self, MqttError<E>> {
+        let frame = Vec::from_slice(outgoing.frame)
+            .map_err(|_| MqttError::Resource(minimq::ResourceError::PacketTooLarge))?;
+        Ok(OwnedFrame {
+            topic: outgoing.topic.clone(),
+            frame,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+        })
+    }
+
+    fn minimq_qos(&self) -> minimq::QoS {
+        match self.qos {
+            QoS::AtMostOnce => minimq::QoS::AtMostOnce,
+            QoS::AtLeastOnce => minimq::QoS::AtLeastOnce,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Request {
+    Connect(OwnedFrame),
+    Publish(OwnedFrame),
+    Poll,
+}
+
+/// Where an [`MqttPublisher`] hands requests to its [`mqtt_link`] and gets the answers. Create
+/// one, give it to both, and keep it alive as long as they are.
+///
+/// Not `Sync`: publisher and link run on one task (on tokio: `block_on`, a current-thread
+/// runtime, or a `LocalSet`).
+pub struct MqttMailbox<E> {
+    request: Cell<Option<Request>>,
+    response: Cell<Option<Result<(), MqttError<E>>>>,
+    /// A request was handed over and its answer not taken yet (a call was cancelled).
+    outstanding: Cell<bool>,
+    connected: Cell<bool>,
+}
+
+impl<E> MqttMailbox<E> {
+    /// An empty mailbox.
+    pub const fn new() -> Self {
+        MqttMailbox {
+            request: Cell::new(None),
+            response: Cell::new(None),
+            outstanding: Cell::new(false),
+            connected: Cell::new(false),
+        }
+    }
+
+    /// The next request. Registers no waker: only the publisher polls the link, and only after
+    /// it has put a request in.
+    async fn next_request(&self) -> Request {
+        poll_fn(|_| match self.request.take() {
+            Some(request) => Poll::Ready(request),
+            None => Poll::Pending,
+        })
+        .await
+    }
+
+    fn answer(&self, result: Result<(), MqttError<E>>) {
+        self.response.set(Some(result));
+    }
+}
+
+impl<E> Default for MqttMailbox<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> fmt::Debug for MqttMailbox<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttMailbox").field("connected", &self.connected.get()).finish()
+    }
+}
+
+/// Polls `future` once: `Some(output)` if it finished, `None` (and the future dropped) if it would
+/// wait.
+async fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    poll_fn(|cx| {
+        Poll::Ready(match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// How many packets one [`AsyncPublisher::poll`] handles at most before it returns.
+const MAX_PACKETS_PER_POLL: usize = 8;
+
+fn embassy_duration(duration: Duration) -> embassy_time::Duration {
+    embassy_time::Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The MQTT connection as a future: owns the minimq session and connection and carries out the
+/// requests of the [`MqttPublisher`] that shares `mailbox`. It never finishes; the publisher polls
+/// it, nothing else should.
+///
+/// Each connect opens a fresh transport with `connector`, then sends CONNECT with clean start
+/// and the will from the request. Any failure drops the connection (without DISCONNECT, so the
+/// broker publishes the will) and is answered as an error; the next connect starts afresh.
+/// Dropping the future drops the connection the same way.
+pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
+    mailbox: &MqttMailbox<C::Error>,
+    mut connector: C,
+    config: MqttConfig<'_>,
+    buffers: &mut MqttBuffers<RX, TX>,
+) -> Infallible {
+    let timeout = embassy_duration(config.timeout);
+    let mut next = None;
+    loop {
+        let request = match next.take() {
+            Some(request) => request,
+            None => mailbox.next_request().await,
+        };
+        let will = match request {
+            Request::Connect(will) => will,
+            Request::Publish(_) | Request::Poll => {
+                mailbox.answer(Err(MqttError::NotConnected));
+                continue;
+            }
+        };
+        let io = match with_timeout(timeout, connector.connect()).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                mailbox.answer(Err(MqttError::Connect(e)));
+                continue;
+            }
+            Err(_) => {
+                mailbox.answer(Err(MqttError::Timeout));
+                continue;
+            }
+        };
+        let session_config = match session_config(&will, &config, &mut buffers.rx, &mut buffers.tx)
+        {
+            Ok(session_config) => session_config,
+            Err(e) => {
+                mailbox.answer(Err(MqttError::Config(e)));
+                continue;
+            }
+        };
+        let mut session = Session::new(session_config);
+        let mut connection = match with_timeout(timeout, session.connect(io)).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                mailbox.answer(Err(e.into()));
+                continue;
+            }
+            Err(_) => {
+                mailbox.answer(Err(MqttError::Timeout));
+                continue;
+            }
+        };
+        mailbox.connected.set(true);
+        mailbox.answer(Ok(()));
+
+        loop {
+            let result = match mailbox.next_request().await {
+                Request::Connect(will) => {
+                    // Asked to reconnect while connected: start over with the new will.
+                    next = Some(Request::Connect(will));
+                    break;
+                }
+                Request::Publish(frame) => {
+                    match with_timeout(timeout, publish(&mut connection, &frame)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(MqttError::Timeout),
+                    }
+                }
+                Request::Poll => poll(&mut connection).await,
+            };
+            let failed = result.is_err();
+            mailbox.answer(result);
+            if failed {
+                break;
+            }
+        }
+        mailbox.connected.set(false);
+    }
+}
+
+fn session_config<'b>(
+    will: &'b OwnedFrame,
+    config: &MqttConfig<'b>,
+    rx: &'b mut [u8],
+    tx: &'b mut [u8],
+) -> Result<ConfigBuilder<'b>, minimq::ConfigError> {
+    let mut minimq_will = Will::new(&will.topic, &will.frame, &[])?.qos(will.minimq_qos());
+    if will.retain {
+        minimq_will = minimq_will.retained();
+    }
+    let mut builder = ConfigBuilder::new(Buffers::new(rx, tx))
+        .client_id(config.client_id)?
+        .keepalive_interval(config.keep_alive_secs)
+        .will(minimq_will)?;
+    if let Some((username, password)) = config.credentials {
+        builder = builder.auth(username, password)?;
+    }
+    Ok(builder)
+}
+
+/// Publishes one frame; for QoS 1, drives the connection until the broker's PUBACK.
+async fn publish<E, IO: minimq::Io>(
+    connection: &mut minimq::Connection<'_, '_, IO>,
+    frame: &OwnedFrame,
+) -> Result<(), MqttError<E>> {
+    let mut publication = Publication::bytes(&frame.topic, &frame.frame).qos(frame.minimq_qos());
+    if frame.retain {
+        publication = publication.retain();
+    }
+    let Some(op) = connection.publish(publication).await? else {
+        return Ok(());
+    };
+    loop {
+        if connection.is_complete(&op) {
+            return Ok(());
+        }
+        if connection.is_invalidated(&op) || !connection.is_connected() {
+            return Err(MqttError::Closed);
+        }
+        connection.poll().await?;
+    }
+}
+
+/// Handles what has arrived (acknowledgements, PINGRESP) and sends a ping when due; returns as
+/// soon as reading would wait.
+async fn poll<E, IO: minimq::Io>(
+    connection: &mut minimq::Connection<'_, '_, IO>,
+) -> Result<(), MqttError<E>> {
+    for _ in 0..MAX_PACKETS_PER_POLL {
+        // `Connection::poll` is cancel-safe when the transport's futures are.
+        match poll_once(connection.poll()).await {
+            None => return Ok(()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// An [`AsyncPublisher`] over minimq.
+///
+/// # Why a publisher and a link
+///
+/// A minimq `Connection` borrows its `Session`, and the session holds the Last Will for its whole
+/// life. Every connection needs a fresh will (its sequence number is reserved for that connection,
+/// see [`Node::handle_connect`](crate::Node::handle_connect)), so every connection needs a fresh
+/// session, built on buffers that must be borrowed again for the next one. Safe Rust cannot keep
+/// such a session and its connection in one struct between calls, but an `async fn` can keep them
+/// in its own frame. So the work is split in two:
+///
+/// - [`mqtt_link`] is that `async fn`: it owns the session and the connection, and carries out one
+///   request at a time (connect, publish, poll) handed to it through an [`MqttMailbox`];
+/// - [`MqttPublisher`] implements [`AsyncPublisher`]: each call puts a request into the mailbox and
+///   polls the (pinned) link future until the answer is there. Nothing else polls the link, so
+///   nothing needs to be spawned or joined, and it works on any executor, including
+///   [`block_on`](crate::block_on).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn example() -> Result<(), ledtemp_core::MqttError<core::convert::Infallible>> {
+/// use core::pin::pin;
+/// use ledtemp_core::{
+///     AsyncPublisher, Connector, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Outgoing,
+///     mqtt_link,
+/// };
+/// # struct Tcp;
+/// # impl embedded_io_async::ErrorType for Tcp { type Error = embedded_io_async::ErrorKind; }
+/// # impl embedded_io_async::Read for Tcp {
+/// #     async fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> { Ok(0) }
+/// # }
+/// # impl embedded_io_async::Write for Tcp {
+/// #     async fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> { Ok(b.len()) }
+/// #     async fn flush(&mut self) -> Result<(), Self::Error> { Ok(()) }
+/// # }
+/// /// Opens a TCP connection to the broker (a socket of your network stack).
+/// struct Broker;
+/// impl Connector for Broker {
+///     type Io = Tcp;
+///     type Error = core::convert::Infallible;
+///     async fn connect(&mut self) -> Result<Tcp, Self::Error> {
+///         Ok(Tcp) // connect the socket to the broker's address and port here
+///     }
+/// }
+///
+/// let mailbox = MqttMailbox::new();
+/// let mut buffers = MqttBuffers::new();
+/// let link = pin!(mqtt_link(&mailbox, Broker, MqttConfig::new("kitchen-pi"), &mut buffers));
+/// let mut publisher = MqttPublisher::new(&mailbox, link);
+/// # let (will, frame): (Outgoing<'_>, Outgoing<'_>) = todo!();
+/// // The driver (`run_async`) makes these calls; shown here for the order.
+/// publisher.connect(&will).await?; // will: from `Node::handle_connect`
+/// publisher.publish(&frame).await?; // QoS 1: returns once the broker acknowledged it
+/// publisher.poll().await?; // between frames: pings, acknowledgements
+/// # Ok(()) }
+/// ```
+///
+/// # Time
+///
+/// minimq keeps time with `embassy-time`, and so do the timeouts here: a program needs an
+/// embassy-time driver (on std, embassy-time's `std` feature; on bare metal, a
+/// `time_driver_impl!` over a hardware timer).
+///
+/// # RAM
+///
+/// [`MqttBuffers`] (about 1 KB), an [`MqttMailbox`] and the [`mqtt_link`] future: see
+/// [`MqttBuffers`]. Publisher and link are not `Send`: run them on the node's task.
+///
+/// # Contract
+///
+/// - [`connect`](AsyncPublisher::connect): a fresh transport, CONNECT with clean start and the
+///   node's sealed offline frame as Last Will.
+/// - [`publish`](AsyncPublisher::publish): for [`QoS::AtLeastOnce`], `Ok` only once the broker's
+///   PUBACK arrived, so a frame the node then drops from its queue is with the broker; for
+///   [`QoS::AtMostOnce`], once written.
+/// - [`poll`](AsyncPublisher::poll): handles what has arrived and pings when due; returns at once
+///   when nothing is there.
+///
+/// Each call is bounded by [`MqttConfig::timeout`]; any failure closes the connection and returns
+/// `Err`, and the node keeps the frame. Cancelling a call is safe: the next call first finishes
+/// the cancelled request (a cancelled publish may still reach the broker).
+pub struct MqttPublisher<'a, E, L> {
+    mailbox: &'a MqttMailbox<E>,
+    link: Pin<&'a mut L>,
+}
+
+impl<'a, E, L: Future<Output = Infallible>> MqttPublisher<'a, E, L> {
+    /// A publisher over `link`, the pinned [`mqtt_link`] future created with the same `mailbox`.
+    pub fn new(mailbox: &'a MqttMailbox<E>, link: Pin<&'a mut L>) -> Self {
+        MqttPublisher { mailbox, link }
+    }
+
+    /// Hands `request` to the link and drives it until the answer is there.
+    async fn call(&mut self, request: Request) -> Result<(), MqttError<E>> {
+        if self.mailbox.outstanding.get() {
+            // A cancelled call left its request behind: finish it first; its answer is stale.
+            let _ = self.answer().await;
+        }
+        self.mailbox.request.set(Some(request));
+        self.mailbox.outstanding.set(true);
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> Result<(), MqttError<E>> {
+        let mailbox = self.mailbox;
+        let link = &mut self.link;
+        let result = poll_fn(|cx| {
+            if let Some(result) = mailbox.response.take() {
+                return Poll::Ready(result);
+            }
+            if let Poll::Ready(never) = link.as_mut().poll(cx) {
+                match never {}
+            }
+            // Pending with an answer: the link has moved on to wait for the next request.
+            // Pending without one: it waits for the transport, which will wake this task.
+            mailbox.response.take().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await;
+        mailbox.outstanding.set(false);
+        result
+    }
+}
+
+impl<E, L> fmt::Debug for MqttPublisher<'_, E, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttPublisher").field("mailbox", self.mailbox).finish_non_exhaustive()
+    }
+}
+
+impl<E: fmt::Debug, L: Future<Output = Infallible>> AsyncPublisher for MqttPublisher<'_, E, L> {
+    type Error = MqttError<E>;
+
+    fn is_connected(&self) -> bool {
+        self.mailbox.connected.get()
+    }
+
+    async fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Self::Error> {
+        self.call(Request::Connect(OwnedFrame::copy(will)?)).await
+    }
+
+    async fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), Self::Error> {
+        if !self.is_connected() {
+            return Err(MqttError::NotConnected);
+        }
+        self.call(Request::Publish(OwnedFrame::copy(frame)?)).await
+    }
+
+    async fn poll(&mut self) -> Result<(), Self::Error> {
+        if !self.is_connected() {
+            return Err(MqttError::NotConnected);
+        }
+        self.call(Request::Poll).await
+    }
+}

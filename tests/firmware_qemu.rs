@@ -1,0 +1,154 @@
+//! Runs the Cortex-M4F firmware image (`firmware/`) under QEMU and opens every frame it printed
+//! with the host codec.
+//!
+//! Needs the `thumbv7em-none-eabihf` target and `qemu-system-arm`; without them the test says so
+//! and passes, unless `LEDTEMP_REQUIRE_QEMU=1` (set by `.ci/run`) makes it fail instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ledtemp_core::{
+    AesGcmCodec, Codec, LedState, Message, NodeStatus, ReplayWindow, StatusReport, Topic,
+};
+
+const KEY: &[u8; 16] = b"ledtemp-firmware";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Why the image cannot run here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let has_target = targets
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "thumbv7em-none-eabihf")
+        })
+        .unwrap_or(false);
+    if !has_target {
+        return Some("rustup target thumbv7em-none-eabihf is not installed".into());
+    }
+    let qemu = Command::new("qemu-system-arm").arg("--version").stdout(Stdio::null()).status();
+    if !qemu.map(|s| s.success()).unwrap_or(false) {
+        return Some("qemu-system-arm is not installed".into());
+    }
+    None
+}
+
+fn build_image() -> PathBuf {
+    let target_dir = root().join("target").join("firmware");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(root().join("firmware"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .expect("run cargo build for the firmware");
+    assert!(status.success(), "firmware build failed");
+    target_dir.join("thumbv7em-none-eabihf/release/ledtemp-firmware")
+}
+
+/// Runs the image under QEMU (bounded: one minute), returning its exit status and console.
+fn run_image(elf: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new("qemu-system-arm")
+        .args(["-machine", "mps2-an386", "-nographic", "-monitor", "none"])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .arg(elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start qemu-system-arm");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for qemu") {
+            let out = child.wait_with_output().expect("qemu output");
+            return (status.code(), String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the firmware image did not exit within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_firmware_image_runs_the_node_under_qemu_and_its_frames_open_on_the_host() {
+    if let Some(why) = missing_prerequisite() {
+        assert!(
+            std::env::var("LEDTEMP_REQUIRE_QEMU").as_deref() != Ok("1"),
+            "LEDTEMP_REQUIRE_QEMU=1 but {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (status, console) = run_image(&build_image());
+    assert_eq!(status, Some(0), "image exited with {status:?}; console:\n{console}");
+
+    let codec = AesGcmCodec::from_key_bytes(ledtemp_core::KeyId(1), KEY).unwrap();
+    let mut window = ReplayWindow::new();
+    let mut will = None;
+    let mut messages = Vec::new();
+    let mut sequences = Vec::new();
+    for line in console.lines() {
+        let mut words = line.split(' ');
+        let (Some(tag @ ("FRAME" | "WILL")), Some(topic), Some(hex)) =
+            (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let topic = Topic::parse(topic).unwrap();
+        let frame = hex::decode(hex).unwrap();
+        let opened = codec.open(&topic, &frame).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if tag == "WILL" {
+            will = Some(opened);
+            continue;
+        }
+        window.accept_frame(&opened).unwrap();
+        sequences.push(opened.header.sequence.get());
+        messages.push(opened.message);
+    }
+
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "sequence numbers rise: {sequences:?}");
+    assert!(
+        matches!(&messages[0], Message::Status(StatusReport { status: NodeStatus::Online { leds }, .. }) if leds.len() == 1),
+        "online status with the LED first: {:?}",
+        messages[0]
+    );
+    let leds: Vec<LedState> = messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Led(change) => Some(change.state),
+            _ => None,
+        })
+        .collect();
+    assert!(leds.len() >= 3, "presses every 700 ms for 3.5 s: {leds:?}");
+    assert!(leds.windows(2).all(|w| w[0] != w[1]), "each press toggles: {leds:?}");
+    let temperatures: Vec<i32> = messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Temperature(t) => Some(t.temperature.0),
+            _ => None,
+        })
+        .collect();
+    assert!((3..=5).contains(&temperatures.len()), "one a second: {temperatures:?}");
+    assert!(temperatures.iter().all(|t| (19_000..24_000).contains(t)), "{temperatures:?}");
+
+    // The will opens, and is accepted as this connection's will even after the stream.
+    let will = will.expect("the image printed its Last Will");
+    assert!(matches!(
+        will.message,
+        Message::Status(StatusReport { status: NodeStatus::Offline, .. })
+    ));
+    assert_eq!(will.header.sequence.get(), sequences[0] + 1);
+    window.accept_frame(&will).unwrap();
+    assert!(console.contains("STAT frames_dropped 0"), "{console}");
+    for line in console.lines().filter(|l| l.starts_with("RAM ")) {
+        eprintln!("{line}");
+    }
+}
