@@ -44,6 +44,9 @@ pub enum Error {
     /// A key has the wrong length for its cipher (16 bytes for AES-128-GCM, 32 for
     /// ChaCha20-Poly1305).
     InvalidKeyLength,
+    /// An algorithm name that is neither `AES-128-GCM` nor `ChaCha20-Poly1305` (or ChaCha without
+    /// the `chacha20poly1305` feature).
+    UnknownAlgorithm,
     /// More LEDs, sensors or queue entries than the fixed capacity allows
     /// ([`MAX_LEDS`](crate::MAX_LEDS), [`MAX_SENSORS`](crate::MAX_SENSORS)).
     Capacity,
@@ -74,6 +77,9 @@ impl fmt::Display for Error {
             }
             Error::SequenceStore => f.write_str("sequence-number store failed to persist"),
             Error::InvalidKeyLength => f.write_str("key has the wrong length for its cipher"),
+            Error::UnknownAlgorithm => {
+                f.write_str("unknown algorithm: use AES-128-GCM or ChaCha20-Poly1305")
+            }
             Error::Capacity => f.write_str("more LEDs or sensors than a node supports"),
             Error::SealFailed => f.write_str("AEAD refused to seal the frame"),
         }

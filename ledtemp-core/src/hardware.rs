@@ -171,3 +171,26 @@ forward_mut! {
         fn poll(&mut self) -> Result<(), Self::Error> { (**self).poll() }
     }
 }
+
+impl<T: AsyncTempSensor + ?Sized> AsyncTempSensor for &mut T {
+    type Error = T::Error;
+    async fn read(&mut self) -> Result<MilliCelsius, Self::Error> {
+        (**self).read().await
+    }
+}
+
+impl<T: AsyncPublisher + ?Sized> AsyncPublisher for &mut T {
+    type Error = T::Error;
+    fn is_connected(&self) -> bool {
+        (**self).is_connected()
+    }
+    async fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Self::Error> {
+        (**self).connect(will).await
+    }
+    async fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), Self::Error> {
+        (**self).publish(frame).await
+    }
+    async fn poll(&mut self) -> Result<(), Self::Error> {
+        (**self).poll().await
+    }
+}

@@ -10,10 +10,17 @@
 //! - the message model ([`Message`], [`LedChange`], [`TemperatureReading`], [`StatusReport`]) and
 //!   validated names ([`DeviceId`], [`LedName`], [`SensorName`]);
 //! - the topic scheme ([`Topic`]);
-//! - the wire format ([`Codec`], [`AeadCodec`], [`FrameHeader`]; byte by byte in
+//! - the wire format ([`Codec`], [`AeadCodec`], [`AnyCodec`], [`FrameHeader`]; byte by byte in
 //!   `docs/protocol.md`);
 //! - sequence numbers that survive reboots without reuse ([`SequenceCounter`], [`SequenceStore`])
-//!   and the receiver's [`ReplayWindow`].
+//!   and the receiver's [`ReplayWindow`];
+//! - what a node touches ([`Button`], [`Led`], [`TempSensor`], [`Publisher`], [`Clock`] and their
+//!   async forms), with adapters for embedded-hal pins ([`PinButton`], [`PinLed`]), a TMP102 I2C
+//!   driver ([`Tmp102`]) and simulated hardware ([`ScriptedButton`], [`SimulatedTemperature`]);
+//! - the node itself: [`Node`], a sans-IO state machine (debounce, LED toggling, sampling
+//!   schedule, store-and-forward queue, Last Will), and the thin loops that drive it
+//!   ([`run_blocking`], [`run_async`], [`Driver`]);
+//! - with the `minimq` feature, an MQTT v5 publisher (`MqttPublisher`).
 //!
 //! It never reads a clock, a socket or a file, never allocates and never panics on input.
 //!
@@ -65,6 +72,7 @@
 #[cfg(test)]
 extern crate std;
 
+mod algorithm;
 mod codec;
 mod driver;
 mod error;
@@ -83,6 +91,7 @@ mod time;
 mod tmp102;
 mod topic;
 
+pub use algorithm::{Algorithm, AnyCodec};
 #[cfg(feature = "chacha20poly1305")]
 pub use codec::ChaChaCodec;
 pub use codec::{AeadCodec, AesGcmCodec, Codec, OpenedFrame};
