@@ -268,57 +268,81 @@ pub struct BlockingIo<'a, B, L, T, P, K, D> {
     pub delay: D,
 }
 
-impl<B, L, T, P, K, D> NodeIo for BlockingIo<'_, B, L, T, P, K, D>
-where
+/// The [`NodeIo`] of [`BlockingIo`] and [`AsyncIo`]: the same code, with `.await` after the
+/// sensor, publisher and delay calls of the async form.
+macro_rules! impl_node_io {
+    ($io:ident where $($bound:tt)*) => {
+        impl_node_io!(@impl $io [$($bound)*] []);
+    };
+    (async $io:ident where $($bound:tt)*) => {
+        impl_node_io!(@impl $io [$($bound)*] [.await]);
+    };
+    (@impl $io:ident [$($bound:tt)*] [$($await:tt)*]) => {
+        impl<B, L, T, P, K, D> NodeIo for $io<'_, B, L, T, P, K, D>
+        where
+            $($bound)*
+        {
+            fn now(&mut self) -> Instant {
+                self.clock.now()
+            }
+            fn button_count(&self) -> usize {
+                self.buttons.len()
+            }
+            fn read_button(&mut self, index: usize) -> Result<bool, &dyn Debug> {
+                read_button(self.buttons, index)
+            }
+            fn set_led(&mut self, index: usize, state: LedState) -> Result<(), &dyn Debug> {
+                set_led(self.leds, index, state)
+            }
+            async fn read_sensor(
+                &mut self,
+                index: usize,
+                handle: impl FnOnce(Result<MilliCelsius, &dyn Debug>),
+            ) {
+                if let Some(sensor) = self.sensors.get_mut(index) {
+                    match sensor.read()$($await)* {
+                        Ok(value) => handle(Ok(value)),
+                        Err(error) => handle(Err(&error)),
+                    }
+                }
+            }
+            fn is_connected(&mut self) -> bool {
+                self.publisher.is_connected()
+            }
+            async fn connect(
+                &mut self,
+                will: &Outgoing<'_>,
+                handle: impl FnOnce(Result<(), &dyn Debug>),
+            ) {
+                report(self.publisher.connect(will)$($await)*, handle);
+            }
+            async fn publish(
+                &mut self,
+                frame: &Outgoing<'_>,
+                handle: impl FnOnce(Result<(), &dyn Debug>),
+            ) {
+                report(self.publisher.publish(frame)$($await)*, handle);
+            }
+            async fn poll_link(&mut self, handle: impl FnOnce(Result<(), &dyn Debug>)) {
+                report(self.publisher.poll()$($await)*, handle);
+            }
+            async fn sleep_until(&mut self, deadline: Instant) {
+                let now = self.clock.now();
+                let millis = deadline.as_millis().saturating_sub(now.as_millis());
+                self.delay.delay_ms(u32::try_from(millis).unwrap_or(u32::MAX))$($await)*;
+            }
+        }
+    };
+}
+
+impl_node_io!(BlockingIo where
     B: Button,
     L: Led,
     T: TempSensor,
     P: Publisher,
     K: Clock,
     D: embedded_hal::delay::DelayNs,
-{
-    fn now(&mut self) -> Instant {
-        self.clock.now()
-    }
-    fn button_count(&self) -> usize {
-        self.buttons.len()
-    }
-    fn read_button(&mut self, index: usize) -> Result<bool, &dyn Debug> {
-        read_button(self.buttons, index)
-    }
-    fn set_led(&mut self, index: usize, state: LedState) -> Result<(), &dyn Debug> {
-        set_led(self.leds, index, state)
-    }
-    async fn read_sensor(
-        &mut self,
-        index: usize,
-        handle: impl FnOnce(Result<MilliCelsius, &dyn Debug>),
-    ) {
-        if let Some(sensor) = self.sensors.get_mut(index) {
-            match sensor.read() {
-                Ok(value) => handle(Ok(value)),
-                Err(error) => handle(Err(&error)),
-            }
-        }
-    }
-    fn is_connected(&mut self) -> bool {
-        self.publisher.is_connected()
-    }
-    async fn connect(&mut self, will: &Outgoing<'_>, handle: impl FnOnce(Result<(), &dyn Debug>)) {
-        report(self.publisher.connect(will), handle);
-    }
-    async fn publish(&mut self, frame: &Outgoing<'_>, handle: impl FnOnce(Result<(), &dyn Debug>)) {
-        report(self.publisher.publish(frame), handle);
-    }
-    async fn poll_link(&mut self, handle: impl FnOnce(Result<(), &dyn Debug>)) {
-        report(self.publisher.poll(), handle);
-    }
-    async fn sleep_until(&mut self, deadline: Instant) {
-        let now = self.clock.now();
-        let millis = deadline.as_millis().saturating_sub(now.as_millis());
-        self.delay.delay_ms(u32::try_from(millis).unwrap_or(u32::MAX));
-    }
-}
+);
 
 /// Async hardware: blocking buttons and LEDs (a GPIO read never waits), async sensors, an
 /// [`AsyncPublisher`], a [`Clock`] and an embedded-hal-async delay.
@@ -337,57 +361,14 @@ pub struct AsyncIo<'a, B, L, T, P, K, D> {
     pub delay: D,
 }
 
-impl<B, L, T, P, K, D> NodeIo for AsyncIo<'_, B, L, T, P, K, D>
-where
+impl_node_io!(async AsyncIo where
     B: Button,
     L: Led,
     T: AsyncTempSensor,
     P: AsyncPublisher,
     K: Clock,
     D: embedded_hal_async::delay::DelayNs,
-{
-    fn now(&mut self) -> Instant {
-        self.clock.now()
-    }
-    fn button_count(&self) -> usize {
-        self.buttons.len()
-    }
-    fn read_button(&mut self, index: usize) -> Result<bool, &dyn Debug> {
-        read_button(self.buttons, index)
-    }
-    fn set_led(&mut self, index: usize, state: LedState) -> Result<(), &dyn Debug> {
-        set_led(self.leds, index, state)
-    }
-    async fn read_sensor(
-        &mut self,
-        index: usize,
-        handle: impl FnOnce(Result<MilliCelsius, &dyn Debug>),
-    ) {
-        if let Some(sensor) = self.sensors.get_mut(index) {
-            match sensor.read().await {
-                Ok(value) => handle(Ok(value)),
-                Err(error) => handle(Err(&error)),
-            }
-        }
-    }
-    fn is_connected(&mut self) -> bool {
-        self.publisher.is_connected()
-    }
-    async fn connect(&mut self, will: &Outgoing<'_>, handle: impl FnOnce(Result<(), &dyn Debug>)) {
-        report(self.publisher.connect(will).await, handle);
-    }
-    async fn publish(&mut self, frame: &Outgoing<'_>, handle: impl FnOnce(Result<(), &dyn Debug>)) {
-        report(self.publisher.publish(frame).await, handle);
-    }
-    async fn poll_link(&mut self, handle: impl FnOnce(Result<(), &dyn Debug>)) {
-        report(self.publisher.poll().await, handle);
-    }
-    async fn sleep_until(&mut self, deadline: Instant) {
-        let now = self.clock.now();
-        let millis = deadline.as_millis().saturating_sub(now.as_millis());
-        self.delay.delay_ms(u32::try_from(millis).unwrap_or(u32::MAX)).await;
-    }
-}
+);
 
 fn read_button<B: Button>(buttons: &mut [B], index: usize) -> Result<bool, &dyn Debug> {
     match buttons.get_mut(index).map(Button::is_pressed) {
