@@ -1,0 +1,443 @@
+//! A ledtemp node on a Raspberry Pi: a button toggles an LED, a sensor reports the temperature
+//! every second, and every message goes to the MQTT broker sealed with the device's key.
+//!
+//! ```text
+//! cargo run --example rpi_node -- --config examples/rpi_node.toml             # on a Pi
+//! cargo run --example rpi_node -- --config examples/rpi_node.toml --simulate  # anywhere
+//! ```
+//!
+//! `--simulate` replaces the GPIO button with one pressed every few seconds (or, with
+//! `--keyboard`, by pressing Enter), the LEDs with log lines, and each sensor with a slow sine
+//! plus noise; the key, the sequence-number store and the broker are real. Wiring, 1-Wire and
+//! I2C set-up and a systemd unit are in docs/raspberry-pi.md.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use ledtemp_core::{
+    Backoff, Button, Clock, DeviceId, Led, LedName, LedState, MilliCelsius, Node, NodeConfig,
+    RunEvent, ScriptedButton, SensorName, SimulatedTemperature, TempSensor,
+};
+use ledtemp_tokio::{BlockingSensor, BrokerAddress, StdClock, run_node};
+use serde::Deserialize;
+use tracing::{debug, error, info, warn};
+
+/// Command line.
+#[derive(Parser, Debug)]
+#[command(about = "A ledtemp node: button, LED and temperature over sealed MQTT")]
+struct Args {
+    /// The node's configuration file (TOML; see examples/rpi_node.toml).
+    #[arg(long, default_value = "examples/rpi_node.toml")]
+    config: PathBuf,
+    /// Run without Raspberry Pi hardware: a scripted button, logged LEDs, simulated sensors.
+    #[arg(long)]
+    simulate: bool,
+    /// With --simulate: the button is pressed by pressing Enter instead of on a schedule.
+    #[arg(long, requires = "simulate")]
+    keyboard: bool,
+    /// With --simulate: seconds between scripted presses.
+    #[arg(long, default_value_t = 5)]
+    press_every: u64,
+}
+
+/// The configuration file.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The device's key file (ledtemp-keys format).
+    key_file: PathBuf,
+    /// The device id; must match the key file's when given.
+    device: Option<String>,
+    /// Directory for the sequence-number store.
+    state_dir: PathBuf,
+    /// Temperature period in milliseconds.
+    #[serde(default = "default_period_ms")]
+    period_ms: u64,
+    broker: BrokerConfig,
+    #[serde(default, rename = "led")]
+    leds: Vec<LedConfig>,
+    #[serde(default, rename = "sensor")]
+    sensors: Vec<SensorConfig>,
+}
+
+fn default_period_ms() -> u64 {
+    1_000
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct BrokerConfig {
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct LedConfig {
+    name: String,
+    pin: u8,
+    button_pin: Option<u8>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+enum SensorConfig {
+    ThermalZone {
+        name: String,
+        #[serde(default = "default_thermal_zone")]
+        path: PathBuf,
+    },
+    Ds18b20 {
+        name: String,
+        id: String,
+        #[serde(default = "default_w1_dir")]
+        devices_dir: PathBuf,
+    },
+    Tmp102 {
+        name: String,
+        #[serde(default = "default_i2c_bus")]
+        i2c_bus: u8,
+        #[serde(default = "default_tmp102_address")]
+        address: u8,
+    },
+}
+
+fn default_thermal_zone() -> PathBuf {
+    PathBuf::from("/sys/class/thermal/thermal_zone0/temp")
+}
+fn default_w1_dir() -> PathBuf {
+    PathBuf::from("/sys/bus/w1/devices")
+}
+fn default_i2c_bus() -> u8 {
+    1
+}
+fn default_tmp102_address() -> u8 {
+    0x48
+}
+
+impl SensorConfig {
+    fn name(&self) -> &str {
+        match self {
+            SensorConfig::ThermalZone { name, .. }
+            | SensorConfig::Ds18b20 { name, .. }
+            | SensorConfig::Tmp102 { name, .. } => name,
+        }
+    }
+}
+
+/// A failure to start, with the message the user sees.
+struct StartError(String);
+
+impl<E: std::fmt::Display> From<E> for StartError {
+    fn from(e: E) -> Self {
+        StartError(e.to_string())
+    }
+}
+
+/// Hardware chosen at run time: real pins and sensors, or simulated ones.
+struct DynButton(Box<dyn FnMut() -> Result<bool, String> + Send>);
+impl Button for DynButton {
+    type Error = String;
+    fn is_pressed(&mut self) -> Result<bool, String> {
+        (self.0)()
+    }
+}
+
+struct DynLed(Box<dyn FnMut(LedState) -> Result<(), String> + Send>);
+impl Led for DynLed {
+    type Error = String;
+    fn set(&mut self, state: LedState) -> Result<(), String> {
+        (self.0)(state)
+    }
+}
+
+struct DynSensor(Box<dyn FnMut() -> Result<MilliCelsius, String> + Send>);
+impl TempSensor for DynSensor {
+    type Error = String;
+    fn read(&mut self) -> Result<MilliCelsius, String> {
+        (self.0)()
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartError(message)) => {
+            error!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_config(path: &Path) -> Result<Config, StartError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError(format!("cannot read config {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| StartError(format!("config {}: {e}", path.display())))
+}
+
+async fn run(args: Args) -> Result<(), StartError> {
+    let config = read_config(&args.config)?;
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    let key = ledtemp_keys::load_key_file(&base.join(&config.key_file))
+        .map_err(|e| StartError(format!("config field `key_file`: {e}")))?;
+    let device = match &config.device {
+        Some(id) => {
+            let id =
+                DeviceId::new(id).map_err(|e| StartError(format!("config field `device`: {e}")))?;
+            if id != key.device {
+                return Err(StartError(format!(
+                    "config field `device` is {id} but the key file is for {}",
+                    key.device
+                )));
+            }
+            id
+        }
+        None => key.device.clone(),
+    };
+    if config.period_ms == 0 {
+        return Err(StartError("config field `period_ms` must be at least 1".into()));
+    }
+    let mut led_names = Vec::new();
+    for (i, led) in config.leds.iter().enumerate() {
+        led_names.push(
+            LedName::new(&led.name)
+                .map_err(|e| StartError(format!("config field `led[{i}].name`: {e}")))?,
+        );
+    }
+    let mut sensor_names = Vec::new();
+    for (i, sensor) in config.sensors.iter().enumerate() {
+        sensor_names.push(
+            SensorName::new(sensor.name())
+                .map_err(|e| StartError(format!("config field `sensor[{i}].name`: {e}")))?,
+        );
+    }
+    let password = match (&config.broker.password, &config.broker.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(StartError(
+                "config fields `broker.password` and `broker.password_file`: give one, not both"
+                    .into(),
+            ));
+        }
+        (Some(password), None) => Some(password.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(base.join(file))
+                .map_err(|e| StartError(format!("config field `broker.password_file`: {e}")))?
+                .trim_end()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+
+    let state_dir = base.join(&config.state_dir);
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        StartError(format!("config field `state_dir` {}: {e}", state_dir.display()))
+    })?;
+    let store_path = state_dir.join(format!("{device}.key{}.seq", key.key_id.0));
+    let store = ledtemp_rpi::FileSequenceStore::new(&store_path);
+
+    let clock = StdClock::new();
+    let (mut buttons, mut leds, sensors) = if args.simulate {
+        simulated_hardware(
+            &config,
+            clock,
+            args.keyboard,
+            Duration::from_secs(args.press_every.max(1)),
+        )
+    } else {
+        real_hardware(&config)?
+    };
+    let mut sensors: Vec<BlockingSensor<DynSensor>> =
+        sensors.into_iter().map(BlockingSensor::new).collect();
+
+    let node_config = NodeConfig {
+        temperature_period: Duration::from_millis(config.period_ms),
+        ..NodeConfig::default()
+    };
+    let mut node: Node<_, _> = Node::new(
+        device.clone(),
+        &led_names,
+        &sensor_names,
+        key.codec(),
+        store,
+        node_config,
+        { clock }.now(),
+    )
+    .map_err(|e| StartError(format!("cannot start the node: {e}")))?;
+
+    let mut broker = BrokerAddress::new(&config.broker.host, config.broker.port, device.as_str());
+    if let Some(user) = &config.broker.username {
+        broker.credentials = Some((user.clone(), password.unwrap_or_default()));
+    }
+    info!(
+        "node {device} ({} LEDs, {} sensors, {}), broker {}:{}{}",
+        led_names.len(),
+        sensor_names.len(),
+        key.algorithm,
+        broker.host,
+        broker.port,
+        if args.simulate { ", simulated hardware" } else { "" }
+    );
+
+    let published = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&published);
+    let address = format!("{}:{}", broker.host, broker.port);
+    let mut on_event = move |event: RunEvent<'_>| match event {
+        RunEvent::Connected => info!("connected to the broker at {address}"),
+        RunEvent::ConnectFailed { error, retry_in } => warn!(
+            "broker at {address} unreachable ({error:?}); retrying in {} s",
+            retry_in.as_secs_f32()
+        ),
+        RunEvent::LinkLost { error } => warn!("lost the broker ({error:?}); frames are queued"),
+        RunEvent::Published { topic, len } => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            debug!("published {len} bytes on {topic}");
+        }
+        RunEvent::SensorFailed { index, error } => warn!("sensor {index} failed: {error:?}"),
+        RunEvent::PinFailed { index, error } => warn!("pin {index} failed: {error:?}"),
+        other => debug!("{other:?}"),
+    };
+    let run = run_node(
+        &mut node,
+        &mut buttons,
+        &mut leds,
+        &mut sensors,
+        &broker,
+        clock,
+        Backoff::default(),
+        &mut on_event,
+    );
+    tokio::select! {
+        result = run => match result {
+            Err(e) => Err(StartError(format!("the node stopped: {e}"))),
+            Ok(never) => match never {},
+        },
+        _ = tokio::signal::ctrl_c() => {
+            info!("stopping after {} frames", published.load(Ordering::Relaxed));
+            Ok(())
+        }
+    }
+}
+
+type Hardware = (Vec<DynButton>, Vec<DynLed>, Vec<DynSensor>);
+
+fn simulated_hardware(
+    config: &Config,
+    clock: StdClock,
+    keyboard: bool,
+    every: Duration,
+) -> Hardware {
+    let mut buttons = Vec::new();
+    let mut leds = Vec::new();
+    for (i, led) in config.leds.iter().enumerate() {
+        if keyboard && i == 0 {
+            buttons.push(keyboard_button(clock));
+        } else {
+            let button = ScriptedButton::new(clock, every, Duration::from_millis(150));
+            buttons.push(DynButton(Box::new(move || Ok(button.is_pressed_at({ clock }.now())))));
+        }
+        let name = led.name.clone();
+        leds.push(DynLed(Box::new(move |state| {
+            info!("LED {name} {}", if state.is_on() { "on" } else { "off" });
+            Ok(())
+        })));
+    }
+    let sensors = (0..config.sensors.len())
+        .map(|i| {
+            let mut sensor = SimulatedTemperature::new(clock, 0x5eed + i as u32);
+            DynSensor(Box::new(move || sensor.read().map_err(|e| e.to_string())))
+        })
+        .collect();
+    if keyboard {
+        info!(
+            "press Enter to press the button of LED {}",
+            config.leds.first().map_or("-", |l| &l.name)
+        );
+    }
+    (buttons, leds, sensors)
+}
+
+/// A button "held" for 150 ms after each Enter on standard input.
+fn keyboard_button(clock: StdClock) -> DynButton {
+    let pressed_at = Arc::new(AtomicU64::new(u64::MAX));
+    let writer = Arc::clone(&pressed_at);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            writer.store({ clock }.now().as_millis(), Ordering::Relaxed);
+            line.clear();
+        }
+    });
+    DynButton(Box::new(move || {
+        let at = pressed_at.load(Ordering::Relaxed);
+        let now = { clock }.now().as_millis();
+        Ok(at != u64::MAX && now >= at && now - at < 150)
+    }))
+}
+
+fn real_hardware(config: &Config) -> Result<Hardware, StartError> {
+    let mut buttons = Vec::new();
+    let mut leds = Vec::new();
+    for (i, led) in config.leds.iter().enumerate() {
+        let mut output = ledtemp_rpi::GpioLed::open(led.pin)
+            .map_err(|e| StartError(format!("config field `led[{i}].pin`: {e}")))?;
+        leds.push(DynLed(Box::new(move |state| output.set(state).map_err(|e| e.to_string()))));
+        match led.button_pin {
+            Some(pin) => {
+                let mut input = ledtemp_rpi::GpioButton::open(pin)
+                    .map_err(|e| StartError(format!("config field `led[{i}].button_pin`: {e}")))?;
+                buttons.push(DynButton(Box::new(move || {
+                    input.is_pressed().map_err(|e| e.to_string())
+                })));
+            }
+            None => buttons.push(DynButton(Box::new(|| Ok(false)))),
+        }
+    }
+    let mut sensors = Vec::new();
+    for (i, sensor) in config.sensors.iter().enumerate() {
+        let sensor = match sensor {
+            SensorConfig::ThermalZone { path, .. } => {
+                let zone = ledtemp_rpi::ThermalZone::new(path);
+                DynSensor(Box::new(move || zone.read().map_err(|e| e.to_string())))
+            }
+            SensorConfig::Ds18b20 { id, devices_dir, .. } => {
+                let mut probe = ledtemp_rpi::Ds18b20::new(devices_dir.join(id).join("w1_slave"));
+                DynSensor(Box::new(move || probe.read().map_err(|e| e.to_string())))
+            }
+            SensorConfig::Tmp102 { i2c_bus, address, .. } => {
+                let mut chip = ledtemp_rpi::open_tmp102(*i2c_bus, *address)
+                    .map_err(|e| StartError(format!("config field `sensor[{i}]`: {e}")))?;
+                DynSensor(Box::new(move || {
+                    TempSensor::read(&mut chip).map_err(|e| format!("I2C: {e:?}"))
+                }))
+            }
+        };
+        sensors.push(sensor);
+    }
+    Ok((buttons, leds, sensors))
+}

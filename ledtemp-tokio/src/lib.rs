@@ -1,0 +1,252 @@
+//! `ledtemp-tokio`: runs a [`ledtemp_core::Node`] on tokio, publishing through the core's minimq
+//! publisher over TCP.
+//!
+//! The node, the codec and the MQTT client are all `ledtemp-core`; this crate adds only what a
+//! std runtime must provide: a clock ([`StdClock`]), a delay ([`TokioDelay`]), a TCP
+//! [`TcpConnector`], an adapter that reads a blocking sensor off the executor
+//! ([`BlockingSensor`]), and [`run_node`], which wires them to the driver. The Raspberry Pi node
+//! (`examples/rpi_node.rs`) and the server's demo nodes both run through it.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ledtemp_core::{
+//!     AesGcmCodec, Backoff, Clock, DeviceId, KeyId, LedName, MemorySequenceStore, Node,
+//!     NodeConfig, ScriptedButton, SensorName, SimulatedTemperature,
+//! };
+//! use ledtemp_tokio::{BrokerAddress, StdClock, run_node};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut clock = StdClock::new();
+//! let codec = AesGcmCodec::from_key_bytes(KeyId(1), &[0x42; 16])?;
+//! let mut node: Node<_, _> = Node::new(
+//!     DeviceId::new("sim-1")?,
+//!     &[LedName::new("red")?],
+//!     &[SensorName::new("room")?],
+//!     codec,
+//!     MemorySequenceStore::new(),
+//!     NodeConfig::default(),
+//!     clock.now(),
+//! )?;
+//! let mut buttons = [ScriptedButton::new(clock, Duration::from_secs(5), Duration::from_millis(200))];
+//! let mut leds = [ledtemp_tokio::LoggedLed::new("red")];
+//! let mut sensors = [ledtemp_tokio::BlockingSensor::new(SimulatedTemperature::new(clock, 1))];
+//! let broker = BrokerAddress::new("127.0.0.1", 1883, "sim-1");
+//! run_node(&mut node, &mut buttons, &mut leds, &mut sensors, &broker, clock, Backoff::default(), &mut |event| {
+//!     println!("{event:?}");
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use embedded_io_adapters::tokio_1::FromTokio;
+use ledtemp_core::{
+    AsyncIo, AsyncTempSensor, Backoff, Button, Clock, Codec, Connector, Driver, Instant, Led,
+    LedState, MilliCelsius, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Node, RunEvent,
+    SequenceStore, TempSensor, mqtt_link,
+};
+use tokio::net::TcpStream;
+
+/// Milliseconds since a start shared by every copy: give the same clock to the node and to any
+/// simulated hardware.
+#[derive(Debug, Clone, Copy)]
+pub struct StdClock {
+    start: std::time::Instant,
+}
+
+impl StdClock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        StdClock { start: std::time::Instant::now() }
+    }
+}
+
+impl Default for StdClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for StdClock {
+    fn now(&mut self) -> Instant {
+        Instant::from_millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// An `embedded-hal-async` delay on tokio's timer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioDelay;
+
+impl embedded_hal_async::delay::DelayNs for TokioDelay {
+    async fn delay_ns(&mut self, ns: u32) {
+        tokio::time::sleep(Duration::from_nanos(ns.into())).await;
+    }
+}
+
+/// Where the broker is and who the node is to it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port (1883 without TLS).
+    pub port: u16,
+    /// MQTT client id; the device id unless configured otherwise.
+    pub client_id: String,
+    /// Username and password, if the broker asks for them.
+    pub credentials: Option<(String, String)>,
+}
+
+impl BrokerAddress {
+    /// A broker at `host:port`, connecting as `client_id` without credentials.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        BrokerAddress { host: host.into(), port, client_id: client_id.into(), credentials: None }
+    }
+}
+
+impl fmt::Debug for BrokerAddress {
+    /// Never shows the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerAddress")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
+/// Opens TCP connections to the broker, one per MQTT connection.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    host: String,
+    port: u16,
+}
+
+impl TcpConnector {
+    /// Connects to `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        TcpConnector { host: host.into(), port }
+    }
+}
+
+impl Connector for TcpConnector {
+    type Io = FromTokio<TcpStream>;
+    type Error = io::Error;
+
+    async fn connect(&mut self) -> Result<Self::Io, io::Error> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(FromTokio::new(stream))
+    }
+}
+
+/// A blocking [`TempSensor`] read on tokio's blocking pool, so a slow read (a DS18B20 conversion
+/// takes 750 ms) never stalls the MQTT link.
+pub struct BlockingSensor<T> {
+    sensor: Arc<Mutex<T>>,
+}
+
+impl<T> BlockingSensor<T> {
+    /// Wraps `sensor`.
+    pub fn new(sensor: T) -> Self {
+        BlockingSensor { sensor: Arc::new(Mutex::new(sensor)) }
+    }
+}
+
+/// Why a [`BlockingSensor`] read failed.
+#[derive(Debug)]
+pub enum BlockingSensorError<E> {
+    /// The sensor said so.
+    Sensor(E),
+    /// The read panicked or the runtime is shutting down.
+    Aborted,
+}
+
+impl<T> AsyncTempSensor for BlockingSensor<T>
+where
+    T: TempSensor + Send + 'static,
+    T::Error: Send + 'static,
+{
+    type Error = BlockingSensorError<T::Error>;
+
+    async fn read(&mut self) -> Result<MilliCelsius, Self::Error> {
+        let sensor = Arc::clone(&self.sensor);
+        let read = tokio::task::spawn_blocking(move || match sensor.lock() {
+            Ok(mut sensor) => sensor.read().map_err(BlockingSensorError::Sensor),
+            Err(_) => Err(BlockingSensorError::Aborted),
+        });
+        read.await.unwrap_or(Err(BlockingSensorError::Aborted))
+    }
+}
+
+/// An LED that exists only in the log (a simulated node, or a board without one).
+#[derive(Debug, Clone)]
+pub struct LoggedLed {
+    name: String,
+    state: Option<LedState>,
+}
+
+impl LoggedLed {
+    /// An LED called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        LoggedLed { name: name.into(), state: None }
+    }
+
+    /// The state it was last set to.
+    pub fn state(&self) -> Option<LedState> {
+        self.state
+    }
+}
+
+impl Led for LoggedLed {
+    type Error = Infallible;
+    fn set(&mut self, state: LedState) -> Result<(), Infallible> {
+        if self.state != Some(state) {
+            println!("LED {} {}", self.name, if state.is_on() { "on" } else { "off" });
+        }
+        self.state = Some(state);
+        Ok(())
+    }
+}
+
+/// Runs `node` forever: connects to `broker` (retrying with `backoff`), publishes its frames
+/// through minimq, and drives the given hardware. `clock` must be the clock the node was created
+/// with. Returns only on an error the node cannot go on from (the sequence store failed, or the
+/// key is used up). Reports what happens through `on_event`.
+#[allow(clippy::too_many_arguments, reason = "each is one part of the node's world")]
+pub async fn run_node<C, S, const Q: usize, B, L, T>(
+    node: &mut Node<C, S, Q>,
+    buttons: &mut [B],
+    leds: &mut [L],
+    sensors: &mut [T],
+    broker: &BrokerAddress,
+    clock: StdClock,
+    backoff: Backoff,
+    on_event: &mut impl FnMut(RunEvent<'_>),
+) -> Result<Infallible, ledtemp_core::Error>
+where
+    C: Codec,
+    S: SequenceStore,
+    B: Button,
+    L: Led,
+    T: AsyncTempSensor,
+{
+    let mailbox = MqttMailbox::new();
+    let mut buffers: MqttBuffers = MqttBuffers::new();
+    let mut config = MqttConfig::new(&broker.client_id);
+    config.credentials =
+        broker.credentials.as_ref().map(|(user, password)| (user.as_str(), password.as_bytes()));
+    let connector = TcpConnector::new(broker.host.clone(), broker.port);
+    let link = pin!(mqtt_link(&mailbox, connector, config, &mut buffers));
+    let publisher = MqttPublisher::new(&mailbox, link);
+    let mut io = AsyncIo { buttons, leds, sensors, publisher, clock, delay: TokioDelay };
+    Driver::new(backoff).run(node, &mut io, on_event).await
+}
