@@ -1,6 +1,81 @@
-//! `ledtemp-web` will hold the reference server: an MQTT subscriber that opens and verifies
-//! frames, the store, the dashboard and the alerts.
+//! `ledtemp-web`: the ledtemp server.
 //!
-//! It is empty today and exports nothing; it is a workspace member so that the layout is fixed
-//! before its code lands. Do not depend on it yet.
+//! It subscribes to the broker (`ledtemp/+/#`, or an MQTT v5 shared subscription), opens every
+//! frame with the sending device's key from the keyring, checks it against that key's replay
+//! window, stores the reading and the window's new state in one SQLite transaction, and only then
+//! shows it: a JSON API, Server-Sent Events, `/healthz`, Prometheus `/metrics` and the dashboard.
+//! Every rejected frame is counted by reason ([`RejectReason`]) and changes nothing else.
+//!
+//! The binary `ledtemp-web serve` runs it; `ledtemp-web serve --help` lists the settings.
+//!
+//! # Example
+//!
+//! The pipeline without a broker: a frame sealed with a device's key is accepted once.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use ledtemp_core::{
+//!     Algorithm, AnyCodec, Codec, DeviceId, KeyId, MAX_FRAME_LEN, Message, MilliCelsius,
+//!     SensorName, SequenceNumber, TemperatureReading, Uptime,
+//! };
+//! use ledtemp_web::{IncomingFrame, Ingest, KeyTable, LiveState, RejectReason, Store};
+//!
+//! let device = DeviceId::new("kitchen-pi")?;
+//! let key = [7u8; 16];
+//! let mut keys = KeyTable::new();
+//! keys.insert(device.clone(), AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &key)?);
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(&dir.path().join("ledtemp.db"))?;
+//! let snapshot = store.snapshot()?;
+//! let live = Arc::new(LiveState::new(keys.devices(), &snapshot, Duration::from_secs(120)));
+//! let mut ingest = Ingest::new(Arc::new(keys), store, live.clone())?;
+//!
+//! let node = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &key)?;
+//! let reading = Message::Temperature(TemperatureReading {
+//!     sensor: SensorName::new("cpu")?,
+//!     temperature: MilliCelsius(21_375),
+//!     uptime: Uptime(1_000),
+//! });
+//! let mut buf = [0u8; MAX_FRAME_LEN];
+//! let len = node.seal(&device, SequenceNumber::new(0)?, &reading, &mut buf)?;
+//! let frame = IncomingFrame {
+//!     topic: b"ledtemp/kitchen-pi/temp/cpu".to_vec(),
+//!     payload: buf[..len].to_vec(),
+//!     received_ms: 1_700_000_000_000,
+//! };
+//! assert!(ingest.handle(frame.clone()).is_ok());
+//! let again = ingest.handle(frame).unwrap_err();
+//! assert_eq!(again.reject_reason(), Some(RejectReason::Replay));
+//! assert_eq!(live.stats.snapshot().accepted, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
+
+mod config;
+// The dashboard (page, script, styles, vendored chart library) is maintained separately.
+mod dashboard;
+mod demo;
+mod error;
+mod http;
+mod ingest;
+mod mqtt;
+mod server;
+mod state;
+mod store;
+
+pub use config::{ServeArgs, ServeConfig};
+pub use demo::{Demo, DemoArgs, demo};
+pub use error::{Error, RejectReason};
+pub use http::{AppState, CONTENT_SECURITY_POLICY_VALUE, app};
+pub use ingest::{IncomingFrame, Ingest, KeyTable, MAX_BATCH, Retention, run_worker};
+pub use mqtt::{MAX_PACKET_SIZE, SubscriberConfig, run_subscriber};
+pub use server::{INGEST_QUEUE, Server, keys_from_keyring, load_keys, serve, shutdown_signal};
+pub use state::{
+    LedEvent, LiveEvent, LiveState, RejectedCounts, Stats, StatsSnapshot, StatusEvent,
+    TemperatureEvent,
+};
+pub use store::{
+    AcceptedFrame, DeviceSnapshot, HistoryPoint, HistoryReader, SCHEMA_VERSION, Snapshot, Store,
+};

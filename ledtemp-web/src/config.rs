@@ -1,0 +1,218 @@
+//! Configuration: flags, `LEDTEMP_...` environment variables, a TOML file, defaults.
+//!
+//! Precedence, highest first: a flag, its environment variable, the TOML file given with
+//! `--config` (or `LEDTEMP_CONFIG`), the default. The defaults work on one machine: broker
+//! `127.0.0.1:1883`, HTTP on `127.0.0.1:8080`, database `ledtemp.db`, keyring `keyring.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::Error;
+use crate::mqtt::SubscriberConfig;
+
+/// Options of `ledtemp-web serve`. Every option is optional here; [`ServeArgs::resolve`] fills
+/// the gaps from the file and the defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the long options, with `_` for `-`).
+    #[arg(long, env = "LEDTEMP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// MQTT broker as HOST:PORT [default: 127.0.0.1:1883].
+    #[arg(long, env = "LEDTEMP_BROKER", value_name = "HOST:PORT")]
+    pub broker: Option<String>,
+    /// MQTT client id; unique per server instance [default: ledtemp-web-PID, PID being the process id].
+    #[arg(long, env = "LEDTEMP_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Join an MQTT v5 shared subscription group ($share/NAME/ledtemp/+/#) so several servers
+    /// split the stream. Each server has its own database and replay windows and sees only its
+    /// share, so a frame one server accepted can be replayed to another: replay protection then
+    /// holds per server only.
+    #[arg(long, env = "LEDTEMP_SHARED_GROUP", value_name = "NAME")]
+    pub shared_group: Option<String>,
+    /// Broker user name.
+    #[arg(long, env = "LEDTEMP_BROKER_USER", value_name = "USER")]
+    pub broker_user: Option<String>,
+    /// Broker password: prefer the environment variable to a flag, which other users can see.
+    #[arg(long, env = "LEDTEMP_BROKER_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    pub broker_password: Option<String>,
+    /// Address the HTTP server listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LEDTEMP_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// SQLite database file, created if missing [default: ledtemp.db].
+    #[arg(long, env = "LEDTEMP_DATABASE", value_name = "FILE")]
+    pub database: Option<PathBuf>,
+    /// Keyring: the devices and their keys (docs/keys.md); must be mode 0600 [default:
+    /// keyring.toml].
+    #[arg(long, env = "LEDTEMP_KEYRING", value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Delete temperature readings and LED changes older than this many days; 0 keeps
+    /// everything [default: 30].
+    #[arg(long, env = "LEDTEMP_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+    /// Show a device as offline when nothing came from it for this many seconds [default: 120].
+    #[arg(long, env = "LEDTEMP_OFFLINE_AFTER_SECS", value_name = "SECS")]
+    pub offline_after_secs: Option<u64>,
+}
+
+/// The TOML file's settings (all optional; unknown keys are an error).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    broker: Option<String>,
+    client_id: Option<String>,
+    shared_group: Option<String>,
+    broker_user: Option<String>,
+    broker_password: Option<String>,
+    listen: Option<SocketAddr>,
+    database: Option<PathBuf>,
+    keyring: Option<PathBuf>,
+    retention_days: Option<u32>,
+    offline_after_secs: Option<u64>,
+}
+
+/// A complete, validated configuration of the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The MQTT side.
+    pub mqtt: SubscriberConfig,
+    /// HTTP listen address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// SQLite file.
+    pub database: PathBuf,
+    /// Keyring file.
+    pub keyring: PathBuf,
+    /// How long history is kept; `None` for ever.
+    pub retention: Option<Duration>,
+    /// Silence after which a device is shown offline.
+    pub offline_after: Duration,
+}
+
+/// Splits `HOST:PORT` (a bare host gets 1883; `[v6]:port` works).
+fn parse_broker(text: &str) -> Result<(String, u16), Error> {
+    let bad = || Error::Config(format!("broker {text:?}: expected HOST:PORT"));
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') => {
+            (host, port.parse::<u16>().map_err(|_| bad())?)
+        }
+        _ => (text, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+    toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+impl ServeArgs {
+    /// Merges flags and environment (already in `self`), the TOML file and the defaults.
+    pub fn resolve(self) -> Result<ServeConfig, Error> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let broker = self.broker.or(file.broker).unwrap_or_else(|| "127.0.0.1:1883".into());
+        let (host, port) = parse_broker(&broker)?;
+        let client_id = self
+            .client_id
+            .or(file.client_id)
+            .unwrap_or_else(|| format!("ledtemp-web-{}", std::process::id()));
+        let shared_group = self.shared_group.or(file.shared_group);
+        if let Some(group) = &shared_group {
+            // The same rules as device names: no `/`, `+`, `#`, not empty.
+            ledtemp_core::Name::new(group).map_err(|_| {
+                Error::Config(format!(
+                    "shared group {group:?}: use 1 to 32 characters from A-Z a-z 0-9 - _"
+                ))
+            })?;
+        }
+        let user = self.broker_user.or(file.broker_user);
+        let password = self.broker_password.or(file.broker_password);
+        let credentials = match (user, password) {
+            (Some(user), password) => Some((user, password.unwrap_or_default())),
+            (None, Some(_)) => {
+                return Err(Error::Config("a broker password needs a broker user".into()));
+            }
+            (None, None) => None,
+        };
+        let retention_days = self.retention_days.or(file.retention_days).unwrap_or(30);
+        let offline_after = self.offline_after_secs.or(file.offline_after_secs).unwrap_or(120);
+        if offline_after == 0 {
+            return Err(Error::Config("offline-after-secs must be at least 1".into()));
+        }
+        Ok(ServeConfig {
+            mqtt: SubscriberConfig {
+                host,
+                port,
+                client_id,
+                shared_group,
+                credentials,
+                keep_alive: Duration::from_secs(15),
+            },
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            database: self.database.or(file.database).unwrap_or_else(|| "ledtemp.db".into()),
+            keyring: self.keyring.or(file.keyring).unwrap_or_else(|| "keyring.toml".into()),
+            retention: (retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(retention_days) * 24 * 3600)),
+            offline_after: Duration::from_secs(offline_after),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_one_machine() {
+        let config = ServeArgs::default().resolve().unwrap();
+        assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("127.0.0.1", 1883));
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(config.database, PathBuf::from("ledtemp.db"));
+        assert_eq!(config.keyring, PathBuf::from("keyring.toml"));
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(config.mqtt.filter(), "ledtemp/+/#");
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledtemp.toml");
+        std::fs::write(
+            &path,
+            "broker = \"mqtt.local:1884\"\nshared_group = \"web\"\ndatabase = \"x.db\"\n",
+        )
+        .unwrap();
+        let args =
+            ServeArgs { config: Some(path), database: Some("y.db".into()), ..ServeArgs::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("mqtt.local", 1884));
+        assert_eq!(config.database, PathBuf::from("y.db"));
+        assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        for args in [
+            ServeArgs { broker: Some("host:notaport".into()), ..ServeArgs::default() },
+            ServeArgs { shared_group: Some("a/b".into()), ..ServeArgs::default() },
+            ServeArgs { broker_password: Some("x".into()), ..ServeArgs::default() },
+        ] {
+            assert!(matches!(args.resolve(), Err(Error::Config(_))));
+        }
+        assert_eq!(parse_broker("[::1]:1883").unwrap(), ("::1".to_owned(), 1883));
+        assert_eq!(parse_broker("broker").unwrap(), ("broker".to_owned(), 1883));
+    }
+}

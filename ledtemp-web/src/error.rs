@@ -1,0 +1,165 @@
+//! The one error type of `ledtemp-web`.
+
+use std::fmt;
+
+/// Why a received frame was refused: the label of the counter it is counted under.
+///
+/// Each reason is one Prometheus label value (`ledtemp_frames_rejected_total{reason="..."}`) and
+/// one key of the `rejected` object in `/api/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The device is not in the keyring, or has no key with the frame's key id.
+    UnknownDevice,
+    /// The frame failed authentication (wrong key, altered byte, frame moved to another topic).
+    BadTag,
+    /// The sequence number was accepted before or is below the replay window, or an offline
+    /// status that is not the current connection's Last Will.
+    Replay,
+    /// The topic does not follow the scheme, the frame is truncated or of an unknown version, or
+    /// an authentic payload does not decode.
+    Malformed,
+    /// The MQTT payload is longer than a frame can be.
+    Oversize,
+}
+
+impl RejectReason {
+    /// Every reason, in the order they are reported.
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::UnknownDevice,
+        RejectReason::BadTag,
+        RejectReason::Replay,
+        RejectReason::Malformed,
+        RejectReason::Oversize,
+    ];
+
+    /// The label: `unknown_device`, `bad_tag`, `replay`, `malformed` or `oversize`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            RejectReason::UnknownDevice => "unknown_device",
+            RejectReason::BadTag => "bad_tag",
+            RejectReason::Replay => "replay",
+            RejectReason::Malformed => "malformed",
+            RejectReason::Oversize => "oversize",
+        }
+    }
+
+    /// Position in [`RejectReason::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            RejectReason::UnknownDevice => 0,
+            RejectReason::BadTag => 1,
+            RejectReason::Replay => 2,
+            RejectReason::Malformed => 3,
+            RejectReason::Oversize => 4,
+        }
+    }
+
+    /// The reason a core error stands for when it refuses a received frame.
+    pub fn from_core(error: ledtemp_core::Error) -> RejectReason {
+        use ledtemp_core::Error as E;
+        match error {
+            E::Oversize => RejectReason::Oversize,
+            E::UnknownKey(_) => RejectReason::UnknownDevice,
+            E::Unauthentic => RejectReason::BadTag,
+            E::Replayed | E::TooOld => RejectReason::Replay,
+            _ => RejectReason::Malformed,
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Everything that can go wrong in `ledtemp-web`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A received frame was refused; it changed nothing but a counter. `cause` is the core's
+    /// reason, for the log only.
+    Rejected {
+        /// The counter it is counted under.
+        reason: RejectReason,
+        /// What the core said.
+        cause: ledtemp_core::Error,
+    },
+    /// The configuration (file, environment or flags) is invalid; the message says which setting.
+    Config(String),
+    /// The keyring could not be loaded; the message names the file and the entry.
+    Keyring(String),
+    /// The database failed; nothing of the operation was written.
+    Store(rusqlite::Error),
+    /// The database file was written by a newer `ledtemp-web` (its schema version is higher than
+    /// this build knows): upgrade, or point `--database` at another file.
+    SchemaTooNew(i64),
+    /// A file or socket operation failed; `context` says which.
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A frame passed every check but could not be stored (the database failed); it was
+    /// dropped and nothing changed.
+    Dropped(String),
+    /// A background task (ingest, MQTT, HTTP) stopped unexpectedly.
+    TaskFailed(String),
+}
+
+impl Error {
+    /// A rejection for `cause`, with the reason it maps to.
+    pub fn rejected(cause: ledtemp_core::Error) -> Error {
+        Error::Rejected { reason: RejectReason::from_core(cause), cause }
+    }
+
+    /// The rejection reason, when this is a refused frame.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        match self {
+            Error::Rejected { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Rejected { reason, cause } => write!(f, "frame rejected ({reason}): {cause}"),
+            Error::Config(message) => write!(f, "configuration: {message}"),
+            Error::Keyring(message) => write!(f, "keyring: {message}"),
+            Error::Store(error) => write!(f, "database: {error}"),
+            Error::SchemaTooNew(version) => write!(
+                f,
+                "database schema version {version} is newer than this ledtemp-web knows: \
+                 upgrade ledtemp-web or use another database file"
+            ),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Dropped(message) => write!(f, "frame dropped, database failed: {message}"),
+            Error::TaskFailed(message) => write!(f, "background task failed: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Rejected { cause, .. } => Some(cause),
+            Error::Store(error) => Some(error),
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        Error::Store(error)
+    }
+}

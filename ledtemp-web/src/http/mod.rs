@@ -1,0 +1,92 @@
+//! The HTTP side: JSON API, Server-Sent Events, health and metrics. Handlers only read state.
+
+mod api;
+mod health;
+mod metrics;
+mod sse;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::header::{
+    CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::state::LiveState;
+use crate::store::HistoryReader;
+
+/// The policy on every response: only this origin, no inline script or style, no framing.
+pub const CONTENT_SECURITY_POLICY_VALUE: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// Counters, device caches and the event channel.
+    pub live: Arc<LiveState>,
+    /// The database, read-only, for history.
+    pub history: HistoryReader,
+}
+
+/// The whole HTTP application: API, events, health, metrics and the dashboard, with security
+/// headers on every response.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/devices", get(api::devices))
+        .route("/api/devices/{id}/temperature", get(api::temperature))
+        .route("/api/stats", get(api::stats))
+        .route("/api/events", get(sse::events))
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(crate::dashboard::routes())
+        .fallback(|| async { AppError::NotFound })
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY_VALUE),
+        (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (REFERRER_POLICY, "no-referrer"),
+        (X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// An HTTP failure: clients get a generic body, the details go to the log only.
+#[derive(Debug)]
+pub(crate) enum AppError {
+    /// No such route or device.
+    NotFound,
+    /// A query parameter is invalid; the detail is logged.
+    BadRequest(String),
+    /// Something failed on our side; the detail is logged.
+    Internal(String),
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            AppError::NotFound => (StatusCode::NOT_FOUND, "not found"),
+            AppError::BadRequest(detail) => {
+                tracing::debug!("bad request: {detail}");
+                (StatusCode::BAD_REQUEST, "bad request")
+            }
+            AppError::Internal(detail) => {
+                tracing::error!("internal error: {detail}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        };
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}

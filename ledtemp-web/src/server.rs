@@ -1,0 +1,214 @@
+//! Wiring: keyring, store, ingest worker, MQTT subscriber, stats ticker and the HTTP server, with
+//! graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::config::ServeConfig;
+use crate::http::{AppState, app};
+use crate::ingest::{Ingest, KeyTable, Retention, run_worker};
+use crate::mqtt::run_subscriber;
+use crate::state::{LiveEvent, LiveState, StatusEvent, now_ms, rfc3339};
+use crate::store::{HistoryReader, Store};
+
+/// Frames buffered between the MQTT subscriber and the ingest worker; when full, the subscriber
+/// waits (and the broker holds back).
+pub const INGEST_QUEUE: usize = 4096;
+
+/// How often the retention prune runs at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The keys of every entry of the keyring file at `path` (see `docs/keys.md`; the file must be
+/// readable by its owner only).
+pub fn load_keys(path: &std::path::Path) -> Result<KeyTable, Error> {
+    let keyring = ledtemp_keys::Keyring::load(path)
+        .map_err(|e| Error::Keyring(format!("{}: {e}", path.display())))?;
+    Ok(keys_from_keyring(&keyring))
+}
+
+/// One codec per keyring entry.
+pub fn keys_from_keyring(keyring: &ledtemp_keys::Keyring) -> KeyTable {
+    let mut keys = KeyTable::new();
+    for entry in keyring.entries() {
+        keys.insert(entry.device.clone(), entry.codec());
+    }
+    keys
+}
+
+/// A running server. Drop it or call [`Server::shutdown`] to stop.
+pub struct Server {
+    http_addr: SocketAddr,
+    live: Arc<LiveState>,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<Result<(), Error>>,
+    mqtt: JoinHandle<()>,
+    ticker: JoinHandle<()>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the store, restores the replay windows and caches, and starts the ingest worker,
+    /// the MQTT subscriber and the HTTP server. Returns once the HTTP port is bound.
+    pub async fn start(config: ServeConfig, keys: KeyTable) -> Result<Server, Error> {
+        if let Some(group) = &config.mqtt.shared_group {
+            tracing::warn!(
+                %group,
+                "shared subscription: replay windows are per server, so a frame another server \
+                 of the group accepted can be replayed to this one"
+            );
+        }
+        let store = Store::open(&config.database)?;
+        let history = HistoryReader::open(&config.database)?;
+        let snapshot = store.snapshot()?;
+        let live = Arc::new(LiveState::new(keys.devices(), &snapshot, config.offline_after));
+        let ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live))?;
+        let (frames_tx, frames_rx) = mpsc::channel(INGEST_QUEUE);
+        let retention = Retention { keep: config.retention, every: PRUNE_EVERY };
+        let worker = std::thread::Builder::new()
+            .name("ledtemp-ingest".into())
+            .spawn(move || run_worker(ingest, frames_rx, retention))
+            .map_err(|e| Error::io("starting the ingest thread", e))?;
+        let mqtt = tokio::spawn(run_subscriber(config.mqtt.clone(), Arc::clone(&live), frames_tx));
+        let ticker = tokio::spawn(stats_ticker(Arc::clone(&live)));
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::io(format!("binding HTTP to {}", config.listen), e))?;
+        let http_addr =
+            listener.local_addr().map_err(|e| Error::io("reading the HTTP address", e))?;
+        let (stop, mut stopped) = watch::channel(false);
+        let router = app(AppState { live: Arc::clone(&live), history });
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+                .map_err(|e| Error::io("serving HTTP", e))
+        });
+        tracing::info!(%http_addr, database = %config.database.display(), "ledtemp-web running");
+        Ok(Server { http_addr, live, stop, http, mqtt, ticker, worker: Some(worker) })
+    }
+
+    /// Where the HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The live state (counters, caches).
+    pub fn live(&self) -> &Arc<LiveState> {
+        &self.live
+    }
+
+    /// Stops taking frames, lets the ingest worker commit what it has, closes the event streams
+    /// and stops the HTTP server. Frames still queued are committed; none is half written.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.mqtt.abort();
+        let _ = (&mut self.mqtt).await;
+        self.ticker.abort();
+        let _ = self.stop.send(true);
+        if let Some(worker) = self.worker.take() {
+            tokio::task::spawn_blocking(move || worker.join())
+                .await
+                .map_err(|e| Error::TaskFailed(e.to_string()))?
+                .map_err(|_| Error::TaskFailed("the ingest worker panicked".into()))?;
+        }
+        // Open event streams never end on their own: give HTTP a moment, then stop it.
+        match tokio::time::timeout(Duration::from_secs(2), &mut self.http).await {
+            Ok(result) => result.map_err(|e| Error::TaskFailed(e.to_string()))?,
+            Err(_) => {
+                self.http.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.mqtt.abort();
+        self.ticker.abort();
+        self.http.abort();
+    }
+}
+
+/// Once a second: broadcasts the counters to SSE clients if they changed, and a `status` event
+/// for each device whose shown online state flipped (also when it went silent for longer than
+/// the offline timeout, which no frame announces; a flip a status frame caused was already
+/// announced by the pipeline and is announced again, harmlessly). Reads state, writes none.
+async fn stats_ticker(live: Arc<LiveState>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    let mut shown_online: HashMap<String, bool> = HashMap::new();
+    loop {
+        interval.tick().await;
+        let stats = live.stats.snapshot();
+        if last != Some(stats) {
+            last = Some(stats);
+            live.broadcast(LiveEvent::Stats(stats));
+        }
+        let now = now_ms();
+        for (id, device) in live.devices() {
+            let online = live.is_online(&device, now);
+            if shown_online.insert(id.clone(), online).is_some_and(|before| before != online) {
+                live.broadcast(LiveEvent::Status(StatusEvent {
+                    device: id,
+                    online,
+                    at: rfc3339(now),
+                }));
+            }
+        }
+    }
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {error}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// `ledtemp-web serve`: loads the keyring, starts everything, runs until Ctrl-C or SIGTERM, then
+/// shuts down gracefully.
+pub async fn serve(config: ServeConfig) -> Result<(), Error> {
+    let keys = load_keys(&config.keyring)?;
+    if keys.is_empty() {
+        tracing::warn!(
+            keyring = %config.keyring.display(),
+            "the keyring is empty: every frame will be rejected"
+        );
+    }
+    let server = Server::start(config, keys).await?;
+    println!("ledtemp-web: dashboard at http://{}/", server.http_addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}

@@ -1,0 +1,216 @@
+//! End to end: sealed frames published on a real broker (mosquitto, else rumqttd), received by
+//! the server's MQTT subscriber, stored in a real SQLite file and shown over real HTTP.
+//!
+//! Each test starts its own broker on a free port and bounds every wait.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use ledtemp_core::{Algorithm, AnyCodec, KeyId};
+use ledtemp_web::Server;
+use serde_json::Value;
+use support::broker::TestBroker;
+use support::*;
+
+async fn start_server(dir: &std::path::Path, port: u16) -> Server {
+    let server = Server::start(serve_config(dir, port), keys()).await.unwrap();
+    wait_healthy(server.http_addr(), 200).await;
+    server
+}
+
+async fn wait_healthy(addr: SocketAddr, expected: u16) {
+    eventually(&format!("/healthz {expected}"), || async move {
+        (http_get(addr, "/healthz").await.0 == expected).then_some(())
+    })
+    .await;
+}
+
+async fn stats(addr: SocketAddr) -> Value {
+    get_json(addr, "/api/stats").await.1
+}
+
+async fn wait_stats(addr: SocketAddr, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let check = &check;
+    eventually(what, || async move {
+        let stats = stats(addr).await;
+        check(&stats).then_some(stats)
+    })
+    .await
+}
+
+fn kitchen(devices: &Value) -> &Value {
+    devices.as_array().unwrap().iter().find(|d| d["id"] == KITCHEN).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing() {
+    let broker = TestBroker::start().await;
+    eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), broker.port).await;
+    let addr = server.http_addr();
+    let mut events = EventStream::open(addr).await;
+    let node = RawPublisher::connect(broker.port, "test-node").await;
+    let codec = kitchen_codec();
+
+    let frames = [
+        seal(&codec, KITCHEN, 0, &online(&[("red", false)])),
+        seal(&codec, KITCHEN, 2, &temperature("cpu", 21_375)),
+        seal(&codec, KITCHEN, 3, &led("red", true)),
+    ];
+    for (topic, frame) in &frames {
+        node.publish(topic, frame).await;
+    }
+    wait_stats(addr, "3 accepted frames", |s| s["accepted"] == 3).await;
+    let (_, devices) = get_json(addr, "/api/devices").await;
+    let device = kitchen(&devices);
+    assert_eq!(device["online"], true);
+    assert_eq!(device["leds"][0]["led"], "red");
+    assert_eq!(device["leds"][0]["on"], true);
+    assert_eq!(device["temperatures"][0]["celsius"], 21.375);
+    let (_, history) = get_json(addr, "/api/devices/kitchen-pi/temperature").await;
+    assert_eq!(history["points"].as_array().unwrap().len(), 1);
+    events.wait_for("event: status").await;
+    events.wait_for(r#""device":"kitchen-pi","sensor":"cpu","celsius":21.375"#).await;
+    events.wait_for(r#"event: led"#).await;
+    events.wait_for(r#""device":"kitchen-pi","led":"red","on":true"#).await;
+    events.wait_for("event: stats").await;
+
+    // The attacker: publishes on the same broker, without the key.
+    let attacker = RawPublisher::connect(broker.port, "test-attacker").await;
+    let forger = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[0x66; 16]).unwrap();
+    let (forged_topic, forged) = seal(&forger, KITCHEN, 50, &temperature("cpu", 99_000));
+    attacker.publish(&forged_topic, &forged).await; // bad_tag
+    let (topic, frame) = &frames[1];
+    let mut flipped = frame.clone();
+    flipped[8] ^= 0x40;
+    attacker.publish(topic, &flipped).await; // bad_tag
+    attacker.publish(topic, frame).await; // replay
+    attacker.publish("ledtemp/kitchen-pi/temp/gpu", frame).await; // moved: bad_tag
+    let (stranger_topic, stranger) = seal(&forger, "stranger", 1, &temperature("cpu", 1));
+    attacker.publish(&stranger_topic, &stranger).await; // unknown_device
+    attacker.publish(topic, &[1u8; 1_000]).await; // oversize
+    attacker.publish(topic, b"\x00garbage that is long enough to be a frame").await; // malformed
+    attacker.publish("ledtemp/kitchen-pi/bogus", frame).await; // malformed
+
+    let stats = wait_stats(addr, "every attack counted", |s| {
+        let r = &s["rejected"];
+        r["bad_tag"] == 3
+            && r["replay"] == 1
+            && r["unknown_device"] == 1
+            && r["oversize"] == 1
+            && r["malformed"] == 2
+    })
+    .await;
+    assert_eq!(stats["accepted"], 3);
+    assert_eq!(stats["broker_connected"], true);
+    assert_eq!(stats["sse_clients"], 1);
+    let (_, after) = get_json(addr, "/api/devices").await;
+    assert_eq!(kitchen(&after), kitchen(&devices), "an attack changed the device state");
+    let (_, history_after) = get_json(addr, "/api/devices/kitchen-pi/temperature").await;
+    assert_eq!(history_after, history);
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("ledtemp_frames_rejected_total{reason=\"bad_tag\"} 3"), "{metrics}");
+
+    // Larger than the subscriber's MQTT maximum packet size: the broker drops it (mosquitto) or
+    // the subscriber refuses it and reconnects; either way the server goes on.
+    attacker.publish(topic, &vec![0u8; 10_000]).await;
+    let (topic, frame) = seal(&codec, KITCHEN, 4, &temperature("cpu", 22_000));
+    node.publish(&topic, &frame).await;
+    wait_stats(addr, "the next genuine frame", |s| s["accepted"] == 4).await;
+    wait_healthy(addr, 200).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_history_and_replay_windows() {
+    let broker = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let codec = garage_codec();
+    let reading = seal(&codec, GARAGE, 7, &temperature("air", 4_500));
+    let press = seal(&codec, GARAGE, 8, &led("door", true));
+    {
+        let server = start_server(dir.path(), broker.port).await;
+        let node = RawPublisher::connect(broker.port, "test-node").await;
+        node.publish(&reading.0, &reading.1).await;
+        node.publish(&press.0, &press.1).await;
+        wait_stats(server.http_addr(), "2 accepted", |s| s["accepted"] == 2).await;
+        server.shutdown().await.unwrap();
+    }
+    let server = start_server(dir.path(), broker.port).await;
+    let addr = server.http_addr();
+    let (_, devices) = get_json(addr, "/api/devices").await;
+    let garage = devices.as_array().unwrap().iter().find(|d| d["id"] == GARAGE).unwrap();
+    assert_eq!(garage["temperatures"][0]["celsius"], 4.5);
+    assert_eq!(garage["leds"][0]["on"], true);
+    let (_, history) = get_json(addr, "/api/devices/garage/temperature").await;
+    assert_eq!(history["points"].as_array().unwrap().len(), 1);
+
+    // Captured before the restart, replayed after it.
+    let attacker = RawPublisher::connect(broker.port, "test-attacker").await;
+    attacker.publish(&reading.0, &reading.1).await;
+    attacker.publish(&press.0, &press.1).await;
+    let stats = wait_stats(addr, "2 replays", |s| s["rejected"]["replay"] == 2).await;
+    assert_eq!(stats["accepted"], 0);
+    let (_, history) = get_json(addr, "/api/devices/garage/temperature").await;
+    assert_eq!(history["points"].as_array().unwrap().len(), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_while_the_broker_is_down() {
+    let mut broker = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), broker.port).await;
+    let addr = server.http_addr();
+    broker.stop();
+    wait_healthy(addr, 503).await;
+    let (_, health) = get_json(addr, "/healthz").await;
+    assert_eq!(health["broker"], "disconnected");
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("ledtemp_broker_connected 0"), "{metrics}");
+    broker.resume().await;
+    wait_healthy(addr, 200).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_a_shared_group_split_the_stream() {
+    let broker = TestBroker::start().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut servers = Vec::new();
+    for (dir, id) in [(&dir_a, "web-a"), (&dir_b, "web-b")] {
+        let mut config = serve_config(dir.path(), broker.port);
+        config.mqtt.shared_group = Some("web".into());
+        config.mqtt.client_id = id.into();
+        assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
+        let server = Server::start(config, keys()).await.unwrap();
+        wait_healthy(server.http_addr(), 200).await;
+        servers.push(server);
+    }
+    let node = RawPublisher::connect(broker.port, "test-node").await;
+    let codec = kitchen_codec();
+    const FRAMES: u64 = 20;
+    for sequence in 0..FRAMES {
+        let (topic, frame) = seal(&codec, KITCHEN, sequence, &temperature("cpu", 20_000));
+        node.publish(&topic, &frame).await;
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(Server::http_addr).collect();
+    let counts = eventually("every frame accepted by one of the two", || {
+        let addrs = addrs.clone();
+        async move {
+            let mut counts = Vec::new();
+            for addr in addrs {
+                counts.push(stats(addr).await["accepted"].as_u64().unwrap());
+            }
+            (counts.iter().sum::<u64>() == FRAMES).then_some(counts)
+        }
+    })
+    .await;
+    assert!(counts.iter().all(|&n| n > 0), "one server got everything: {counts:?}");
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}

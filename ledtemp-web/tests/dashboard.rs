@@ -1,0 +1,533 @@
+//! The dashboard in a real headless Chromium, against the real server (`ledtemp_web::app`) on a
+//! real SQLite file, fed real sealed frames through the ingest pipeline.
+//!
+//! The browser is driven over the DevTools protocol on `--remote-debugging-pipe` (file
+//! descriptors 3 and 4, connected through two FIFOs so that no `unsafe` is needed to hand them
+//! over). `--dump-dom --virtual-time-budget` cannot be used: the page's open event stream is a
+//! pending request, and virtual time does not advance while one is pending.
+//!
+//! Needs Debian's `chromium` (or `LEDTEMP_CHROMIUM=<path>`); without it the test says so and
+//! passes, unless `LEDTEMP_REQUIRE_CHROMIUM=1` (set by `.ci/run`) makes it fail instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ledtemp_core::AnyCodec;
+use ledtemp_web::{IncomingFrame, Ingest, LiveEvent, app};
+use serde_json::{Value, json};
+use support::{GARAGE, KITCHEN, WAIT, garage_codec, kitchen_codec, led, online, seal, temperature};
+
+/// A name no validated device could have: if the page ever parsed names as markup, an `img`
+/// element would appear.
+const HOSTILE: &str = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>";
+
+fn chromium_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("LEDTEMP_CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A headless Chromium with one page, spoken to over the DevTools protocol.
+struct Browser {
+    child: Child,
+    commands: File,
+    replies: mpsc::Receiver<Value>,
+    /// Events that arrived while waiting for a reply.
+    events: VecDeque<Value>,
+    next_id: u64,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn launch(chromium: &Path) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let to_browser = profile.path().join("devtools-in");
+        let from_browser = profile.path().join("devtools-out");
+        for fifo in [&to_browser, &from_browser] {
+            let status = Command::new("mkfifo").arg(fifo).status().unwrap();
+            assert!(status.success(), "mkfifo {}", fifo.display());
+        }
+        let user_data = profile.path().join("user-data");
+        // The flags keep a headless Chromium from calling home (updates, sync, QUIC probes).
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" 3<"$LEDTEMP_FIFO_IN" 4>"$LEDTEMP_FIFO_OUT""#)
+            .arg(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--window-size=1280,900",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", user_data.display()))
+            .arg("about:blank")
+            .env("LEDTEMP_FIFO_IN", &to_browser)
+            .env("LEDTEMP_FIFO_OUT", &from_browser)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+
+        // Opening a FIFO blocks until the other side opens it too; the shell opens them in the
+        // same order. A thread, so that a Chromium that never starts fails the test instead of
+        // hanging it.
+        let (opened_tx, opened) = mpsc::channel();
+        std::thread::spawn(move || {
+            let commands = File::options().write(true).open(&to_browser);
+            let output = File::open(&from_browser);
+            let _ = opened_tx.send((commands, output));
+        });
+        let (commands, output) = opened.recv_timeout(WAIT).expect("chromium did not start");
+        let (commands, output) = (commands.unwrap(), output.unwrap());
+
+        let (replies_tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut output = BufReader::new(output);
+            let mut message = Vec::new();
+            while output.read_until(0, &mut message).is_ok_and(|n| n > 0) {
+                message.pop_if(|b| *b == 0);
+                if let Ok(value) = serde_json::from_slice::<Value>(&message)
+                    && replies_tx.send(value).is_err()
+                {
+                    return;
+                }
+                message.clear();
+            }
+        });
+
+        let mut browser = Browser {
+            child,
+            commands,
+            replies,
+            events: VecDeque::new(),
+            next_id: 0,
+            session: String::new(),
+            _profile: profile,
+        };
+        let page = browser.page_target();
+        let attached =
+            browser.call("Target.attachToTarget", json!({"targetId": page, "flatten": true}));
+        browser.session = attached["sessionId"].as_str().unwrap().to_owned();
+        for domain in ["Page.enable", "Runtime.enable", "Log.enable"] {
+            browser.call(domain, json!({}));
+        }
+        browser
+    }
+
+    fn page_target(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let targets = self.call("Target.getTargets", json!({}));
+            let page = targets["targetInfos"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["targetId"].as_str());
+            if let Some(page) = page {
+                return page.to_owned();
+            }
+            assert!(Instant::now() < deadline, "chromium opened no page");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends one command (to the page once attached) and returns its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            command["sessionId"] = json!(self.session);
+        }
+        let mut bytes = serde_json::to_vec(&command).unwrap();
+        bytes.push(0);
+        self.commands.write_all(&bytes).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self.replies.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no reply from chromium to {method}");
+            });
+            if message["id"] == id {
+                assert!(message.get("error").is_none(), "{method}: {message}");
+                return message["result"].clone();
+            }
+            if message.get("method").is_some() {
+                self.events.push_back(message);
+            }
+        }
+    }
+
+    /// The next event named `method`, in arrival order (skipping and keeping others).
+    fn event(&mut self, method: &str) -> Value {
+        if let Some(at) = self.events.iter().position(|e| e["method"] == method) {
+            return self.events.remove(at).unwrap()["params"].clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self.replies.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no {method} event from chromium");
+            });
+            if message["method"] == method {
+                return message["params"].clone();
+            }
+            self.events.push_back(message);
+        }
+    }
+
+    /// Evaluates `expression` in the page (awaiting a promise) and returns its JSON value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        result["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it is `true`; on timeout fails with what the page shows.
+    fn wait_for(&mut self, what: &str, expression: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.eval(expression) != json!(true) {
+            if Instant::now() > deadline {
+                let text = self.eval("document.body.innerText");
+                panic!(
+                    "timed out waiting for {what}; the page shows:\n{}",
+                    text.as_str().unwrap_or("")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", json!({"url": url}));
+    }
+
+    /// Errors the page reported: uncaught exceptions, `console.error`, and browser log errors
+    /// (failed loads, Content-Security-Policy violations).
+    fn errors(&mut self) -> Vec<String> {
+        // A round trip, so that every event sent before it has arrived.
+        self.eval("0");
+        self.events
+            .iter()
+            .filter(|e| {
+                e["method"] == "Runtime.exceptionThrown"
+                    || (e["method"] == "Runtime.consoleAPICalled" && e["params"]["type"] == "error")
+                    || (e["method"] == "Log.entryAdded" && e["params"]["entry"]["level"] == "error")
+            })
+            .map(Value::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.next_id += 1;
+        let close = format!("{{\"id\":{},\"method\":\"Browser.close\"}}\0", self.next_id);
+        let _ = self.commands.write_all(close.as_bytes());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A node as the server sees it: its key and its next sequence number.
+struct Node {
+    name: &'static str,
+    codec: AnyCodec,
+    sequence: u64,
+}
+
+impl Node {
+    fn frame(&mut self, message: &ledtemp_core::Message, received_ms: i64) -> IncomingFrame {
+        let (topic, payload) = seal(&self.codec, self.name, self.sequence, message);
+        self.sequence += 1;
+        IncomingFrame { topic: topic.into_bytes(), payload, received_ms }
+    }
+}
+
+fn accept(ingest: &mut Ingest, frame: IncomingFrame) {
+    let topic = String::from_utf8_lossy(&frame.topic).into_owned();
+    ingest.handle(frame).unwrap_or_else(|e| panic!("{topic} rejected: {e}"));
+}
+
+/// Stores the last hour: two kitchen sensors and one in the garage, a point every 2 minutes, the
+/// last one 15 s before `now`.
+fn feed_history(ingest: &mut Ingest, kitchen: &mut Node, garage: &mut Node, now: i64) {
+    let start = now - 59 * 60 * 1000;
+    accept(ingest, kitchen.frame(&online(&[("red", true), ("green", false)]), start));
+    accept(ingest, garage.frame(&online(&[("door", false)]), start));
+    for i in 0..30i32 {
+        let at = start + i64::from(i) * 2 * 60 * 1000;
+        let wave = [0, 3, 5, 6, 5, 3, 0, -3, -5, -6, -5, -3][(i % 12) as usize];
+        accept(ingest, kitchen.frame(&temperature("cpu", 46_000 + wave * 250 + i * 40), at));
+        accept(ingest, kitchen.frame(&temperature("room", 21_000 + wave * 60), at + 20_000));
+        accept(
+            ingest,
+            garage.frame(&temperature("tmp102", 8_500 - i * 30 + wave * 40), at + 45_000),
+        );
+    }
+}
+
+/// `document.querySelector` on the card of `device`, as a JS expression.
+fn in_card(device: &str, selector: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('article.card')].find(c => c.dataset.device === {})\
+         ?.querySelector({})",
+        json!(device),
+        json!(selector)
+    )
+}
+
+#[test]
+fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
+    let Some(chromium) = chromium_binary() else {
+        assert!(
+            std::env::var("LEDTEMP_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "LEDTEMP_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = support::pipeline(dir.path());
+    let live = state.live.clone();
+
+    let mut kitchen = Node { name: KITCHEN, codec: kitchen_codec(), sequence: 0 };
+    let mut garage = Node { name: GARAGE, codec: garage_codec(), sequence: 0 };
+    let now = support::now_ms();
+    feed_history(&mut ingest, &mut kitchen, &mut garage, now);
+    accept(&mut ingest, kitchen.frame(&temperature("cpu", 47_250), now - 2_000));
+    accept(&mut ingest, kitchen.frame(&temperature("room", 21_375), now - 2_000));
+    accept(&mut ingest, garage.frame(&temperature("tmp102", 7_875), now - 5_000));
+    // Traffic the server must refuse: a forged frame (garage's topic, kitchen's key) and a replay.
+    let forged = kitchen.frame(&led("door", true), now);
+    let forged = IncomingFrame { topic: b"ledtemp/garage/led/door".to_vec(), ..forged };
+    assert!(ingest.handle(forged).is_err());
+    let genuine = kitchen.frame(&led("red", false), now - 1_500);
+    accept(&mut ingest, genuine.clone());
+    assert!(ingest.handle(genuine).is_err());
+    accept(&mut ingest, kitchen.frame(&led("red", true), now - 1_000));
+
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app(state)).await });
+    let url = format!("http://{addr}/");
+
+    let mut browser = Browser::launch(&chromium);
+    browser.navigate(&url);
+
+    // A card per device, in id order, each with its LEDs, latest temperatures and a chart with
+    // the stored history.
+    browser.wait_for(
+        "both cards with their history",
+        "document.querySelectorAll('article.card[data-history=loaded] .chart canvas').length === 2",
+    );
+    let ids =
+        browser.eval("[...document.querySelectorAll('.card .device-id')].map(e => e.textContent)");
+    assert_eq!(ids, json!([GARAGE, KITCHEN]));
+    let leds = browser.eval(&format!(
+        "[...{}.parentElement.children].map(l => [l.dataset.led, l.dataset.on, l.textContent])",
+        in_card(KITCHEN, ".led")
+    ));
+    assert_eq!(leds, json!([["green", "false", "greenoff"], ["red", "true", "redon"]]));
+    assert_eq!(
+        browser.eval(&format!("{}.dataset.on", in_card(GARAGE, "[data-led=door]"))),
+        "false"
+    );
+    let temps = browser.eval(&format!(
+        "[...{}.parentElement.children].map(t => t.textContent)",
+        in_card(KITCHEN, ".temp")
+    ));
+    assert_eq!(temps, json!(["cpu47.3 °C", "room21.4 °C"]));
+    assert_eq!(
+        browser.eval(&format!("{}.textContent", in_card(GARAGE, "[data-sensor=tmp102] .celsius"))),
+        "7.9 °C"
+    );
+    for device in [KITCHEN, GARAGE] {
+        let points = browser.eval(&format!("Number({}.dataset.points)", in_card(device, ".chart")));
+        assert!(points.as_u64().unwrap() >= 31, "{device}: {points} chart points");
+        let badge = browser.eval(&format!("{}.textContent", in_card(device, ".badge")));
+        assert_eq!(badge, "online", "{device}");
+        let seen = browser.eval(&format!("{}.textContent", in_card(device, ".last-seen")));
+        assert!(seen.as_str().unwrap().ends_with(" s ago") || seen == "just now", "{seen}");
+    }
+    let legend = browser.eval(&format!(
+        "[...{}.closest('.card').querySelectorAll('.u-legend .u-label')].map(l => l.textContent)",
+        in_card(KITCHEN, ".chart")
+    ));
+    assert_eq!(legend, json!(["Time", "cpu", "room"]));
+
+    // The Frames panel: what was accepted, what was refused and why.
+    let counts = browser.eval(
+        "Object.fromEntries([...document.querySelectorAll('#rejected .count')]\
+         .map(r => [r.dataset.reason, r.querySelector('.number').textContent]))",
+    );
+    assert_eq!(
+        counts,
+        json!({"bad_tag": "1", "replay": "1", "unknown_device": "0", "malformed": "0", "oversize": "0"})
+    );
+    let accepted = live.stats.snapshot().accepted.to_string();
+    assert_eq!(browser.eval("document.getElementById('accepted').textContent"), json!(accepted));
+    let why = browser.eval("document.querySelector('[data-reason=bad_tag] .why').textContent");
+    assert!(why.as_str().unwrap().contains("forged or altered"), "{why}");
+    browser
+        .wait_for("the live indicator", "document.getElementById('live').dataset.state === 'live'");
+
+    // Live: a button press on the kitchen node, a new reading, and a forged frame; the page
+    // follows through the one event stream.
+    let before: u64 = browser
+        .eval(&format!("Number({}.dataset.points)", in_card(KITCHEN, ".chart")))
+        .as_u64()
+        .unwrap();
+    accept(&mut ingest, kitchen.frame(&led("red", false), support::now_ms()));
+    accept(&mut ingest, garage.frame(&led("door", true), support::now_ms()));
+    accept(&mut ingest, kitchen.frame(&temperature("cpu", 49_500), support::now_ms()));
+    let bad =
+        IncomingFrame { topic: b"ledtemp/cellar/status".to_vec(), ..garage.frame(&online(&[]), 0) };
+    assert!(ingest.handle(bad).is_err());
+    // What the server's once-a-second stats ticker sends.
+    live.broadcast(LiveEvent::Stats(live.stats.snapshot()));
+    browser.wait_for(
+        "the red LED to go off",
+        &format!("{}.dataset.on === 'false'", in_card(KITCHEN, "[data-led=red]")),
+    );
+    browser.wait_for(
+        "the door LED to go on",
+        &format!("{}.dataset.on === 'true'", in_card(GARAGE, "[data-led=door]")),
+    );
+    browser.wait_for(
+        "the new reading",
+        &format!("{}.textContent === '49.5 °C'", in_card(KITCHEN, "[data-sensor=cpu] .celsius")),
+    );
+    browser.wait_for(
+        "a new chart point",
+        &format!("Number({}.dataset.points) === {}", in_card(KITCHEN, ".chart"), before + 1),
+    );
+    browser.wait_for(
+        "the unknown-device counter",
+        "document.querySelector('[data-reason=unknown_device] .number').textContent === '1'",
+    );
+    assert_eq!(browser.eval("document.getElementById('broker').dataset.state"), "disconnected");
+    // The broker link comes up (as the MQTT subscriber reports it).
+    live.stats.set_broker_connected(true);
+    live.broadcast(LiveEvent::Stats(live.stats.snapshot()));
+    browser.wait_for(
+        "the broker to show connected",
+        "document.getElementById('broker').dataset.state === 'connected'",
+    );
+
+    // One event stream for the whole page, no errors, no CSP violation.
+    assert_eq!(live.stats.snapshot().sse_clients, 1);
+    let errors = browser.errors();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+    let csp = browser.eval("fetch('/').then(r => r.headers.get('content-security-policy'))");
+    assert!(csp.as_str().unwrap().starts_with("default-src 'self'"), "{csp}");
+
+    // Hostile names: the server only ever sends validated names, so the browser rewrites the
+    // device list on its way in, as a compromised or buggy server might, to show that the page
+    // itself never parses a name as markup.
+    browser.call(
+        "Fetch.enable",
+        json!({"patterns": [{"urlPattern": "*/api/devices", "requestStage": "Response"}]}),
+    );
+    browser.call("Page.reload", json!({}));
+    let paused = browser.event("Fetch.requestPaused");
+    let hostile_list = json!([{
+        "id": HOSTILE,
+        "online": true,
+        "last_seen": "2026-01-01T00:00:00Z",
+        "leds": [{"led": HOSTILE, "on": true, "at": "2026-01-01T00:00:00Z"}],
+        "temperatures": [{"sensor": HOSTILE, "celsius": 20.5, "at": "2026-01-01T00:00:00Z"}],
+    }]);
+    browser.call(
+        "Fetch.fulfillRequest",
+        json!({
+            "requestId": paused["requestId"],
+            "responseCode": 200,
+            "responseHeaders": [{"name": "Content-Type", "value": "application/json"}],
+            "body": base64_encode(hostile_list.to_string().as_bytes()),
+        }),
+    );
+    browser.call("Fetch.disable", json!({}));
+    browser.wait_for("the hostile card", "document.querySelectorAll('article.card').length === 1");
+    let shown = browser.eval(
+        "[...document.querySelectorAll('.device-id, .led-name, .sensor-name')].map(e => e.textContent)",
+    );
+    assert_eq!(shown, json!([HOSTILE, HOSTILE, HOSTILE]));
+    let injected = browser
+        .eval("document.querySelectorAll('img, iframe, object, embed, script:not([src])').length");
+    assert_eq!(injected, 0);
+    assert_eq!(browser.eval("typeof window.__xss"), "undefined");
+
+    drop(browser);
+    eprintln!("dashboard browser test took {:?}", started.elapsed());
+}
+
+#[test]
+fn base64_matches_rfc_4648_vectors() {
+    let vectors = [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ];
+    for (text, encoded) in vectors {
+        assert_eq!(base64_encode(text.as_bytes()), encoded, "{text:?}");
+    }
+}

@@ -1,0 +1,45 @@
+//! `ledtemp-web demo` in-process: its simulated nodes are accepted and shown, its forger's frames
+//! are refused and counted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use ledtemp_web::{Demo, DemoArgs};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_three_live_devices_and_refuses_the_forger() {
+    let demo =
+        Demo::start(DemoArgs { listen: SocketAddr::from(([127, 0, 0, 1], 0)), no_forger: false })
+            .await
+            .unwrap();
+    let addr = demo.http_addr();
+    let devices = eventually("three devices online with readings", || async move {
+        let (_, devices) = get_json(addr, "/api/devices").await;
+        let all_live = devices.as_array().is_some_and(|list| {
+            list.len() == 3
+                && list.iter().all(|d| {
+                    d["online"] == true
+                        && d["temperatures"].as_array().is_some_and(|t| !t.is_empty())
+                })
+        });
+        all_live.then_some(devices)
+    })
+    .await;
+    let ids: Vec<&str> =
+        devices.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["garage", "greenhouse", "kitchen-pi"]);
+    eventually("the forger's frames refused", || async move {
+        let (_, stats) = get_json(addr, "/api/stats").await;
+        let r = &stats["rejected"];
+        (r["bad_tag"].as_u64().unwrap() >= 1 && r["unknown_device"].as_u64().unwrap() >= 1)
+            .then_some(())
+    })
+    .await;
+    let (status, page) = http_get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html") || page.contains("<!doctype") || page.contains("<!DOCTYPE"));
+    demo.shutdown().await.unwrap();
+}

@@ -1,0 +1,193 @@
+//! The ingest pipeline without a broker, on a real SQLite file: each rejection counted under its
+//! reason and changing nothing; the Last Will rule; replay windows surviving a restart; no panic on
+//! any bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use ledtemp_core::{Algorithm, AnyCodec, KeyId, MAX_FRAME_LEN};
+use ledtemp_web::{Ingest, RejectReason, StatsSnapshot};
+use proptest::prelude::*;
+use support::*;
+
+fn rejected(ingest: &mut Ingest, topic: &str, payload: &[u8]) -> RejectReason {
+    let error = ingest.handle(incoming(topic, payload)).unwrap_err();
+    error.reject_reason().unwrap_or_else(|| panic!("not a rejection: {error}"))
+}
+
+fn devices_json(state: &ledtemp_web::AppState) -> Vec<(String, ledtemp_web::DeviceSnapshot)> {
+    state.live.devices()
+}
+
+#[test]
+fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = pipeline(dir.path());
+    let kitchen = kitchen_codec();
+    let (topic, frame) = seal(&kitchen, KITCHEN, 5, &temperature("cpu", 21_375));
+    ingest.handle(incoming(&topic, &frame)).unwrap();
+    let before = devices_json(&state);
+    let accepted = state.live.stats.snapshot().accepted;
+
+    // Wrong key: a key the server does not hold for this device.
+    let forger = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[0x99; 16]).unwrap();
+    let (t, f) = seal(&forger, KITCHEN, 6, &temperature("cpu", 99_000));
+    assert_eq!(rejected(&mut ingest, &t, &f), RejectReason::BadTag);
+    // A flipped bit.
+    let mut flipped = frame.clone();
+    flipped[9] ^= 1;
+    assert_eq!(rejected(&mut ingest, &topic, &flipped), RejectReason::BadTag);
+    // Replayed.
+    assert_eq!(rejected(&mut ingest, &topic, &frame), RejectReason::Replay);
+    // Moved to another sensor, and to another device.
+    assert_eq!(rejected(&mut ingest, "ledtemp/kitchen-pi/temp/gpu", &frame), RejectReason::BadTag);
+    assert_eq!(rejected(&mut ingest, "ledtemp/garage/temp/cpu", &frame), RejectReason::BadTag);
+    // Unknown device, and a known device with an unknown key id.
+    let (t, f) = seal(&kitchen, "stranger", 1, &temperature("cpu", 1));
+    assert_eq!(rejected(&mut ingest, &t, &f), RejectReason::UnknownDevice);
+    let other_key = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(9), &KITCHEN_KEY).unwrap();
+    let (t, f) = seal(&other_key, KITCHEN, 7, &temperature("cpu", 1));
+    assert_eq!(rejected(&mut ingest, &t, &f), RejectReason::UnknownDevice);
+    // Oversize, before any cryptography.
+    assert_eq!(rejected(&mut ingest, &topic, &[1u8; MAX_FRAME_LEN + 1]), RejectReason::Oversize);
+    // Malformed: topics outside the scheme, non-UTF-8 topics, truncated frames, other versions.
+    for bad_topic in ["ledtemp/kitchen-pi/temp", "other/kitchen-pi/status", "ledtemp/a b/status"] {
+        assert_eq!(rejected(&mut ingest, bad_topic, &frame), RejectReason::Malformed);
+    }
+    let error = ingest
+        .handle(ledtemp_web::IncomingFrame {
+            topic: vec![0xff, 0xfe],
+            payload: frame.clone(),
+            received_ms: 0,
+        })
+        .unwrap_err();
+    assert_eq!(error.reject_reason(), Some(RejectReason::Malformed));
+    assert_eq!(rejected(&mut ingest, &topic, &frame[..20]), RejectReason::Malformed);
+    let mut v2 = frame.clone();
+    v2[0] = 2;
+    assert_eq!(rejected(&mut ingest, &topic, &v2), RejectReason::Malformed);
+    assert_eq!(rejected(&mut ingest, &topic, b"garbage"), RejectReason::Malformed);
+
+    let stats = state.live.stats.snapshot();
+    assert_eq!(stats.accepted, accepted);
+    assert_eq!(
+        (stats.rejected.bad_tag, stats.rejected.replay, stats.rejected.unknown_device),
+        (4, 1, 2)
+    );
+    assert_eq!((stats.rejected.oversize, stats.rejected.malformed), (1, 7));
+    assert_eq!(devices_json(&state), before, "a rejected frame changed the device state");
+    let history = state.history.temperatures(KITCHEN, None, 0, i64::MAX, 100).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].milli_celsius, 21_375);
+}
+
+#[test]
+fn a_frame_accepted_before_a_restart_is_rejected_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let kitchen = kitchen_codec();
+    let first = seal(&kitchen, KITCHEN, 100, &temperature("cpu", 20_000));
+    let late = seal(&kitchen, KITCHEN, 90, &temperature("cpu", 19_000));
+    let online = seal(&kitchen, KITCHEN, 101, &online(&[("red", true)]));
+    let will = seal(&kitchen, KITCHEN, 102, &offline());
+    {
+        let (mut ingest, _) = pipeline(dir.path());
+        ingest.handle(incoming(&first.0, &first.1)).unwrap();
+        ingest.handle(incoming(&online.0, &online.1)).unwrap();
+    }
+    let (mut ingest, state) = pipeline(dir.path());
+    // Restored: history, LED state, and the window (incl. the expected will).
+    let devices = state.live.devices();
+    let kitchen_state = &devices.iter().find(|(id, _)| id == KITCHEN).unwrap().1;
+    assert_eq!(kitchen_state.temperatures["cpu"].0, 20_000);
+    assert!(kitchen_state.leds["red"].0);
+    assert!(kitchen_state.online);
+    assert_eq!(rejected(&mut ingest, &first.0, &first.1), RejectReason::Replay);
+    assert_eq!(rejected(&mut ingest, &online.0, &online.1), RejectReason::Replay);
+    // Inside the window and never seen: still accepted once.
+    ingest.handle(incoming(&late.0, &late.1)).unwrap();
+    assert_eq!(rejected(&mut ingest, &late.0, &late.1), RejectReason::Replay);
+    // The will of the connection before the restart is accepted once, then marks it offline.
+    ingest.handle(incoming(&will.0, &will.1)).unwrap();
+    assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::Replay);
+    let devices = state.live.devices();
+    assert!(!devices.iter().find(|(id, _)| id == KITCHEN).unwrap().1.online);
+    drop(ingest);
+    let (mut ingest, _) = pipeline(dir.path());
+    assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::Replay);
+}
+
+#[test]
+fn a_stale_will_is_rejected_and_a_batch_checks_frames_against_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = pipeline(dir.path());
+    let garage = garage_codec();
+    let online_1 = seal(&garage, GARAGE, 10, &online(&[]));
+    let will_1 = seal(&garage, GARAGE, 11, &offline());
+    let online_2 = seal(&garage, GARAGE, 20, &online(&[]));
+    let will_2 = seal(&garage, GARAGE, 21, &offline());
+    let results = ingest.handle_batch(vec![
+        incoming(&online_1.0, &online_1.1),
+        incoming(&online_2.0, &online_2.1),
+        incoming(&online_2.0, &online_2.1),
+        incoming(&will_1.0, &will_1.1),
+        incoming(&will_2.0, &will_2.1),
+    ]);
+    let reasons: Vec<Option<RejectReason>> =
+        results.iter().map(|r| r.as_ref().err().and_then(|e| e.reject_reason())).collect();
+    assert_eq!(reasons, [None, None, Some(RejectReason::Replay), Some(RejectReason::Replay), None]);
+    let StatsSnapshot { accepted, .. } = state.live.stats.snapshot();
+    assert_eq!(accepted, 3);
+}
+
+#[test]
+fn retention_prunes_old_readings_but_keeps_state_and_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = pipeline(dir.path());
+    let kitchen = kitchen_codec();
+    let (topic, frame) = seal(&kitchen, KITCHEN, 1, &temperature("cpu", 1_000));
+    let mut old = incoming(&topic, &frame);
+    old.received_ms = 1_000;
+    ingest.handle(old).unwrap();
+    let (topic2, frame2) = seal(&kitchen, KITCHEN, 2, &temperature("cpu", 2_000));
+    ingest.handle(incoming(&topic2, &frame2)).unwrap();
+    assert_eq!(ingest.prune(now_ms() - 60_000).unwrap(), 1);
+    let history = state.history.temperatures(KITCHEN, None, 0, i64::MAX, 100).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(rejected(&mut ingest, &topic, &frame), RejectReason::Replay);
+}
+
+/// Whatever arrives, the pipeline answers with a result, never a panic, and a rejection changes
+/// no state. One pipeline and database for all cases, so that earlier cases' windows are there.
+#[test]
+fn ingest_never_panics_on_arbitrary_topic_and_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, state) = pipeline(dir.path());
+    let ingest = std::cell::RefCell::new(ingest);
+    let topic = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..100),
+        "ledtemp/(kitchen-pi|garage|x)/(temp/cpu|led/red|status|temp)".prop_map(String::into_bytes),
+    ];
+    let payload = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..400),
+        // A plausible header (version 1, key id 1) in front of random bytes.
+        proptest::collection::vec(any::<u8>(), 23..40).prop_map(|mut v| {
+            v[0] = 1;
+            v[1] = 1;
+            v
+        }),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 2_000,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&(topic, payload), |(topic, payload)| {
+            let frame = ledtemp_web::IncomingFrame { topic, payload, received_ms: 0 };
+            let result = ingest.borrow_mut().handle(frame);
+            prop_assert!(result.is_err(), "random bytes were accepted");
+            prop_assert_eq!(state.live.stats.snapshot().accepted, 0);
+            prop_assert!(state.live.devices().iter().all(|(_, d)| d.last_seen_ms.is_none()));
+            Ok(())
+        })
+        .unwrap();
+}
