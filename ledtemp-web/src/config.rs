@@ -3,6 +3,7 @@
 //! Precedence, highest first: a flag, its environment variable, the TOML file given with
 //! `--config` (or `LEDTEMP_CONFIG`), the default. The defaults work on one machine: broker
 //! `127.0.0.1:1883`, HTTP on `127.0.0.1:8080`, database `ledtemp.db`, keyring `keyring.toml`.
+//! `--embedded-broker` replaces the external broker with one inside the server.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::Error;
+use crate::broker::local_client_addr;
 use crate::mqtt::SubscriberConfig;
 
 /// Options of `ledtemp-web serve`. Every option is optional here; [`ServeArgs::resolve`] fills
@@ -24,6 +26,19 @@ pub struct ServeArgs {
     /// MQTT broker as HOST:PORT [default: 127.0.0.1:1883].
     #[arg(long, env = "LEDTEMP_BROKER", value_name = "HOST:PORT")]
     pub broker: Option<String>,
+    /// Run an MQTT v5 broker (rumqttd) inside the server, listening on ADDR:PORT, and subscribe
+    /// to it: no Mosquitto needed. Given without a value: 127.0.0.1:1883. Use 0.0.0.0:1883 for
+    /// devices on other machines; it has no TLS and no passwords (the server still accepts only
+    /// sealed frames). MQTT v5 clients only, as the nodes are. Not together with --broker. An
+    /// address in use (say by a Mosquitto service) stops the server with an error naming it.
+    #[arg(
+        long,
+        env = "LEDTEMP_EMBEDDED_BROKER",
+        value_name = "ADDR:PORT",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:1883"
+    )]
+    pub embedded_broker: Option<SocketAddr>,
     /// MQTT client id; unique per server instance [default: ledtemp-web-PID, PID being the process id].
     #[arg(long, env = "LEDTEMP_CLIENT_ID", value_name = "ID")]
     pub client_id: Option<String>,
@@ -63,6 +78,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     broker: Option<String>,
+    embedded_broker: Option<SocketAddr>,
     client_id: Option<String>,
     shared_group: Option<String>,
     broker_user: Option<String>,
@@ -77,8 +93,12 @@ struct FileConfig {
 /// A complete, validated configuration of the server.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The MQTT side.
+    /// The MQTT side. With an embedded broker it points at that broker (its port filled in by
+    /// [`Server::start`](crate::Server::start) when 0 was asked for).
     pub mqtt: SubscriberConfig,
+    /// Run the embedded MQTT v5 broker on this address (port 0: a free one). Once started it
+    /// runs until the process exits, even after the server shuts down.
+    pub embedded_broker: Option<SocketAddr>,
     /// HTTP listen address (port 0 picks a free one).
     pub listen: SocketAddr,
     /// SQLite file.
@@ -120,8 +140,22 @@ impl ServeArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let broker = self.broker.or(file.broker).unwrap_or_else(|| "127.0.0.1:1883".into());
-        let (host, port) = parse_broker(&broker)?;
+        let broker = self.broker.or(file.broker);
+        let embedded_broker = self.embedded_broker.or(file.embedded_broker);
+        let (host, port) = match (&broker, embedded_broker) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "broker and embedded-broker are both set: give one (an external broker, or \
+                     the one inside the server)"
+                        .into(),
+                ));
+            }
+            (broker, None) => parse_broker(broker.as_deref().unwrap_or("127.0.0.1:1883"))?,
+            (None, Some(listen)) => {
+                let at = local_client_addr(listen);
+                (at.ip().to_string(), at.port())
+            }
+        };
         let client_id = self
             .client_id
             .or(file.client_id)
@@ -158,6 +192,7 @@ impl ServeArgs {
                 credentials,
                 keep_alive: Duration::from_secs(15),
             },
+            embedded_broker,
             listen: self
                 .listen
                 .or(file.listen)
@@ -184,6 +219,50 @@ mod tests {
         assert_eq!(config.keyring, PathBuf::from("keyring.toml"));
         assert_eq!(config.retention, Some(Duration::from_secs(30 * 24 * 3600)));
         assert_eq!(config.mqtt.filter(), "ledtemp/+/#");
+        assert_eq!(config.embedded_broker, None);
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn embedded_broker_without_a_value_listens_on_loopback_1883() {
+        use clap::Parser;
+        let parsed = Command::try_parse_from(["serve", "--embedded-broker"]).unwrap();
+        assert_eq!(parsed.serve.embedded_broker, Some("127.0.0.1:1883".parse().unwrap()));
+        let parsed =
+            Command::try_parse_from(["serve", "--embedded-broker", "0.0.0.0:1884"]).unwrap();
+        assert_eq!(parsed.serve.embedded_broker, Some("0.0.0.0:1884".parse().unwrap()));
+        assert!(Command::try_parse_from(["serve", "--embedded-broker", "nohost"]).is_err());
+    }
+
+    #[test]
+    fn the_embedded_broker_comes_from_a_flag_or_the_file_and_the_server_subscribes_to_it() {
+        let args = ServeArgs {
+            embedded_broker: Some("0.0.0.0:1884".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.embedded_broker, Some("0.0.0.0:1884".parse().unwrap()));
+        assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("127.0.0.1", 1884));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledtemp.toml");
+        std::fs::write(&path, "embedded_broker = \"[::1]:1885\"\n").unwrap();
+        let config =
+            ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(config.embedded_broker, Some("[::1]:1885".parse().unwrap()));
+        assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("::1", 1885));
+
+        let both = ServeArgs {
+            config: Some(path),
+            broker: Some("mqtt.local".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(both.resolve(), Err(Error::Config(m)) if m.contains("embedded-broker")));
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! `ledtemp-web demo`: everything in one process, nothing to install. An embedded MQTT broker
-//! (rumqttd, MQTT v5 listener on a free local port), a SQLite file and a keyring in a temporary
-//! directory, three simulated nodes running the real node, codec and minimq publisher, one forger
-//! publishing forged, moved, replayed and junk frames, and the server with its dashboard.
+//! `ledtemp-web demo`: everything in one process, nothing to install. The server with its embedded
+//! MQTT broker (as `serve --embedded-broker`, on a free local port) and dashboard, a SQLite file
+//! and a keyring in a temporary directory, three simulated nodes running the real node, codec and
+//! minimq publisher, and one forger publishing forged, moved, replayed and junk frames.
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
@@ -75,54 +74,6 @@ const DEVICES: [SimDevice; 3] = [
         press_every: Duration::from_secs(13),
     },
 ];
-
-fn free_port() -> Result<u16, Error> {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|e| Error::io("finding a free port for the embedded broker", e))
-}
-
-/// Starts rumqttd with one MQTT v5 listener on `127.0.0.1:port`, on its own thread (it runs until
-/// the process exits).
-fn start_broker(port: u16) -> Result<(), Error> {
-    let server = rumqttd::ServerSettings {
-        name: "v5".into(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 5_000,
-            max_payload_size: 4_096,
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 10,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v5: Some(HashMap::from([("v5".to_owned(), server)])),
-        ..Default::default()
-    };
-    std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || {
-            if let Err(error) = rumqttd::Broker::new(config).start() {
-                tracing::error!("embedded broker stopped: {error:?}");
-            }
-        })
-        .map_err(|e| Error::io("starting the embedded broker", e))?;
-    Ok(())
-}
 
 fn name_error(e: ledtemp_core::Error) -> Error {
     Error::Config(format!("demo device: {e}"))
@@ -294,13 +245,11 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts everything; returns once the dashboard's port is bound. The broker and the nodes
-    /// connect in the background (the server's subscriber retries until the broker is up).
+    /// Starts everything; returns once the dashboard's port is bound. The nodes connect in the
+    /// background (they, and the server's subscriber, retry until the broker is up).
     pub async fn start(args: DemoArgs) -> Result<Demo, Error> {
         let dir =
             tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
-        let port = free_port()?;
-        start_broker(port)?;
 
         let mut keyring = Keyring::new();
         let mut codecs = Vec::new();
@@ -316,7 +265,7 @@ impl Demo {
         keyring.save(&keyring_path).map_err(|e| Error::Keyring(e.to_string()))?;
 
         let config = ServeArgs {
-            broker: Some(format!("127.0.0.1:{port}")),
+            embedded_broker: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             client_id: Some("ledtemp-web-demo".into()),
             listen: Some(args.listen),
             database: Some(dir.path().join("ledtemp.db")),
@@ -325,6 +274,10 @@ impl Demo {
         }
         .resolve()?;
         let server = Server::start(config, load_keys(&keyring_path)?).await?;
+        let port = server
+            .embedded_broker_addr()
+            .ok_or_else(|| Error::TaskFailed("the demo's embedded broker did not start".into()))?
+            .port();
         let nodes: Vec<_> =
             DEVICES.iter().zip(codecs).zip(1u32..).map(|((d, c), s)| (d, c, s)).collect();
         let (stop_nodes, nodes_thread) = spawn_nodes(nodes, port)?;
@@ -362,15 +315,20 @@ impl Demo {
     }
 }
 
-/// `ledtemp-web demo`: runs until Ctrl-C or SIGTERM.
+/// `ledtemp-web demo`: runs until Ctrl-C or SIGTERM (or until the embedded broker stops, which
+/// is an error).
 pub async fn demo(args: DemoArgs) -> Result<(), Error> {
-    let demo = Demo::start(args).await?;
+    let mut demo = Demo::start(args).await?;
     println!(
         "ledtemp demo: broker on 127.0.0.1:{}, data in {}",
         demo.broker_port(),
         demo.data_dir().display()
     );
     println!("ledtemp demo: open http://{}/  (Ctrl-C to stop)", demo.http_addr());
-    shutdown_signal().await;
-    demo.shutdown().await
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        error = demo.server.embedded_broker_stopped() => Err(error),
+    };
+    let shut_down = demo.shutdown().await;
+    outcome.and(shut_down)
 }

@@ -102,6 +102,14 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The embedded MQTT broker cannot listen on `addr`: another program (often a Mosquitto
+    /// service) holds the port, or the address is not one of this machine's.
+    EmbeddedBroker {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// A frame passed every check but could not be stored (the database failed); it was
     /// dropped and nothing changed.
     Dropped(String),
@@ -141,6 +149,18 @@ impl fmt::Display for Error {
                  upgrade ledtemp-web or use another database file"
             ),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::EmbeddedBroker { addr, source } => {
+                write!(f, "embedded MQTT broker: cannot listen on {addr}: {source}")?;
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    write!(
+                        f,
+                        " (another program, such as a Mosquitto service, is using it: stop it, \
+                         or use that broker with --broker {addr} instead of --embedded-broker, \
+                         or give --embedded-broker another ADDR:PORT)"
+                    )?;
+                }
+                Ok(())
+            }
             Error::Dropped(message) => write!(f, "frame dropped, database failed: {message}"),
             Error::TaskFailed(message) => write!(f, "background task failed: {message}"),
         }
@@ -152,7 +172,7 @@ impl std::error::Error for Error {
         match self {
             Error::Rejected { cause, .. } => Some(cause),
             Error::Store(error) => Some(error),
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::EmbeddedBroker { source, .. } => Some(source),
             _ => None,
         }
     }

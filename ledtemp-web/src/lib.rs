@@ -7,6 +7,8 @@
 //! Every rejected frame is counted by reason ([`RejectReason`]) and changes nothing else.
 //!
 //! The binary `ledtemp-web serve` runs it; `ledtemp-web serve --help` lists the settings.
+//! `ledtemp-web serve --embedded-broker` runs an MQTT v5 broker (rumqttd) inside the server, so
+//! no Mosquitto is needed; `ledtemp-web demo` adds simulated nodes and a forger to that.
 //!
 //! # Example
 //!
@@ -53,6 +55,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+mod broker;
 mod config;
 // The dashboard (page, script, styles, vendored chart library) is maintained separately.
 mod dashboard;

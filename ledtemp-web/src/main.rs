@@ -22,7 +22,8 @@ enum Command {
     /// Run the server: subscribe to the broker, verify and store frames, serve HTTP.
     ///
     /// Settings come from flags, then LEDTEMP_* environment variables, then the --config TOML
-    /// file, then the defaults (which work on one machine).
+    /// file, then the defaults (which work on one machine). Without a broker to connect to,
+    /// --embedded-broker runs one inside the server.
     Serve(Box<ServeArgs>),
     /// Run everything in one process, nothing to install: an embedded MQTT broker, three
     /// simulated devices with fresh keys, a forger whose frames are refused, the server on a

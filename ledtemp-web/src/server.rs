@@ -1,5 +1,5 @@
-//! Wiring: keyring, store, ingest worker, MQTT subscriber, stats ticker and the HTTP server, with
-//! graceful shutdown.
+//! Wiring: the embedded broker (if asked for), keyring, store, ingest worker, MQTT subscriber,
+//! stats ticker and the HTTP server, with graceful shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::Error;
+use crate::broker::{EmbeddedBroker, local_client_addr};
 use crate::config::ServeConfig;
 use crate::http::{AppState, app};
 use crate::ingest::{Ingest, KeyTable, Retention, run_worker};
@@ -50,12 +51,23 @@ pub struct Server {
     mqtt: JoinHandle<()>,
     ticker: JoinHandle<()>,
     worker: Option<std::thread::JoinHandle<()>>,
+    broker: Option<EmbeddedBroker>,
 }
 
 impl Server {
-    /// Opens the store, restores the replay windows and caches, and starts the ingest worker,
-    /// the MQTT subscriber and the HTTP server. Returns once the HTTP port is bound.
-    pub async fn start(config: ServeConfig, keys: KeyTable) -> Result<Server, Error> {
+    /// Starts the embedded broker if `config` asks for one, opens the store, restores the replay
+    /// windows and caches, and starts the ingest worker, the MQTT subscriber and the HTTP server.
+    /// Returns once the HTTP port is bound.
+    ///
+    /// An embedded broker whose address is taken is [`Error::EmbeddedBroker`], and nothing else
+    /// is started.
+    pub async fn start(mut config: ServeConfig, keys: KeyTable) -> Result<Server, Error> {
+        let broker = config.embedded_broker.map(EmbeddedBroker::start).transpose()?;
+        if let Some(broker) = &broker {
+            let at = local_client_addr(broker.addr());
+            config.mqtt.host = at.ip().to_string();
+            config.mqtt.port = at.port();
+        }
         if let Some(group) = &config.mqtt.shared_group {
             tracing::warn!(
                 %group,
@@ -93,7 +105,21 @@ impl Server {
                 .map_err(|e| Error::io("serving HTTP", e))
         });
         tracing::info!(%http_addr, database = %config.database.display(), "ledtemp-web running");
-        Ok(Server { http_addr, live, stop, http, mqtt, ticker, worker: Some(worker) })
+        Ok(Server { http_addr, live, stop, http, mqtt, ticker, worker: Some(worker), broker })
+    }
+
+    /// Where the embedded broker listens, when this server runs one.
+    pub fn embedded_broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(EmbeddedBroker::addr)
+    }
+
+    /// Resolves if the embedded broker stops, with the error to report; it stops only when its
+    /// listener failed. Never resolves without an embedded broker. Cancel-safe.
+    pub async fn embedded_broker_stopped(&mut self) -> Error {
+        match &mut self.broker {
+            Some(broker) => broker.stopped().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Where the HTTP server listens.
@@ -107,7 +133,8 @@ impl Server {
     }
 
     /// Stops taking frames, lets the ingest worker commit what it has, closes the event streams
-    /// and stops the HTTP server. Frames still queued are committed; none is half written.
+    /// and stops the HTTP server. Frames still queued are committed; none is half written. An
+    /// embedded broker keeps running until the process exits (rumqttd cannot be stopped).
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.mqtt.abort();
         let _ = (&mut self.mqtt).await;
@@ -196,8 +223,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `ledtemp-web serve`: loads the keyring, starts everything, runs until Ctrl-C or SIGTERM, then
-/// shuts down gracefully.
+/// `ledtemp-web serve`: loads the keyring, starts everything, runs until Ctrl-C or SIGTERM (or
+/// until the embedded broker stops, which is an error), then shuts down gracefully.
 pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     let keys = load_keys(&config.keyring)?;
     if keys.is_empty() {
@@ -206,9 +233,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             "the keyring is empty: every frame will be rejected"
         );
     }
-    let server = Server::start(config, keys).await?;
+    let mut server = Server::start(config, keys).await?;
+    if let Some(addr) = server.embedded_broker_addr() {
+        println!("ledtemp-web: embedded MQTT v5 broker on {addr}");
+    }
     println!("ledtemp-web: dashboard at http://{}/", server.http_addr());
-    shutdown_signal().await;
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        error = server.embedded_broker_stopped() => Err(error),
+    };
     tracing::info!("shutting down");
-    server.shutdown().await
+    let shut_down = server.shutdown().await;
+    outcome.and(shut_down)
 }

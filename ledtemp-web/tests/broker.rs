@@ -8,8 +8,8 @@ mod support;
 
 use std::net::SocketAddr;
 
-use ledtemp_core::{Algorithm, AnyCodec, KeyId};
-use ledtemp_web::Server;
+use ledtemp_core::{Algorithm, AnyCodec, KeyId, MAX_FRAME_LEN};
+use ledtemp_web::{RejectedCounts, Server};
 use serde_json::Value;
 use support::broker::TestBroker;
 use support::*;
@@ -38,6 +38,30 @@ async fn wait_stats(addr: SocketAddr, what: &str, check: impl Fn(&Value) -> bool
         check(&stats).then_some(stats)
     })
     .await
+}
+
+/// `frame` once per byte, with one bit of that byte flipped (a different bit each time).
+fn bit_flips(frame: &[u8]) -> Vec<Vec<u8>> {
+    (0..frame.len())
+        .map(|index| {
+            let mut flipped = frame.to_vec();
+            flipped[index] ^= 1 << (index % 8);
+            flipped
+        })
+        .collect()
+}
+
+/// `len` bytes from a xorshift generator seeded with `seed` (not 0): the same every run.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 56) as u8
+        })
+        .collect()
 }
 
 fn kitchen(devices: &Value) -> &Value {
@@ -78,41 +102,84 @@ async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing() 
     events.wait_for(r#""device":"kitchen-pi","led":"red","on":true"#).await;
     events.wait_for("event: stats").await;
 
-    // The attacker: publishes on the same broker, without the key.
+    // The attacker: publishes on the same broker, without the key. `expected` counts what each
+    // case must add, by reason.
     let attacker = RawPublisher::connect(broker.port, "test-attacker").await;
+    let mut expected = RejectedCounts::default();
     let forger = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[0x66; 16]).unwrap();
     let (forged_topic, forged) = seal(&forger, KITCHEN, 50, &temperature("cpu", 99_000));
-    attacker.publish(&forged_topic, &forged).await; // bad_tag
-    let (topic, frame) = &frames[1];
-    let mut flipped = frame.clone();
-    flipped[8] ^= 0x40;
-    attacker.publish(topic, &flipped).await; // bad_tag
-    attacker.publish(topic, frame).await; // replay
-    attacker.publish("ledtemp/kitchen-pi/temp/gpu", frame).await; // moved: bad_tag
-    let (stranger_topic, stranger) = seal(&forger, "stranger", 1, &temperature("cpu", 1));
-    attacker.publish(&stranger_topic, &stranger).await; // unknown_device
-    attacker.publish(topic, &[1u8; 1_000]).await; // oversize
-    attacker.publish(topic, b"\x00garbage that is long enough to be a frame").await; // malformed
-    attacker.publish("ledtemp/kitchen-pi/bogus", frame).await; // malformed
+    attacker.publish(&forged_topic, &forged).await;
+    expected.bad_tag += 1;
 
+    // One bit flipped in each byte of a genuine frame, in turn. Version (byte 0) and key id
+    // (byte 1) are read before any cryptography; everything after them is authenticated.
+    let (topic, frame) = &frames[1];
+    for (index, flipped) in bit_flips(frame).into_iter().enumerate() {
+        attacker.publish(topic, &flipped).await;
+        match index {
+            0 => expected.malformed += 1,      // no such version
+            1 => expected.unknown_device += 1, // no such key id
+            _ => expected.bad_tag += 1,        // sequence number, ciphertext, tag
+        }
+    }
+
+    attacker.publish(topic, frame).await;
+    let (led_topic, led_frame) = &frames[2];
+    attacker.publish(led_topic, led_frame).await;
+    expected.replay += 2;
+
+    // Cross-topic: a genuine frame moved to another sensor, to another kind of message and to
+    // another device (opened there with the other device's key).
+    for moved in
+        ["ledtemp/kitchen-pi/temp/gpu", "ledtemp/kitchen-pi/led/red", "ledtemp/garage/temp/cpu"]
+    {
+        attacker.publish(moved, frame).await;
+        expected.bad_tag += 1;
+    }
+
+    let (stranger_topic, stranger) = seal(&forger, "stranger", 1, &temperature("cpu", 1));
+    attacker.publish(&stranger_topic, &stranger).await;
+    expected.unknown_device += 1;
+    attacker.publish(topic, &[1u8; 1_000]).await;
+    expected.oversize += 1;
+    attacker.publish(topic, b"\x00garbage that is long enough to be a frame").await;
+    expected.malformed += 1;
+    attacker.publish("ledtemp/kitchen-pi/bogus", frame).await;
+    expected.malformed += 1;
+
+    // Random bytes of every interesting length: shorter than a frame can be, frame-sized, the
+    // largest frame, one byte longer, and a few KiB.
+    for (seed, len) in [0, 1, 22, 23, 31, 150, 301, 302, 2_000].into_iter().enumerate() {
+        let junk = random_bytes(seed as u64 + 1, len);
+        // With these seeds no payload starts with the version byte, so none gets further.
+        assert!(junk.first() != Some(&1), "seed {seed} starts like a frame");
+        attacker.publish(topic, &junk).await;
+        if len > MAX_FRAME_LEN {
+            expected.oversize += 1;
+        } else {
+            expected.malformed += 1;
+        }
+    }
+
+    let want = serde_json::to_value(expected).unwrap();
+    let total = want.as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum::<u64>();
     let stats = wait_stats(addr, "every attack counted", |s| {
-        let r = &s["rejected"];
-        r["bad_tag"] == 3
-            && r["replay"] == 1
-            && r["unknown_device"] == 1
-            && r["oversize"] == 1
-            && r["malformed"] == 2
+        s["rejected"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum::<u64>()
+            >= total
     })
     .await;
+    assert_eq!(stats["rejected"], want, "rejections by reason");
     assert_eq!(stats["accepted"], 3);
     assert_eq!(stats["broker_connected"], true);
     assert_eq!(stats["sse_clients"], 1);
     let (_, after) = get_json(addr, "/api/devices").await;
-    assert_eq!(kitchen(&after), kitchen(&devices), "an attack changed the device state");
+    assert_eq!(after, devices, "an attack changed a device's state");
     let (_, history_after) = get_json(addr, "/api/devices/kitchen-pi/temperature").await;
     assert_eq!(history_after, history);
     let (_, metrics) = http_get(addr, "/metrics").await;
-    assert!(metrics.contains("ledtemp_frames_rejected_total{reason=\"bad_tag\"} 3"), "{metrics}");
+    let bad_tag =
+        format!("ledtemp_frames_rejected_total{{reason=\"bad_tag\"}} {}", expected.bad_tag);
+    assert!(metrics.contains(&bad_tag), "{metrics}");
 
     // Larger than the subscriber's MQTT maximum packet size: the broker drops it (mosquitto) or
     // the subscriber refuses it and reconnects; either way the server goes on.

@@ -1,6 +1,8 @@
-//! The command line: `ledtemp-web serve --help` explains every setting.
+//! The command line: `ledtemp-web serve --help` explains every setting; start-up errors are clear
+//! and exit non-zero.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::TcpListener;
 use std::process::Command;
 
 #[test]
@@ -12,6 +14,7 @@ fn serve_help_explains_every_option() {
     for option in [
         "--config",
         "--broker",
+        "--embedded-broker",
         "--client-id",
         "--shared-group",
         "--broker-user",
@@ -22,6 +25,7 @@ fn serve_help_explains_every_option() {
         "--retention-days",
         "--offline-after-secs",
         "LEDTEMP_BROKER",
+        "LEDTEMP_EMBEDDED_BROKER",
         "127.0.0.1:1883",
         "127.0.0.1:8080",
         "ledtemp.db",
@@ -44,4 +48,38 @@ fn a_missing_keyring_is_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("keyring") && stderr.contains("nope.toml"), "{stderr}");
+}
+
+#[test]
+fn an_embedded_broker_address_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring.toml");
+    ledtemp_keys::Keyring::new().save(&keyring).unwrap();
+    // Held for the whole test, as a Mosquitto service would hold 1883.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let serve = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ledtemp-web"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--keyring"])
+            .arg(&keyring)
+            .arg("--database")
+            .arg(dir.path().join("db"))
+            .env_remove("LEDTEMP_BROKER");
+        command
+    };
+    let by_flag = serve().args(["--embedded-broker", &addr]).output().unwrap();
+    let by_env = serve().env("LEDTEMP_EMBEDDED_BROKER", &addr).output().unwrap();
+    for output in [by_flag, by_env] {
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!output.status.success(), "{stderr}");
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("embedded MQTT broker: cannot listen on {addr}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--broker"), "{stderr}");
+        assert!(!stderr.contains("dashboard at"), "{stderr}");
+    }
+    drop(taken);
 }

@@ -1,7 +1,8 @@
 //! Helpers shared by the server's integration tests: keys, sealed frames, a server on a temp
-//! database, a raw MQTT publisher, a minimal HTTP client and the broker (see `broker.rs`).
+//! database, a raw MQTT publisher, a minimal HTTP client and the broker (shared with ledtemp-core's tests).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../../ledtemp-core/tests/support/broker.rs"]
 pub mod broker;
 
 use std::net::SocketAddr;
