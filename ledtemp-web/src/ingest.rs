@@ -28,8 +28,12 @@ use crate::state::{LedEvent, LiveEvent, LiveState, StatusEvent, TemperatureEvent
 use crate::store::{AcceptedFrame, Store};
 use crate::{Error, RejectReason};
 
-/// Most frames committed in one transaction.
-pub const MAX_BATCH: usize = 256;
+/// Most frames committed in one transaction. Larger batches make a backlog drain faster (each
+/// commit writes every page it touched to the WAL again, so fewer, bigger commits write less per
+/// frame: see `docs/performance.md`); no larger than the event channel, so that the events of one
+/// batch never make a live SSE client that keeps up skip any.
+pub const MAX_BATCH: usize = 1024;
+const _: () = assert!(MAX_BATCH <= crate::state::EVENT_CHANNEL_CAPACITY);
 
 /// The server's keys: one opened codec per (device, key id), built once at start.
 #[derive(Debug, Default)]
