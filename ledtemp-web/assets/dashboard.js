@@ -401,7 +401,7 @@
   }
 
   function refresh() {
-    return Promise.all([loadDevices(), loadStats()]).then(
+    return Promise.all([loadDevices(), loadStats(), loadAlerts()]).then(
       () => showProblem(null),
       (e) => showProblem("Could not reach the server: " + e.message),
     );
@@ -458,6 +458,61 @@
     if (!node || typeof n !== "number") return;
     node.textContent = n.toLocaleString("en-US");
     node.closest(".count").dataset.nonzero = n > 0 ? "true" : "false";
+  }
+
+  // ---- the Alerts panel ----
+
+  // Also refreshed by the `alert` event; the poll keeps times and counters current.
+  const RELOAD_ALERTS_MS = 10000;
+
+  function alertItem(alert) {
+    const key = (alert && alert.key) || {};
+    const state = typeof alert.state === "string" ? alert.state : "unknown";
+    const item = el("li", "alert");
+    item.dataset.state = state;
+    const subject = typeof key.subject === "string" ? "/" + key.subject : "";
+    const what = String(key.device) + subject + " \u00b7 " + String(key.rule);
+    item.append(el("span", "alert-what", what));
+    const at =
+      typeof alert.resolved_ms === "number" ? alert.resolved_ms :
+      typeof alert.fired_ms === "number" ? alert.fired_ms :
+      typeof alert.since_ms === "number" ? alert.since_ms : null;
+    item.append(el("span", "alert-when", state + " " + relative(at)));
+    return item;
+  }
+
+  function notifierItem(n) {
+    const item = el("li", "notifier");
+    item.append(el("span", "notifier-name", String(n.name) + " (" + String(n.kind) + ")"));
+    const counts = ["sent", "failed", "retried", "capped"]
+      .map((k) => k + " " + (typeof n[k] === "number" ? n[k] : 0))
+      .join(", ");
+    item.append(el("span", "notifier-counts", counts));
+    const failing = typeof n.last_error === "string";
+    item.dataset.failing = failing ? "true" : "false";
+    if (failing) {
+      item.append(el("span", "notifier-error", "last failure: " + n.last_error));
+    }
+    return item;
+  }
+
+  function fillList(id, emptyId, items, make) {
+    const list = document.getElementById(id);
+    const shown = Array.isArray(items) ? items.filter((x) => x && typeof x === "object") : [];
+    list.replaceChildren(...shown.map(make));
+    document.getElementById(emptyId).hidden = shown.length > 0;
+  }
+
+  function showAlerts(alerts) {
+    if (!alerts || typeof alerts !== "object") return;
+    fillList("alerts-active", "no-alerts", alerts.active, alertItem);
+    fillList("alerts-recent", "no-recent", alerts.recent, alertItem);
+    fillList("notifiers", "no-notifiers", alerts.notifiers, notifierItem);
+    document.body.dataset.alerts = "loaded";
+  }
+
+  function loadAlerts() {
+    return getJson("/api/alerts").then(showAlerts);
   }
 
   // ---- the event stream: one for the whole page ----
@@ -524,6 +579,9 @@
       card.seen(parseTime(d.at));
     });
     source.addEventListener("stats", (e) => showStats(parseEvent(e)));
+    source.addEventListener("alert", () => {
+      loadAlerts().catch((e) => showProblem("Could not load alerts: " + e.message));
+    });
   }
 
   setInterval(() => {
@@ -533,6 +591,10 @@
   setInterval(() => {
     loadDevices().catch((e) => showProblem("Could not load devices: " + e.message));
   }, RELOAD_DEVICES_MS);
+
+  setInterval(() => {
+    loadAlerts().catch((e) => showProblem("Could not load alerts: " + e.message));
+  }, RELOAD_ALERTS_MS);
 
   refresh();
   connect();

@@ -13,6 +13,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::Error;
+use crate::alert_config::{AlertSection, AlertsConfig};
 use crate::broker::local_client_addr;
 use crate::mqtt::SubscriberConfig;
 
@@ -20,7 +21,9 @@ use crate::mqtt::SubscriberConfig;
 /// the gaps from the file and the defaults.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// TOML file with any of the settings below (keys as the long options, with `_` for `-`).
+    /// TOML file with any of the settings below (keys as the long options, with `_` for `-`),
+    /// and the alert rules and notifiers ([[alert.rule]], [alert.notifier.NAME]; see the README,
+    /// "SMS alerts"), which only the file can give.
     #[arg(long, env = "LEDTEMP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// MQTT broker as HOST:PORT [default: 127.0.0.1:1883].
@@ -88,6 +91,9 @@ struct FileConfig {
     keyring: Option<PathBuf>,
     retention_days: Option<u32>,
     offline_after_secs: Option<u64>,
+    /// `[[alert.rule]]` and `[alert.notifier.NAME]`: see [`crate::alert_config`].
+    #[serde(default)]
+    alert: AlertSection,
 }
 
 /// A complete, validated configuration of the server.
@@ -109,6 +115,8 @@ pub struct ServeConfig {
     pub retention: Option<Duration>,
     /// Silence after which a device is shown offline.
     pub offline_after: Duration,
+    /// Alert rules and notifiers (only from the TOML file); empty: no alerting.
+    pub alerts: AlertsConfig,
 }
 
 /// Splits `HOST:PORT` (a bare host gets 1883; `[v6]:port` works).
@@ -178,6 +186,7 @@ impl ServeArgs {
             }
             (None, None) => None,
         };
+        let alerts = file.alert.resolve()?;
         let retention_days = self.retention_days.or(file.retention_days).unwrap_or(30);
         let offline_after = self.offline_after_secs.or(file.offline_after_secs).unwrap_or(120);
         if offline_after == 0 {
@@ -202,6 +211,7 @@ impl ServeArgs {
             retention: (retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(retention_days) * 24 * 3600)),
             offline_after: Duration::from_secs(offline_after),
+            alerts,
         })
     }
 }

@@ -24,6 +24,7 @@ use ledtemp_core::{
 };
 use tokio::sync::mpsc;
 
+use crate::alert_driver::AlertDriver;
 use crate::state::{LedEvent, LiveEvent, LiveState, StatusEvent, TemperatureEvent, rfc3339};
 use crate::store::{AcceptedFrame, Store};
 use crate::{Error, RejectReason};
@@ -156,6 +157,7 @@ pub struct Ingest {
     windows: HashMap<(DeviceId, KeyId), ReplayWindow>,
     live: Arc<LiveState>,
     log: RejectLog,
+    alerts: Option<Arc<AlertDriver>>,
 }
 
 impl Ingest {
@@ -171,7 +173,13 @@ impl Ingest {
                 Some(((device, KeyId(key_id)), ReplayWindow::restore(state)))
             })
             .collect();
-        Ok(Ingest { keys, store, windows, live, log: RejectLog::new() })
+        Ok(Ingest { keys, store, windows, live, log: RejectLog::new(), alerts: None })
+    }
+
+    /// The same pipeline, feeding every committed frame to `alerts` after the commit.
+    pub fn with_alerts(mut self, alerts: Arc<AlertDriver>) -> Ingest {
+        self.alerts = Some(alerts);
+        self
     }
 
     /// The shared state this pipeline publishes to.
@@ -259,6 +267,11 @@ impl Ingest {
             self.live.stats.add_accepted(accepted.len() as u64);
             for frame in &accepted {
                 self.publish(frame);
+            }
+            if let Some(alerts) = &self.alerts
+                && !accepted.is_empty()
+            {
+                alerts.handle_frames(&accepted);
             }
         }
         let mut accepted = accepted.into_iter();

@@ -5,6 +5,9 @@
 //! window, stores the reading and the window's new state in one SQLite transaction, and only then
 //! shows it: a JSON API, Server-Sent Events, `/healthz`, Prometheus `/metrics` and the dashboard.
 //! Every rejected frame is counted by reason ([`RejectReason`]) and changes nothing else.
+//! Alert rules from the configuration file ([`alerts`], run by an [`AlertDriver`]) watch the
+//! verified frames and text through Twilio, post a webhook or log; `GET /api/alerts` and the
+//! dashboard show active and recent alerts.
 //!
 //! The binary `ledtemp-web serve` runs it; `ledtemp-web serve --help` lists the settings.
 //! `ledtemp-web serve --embedded-broker` runs an MQTT v5 broker (rumqttd) inside the server, so
@@ -55,6 +58,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod alert_config;
+mod alert_driver;
 pub mod alerts;
 mod broker;
 mod config;
@@ -69,6 +74,11 @@ mod server;
 mod state;
 mod store;
 
+pub use alert_config::{AlertsConfig, NotifierKind, NotifierSettings};
+pub use alert_driver::{
+    ALERT_QUEUE, AlertDriver, AlertQueue, AlertsSnapshot, NotifierStatus, run_alert_deliveries,
+    run_alert_timer,
+};
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};

@@ -10,17 +10,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::Error;
+use crate::alert_driver::{AlertDriver, run_alert_deliveries, run_alert_timer};
 use crate::broker::{EmbeddedBroker, local_client_addr};
 use crate::config::ServeConfig;
 use crate::http::{AppState, app};
 use crate::ingest::{Ingest, KeyTable, Retention, run_worker};
 use crate::mqtt::run_subscriber;
 use crate::state::{LiveEvent, LiveState, StatusEvent, now_ms, rfc3339};
-use crate::store::{HistoryReader, Store};
+use crate::store::{AlertStateStore, HistoryReader, Store};
 
 /// Frames buffered between the MQTT subscriber and the ingest worker; when full, the subscriber
 /// waits (and the broker holds back).
 pub const INGEST_QUEUE: usize = 4096;
+
+/// How long shutdown waits for queued alert notifications to be delivered.
+const ALERT_FLUSH: Duration = Duration::from_secs(5);
 
 /// How often the retention prune runs at most.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -42,6 +46,21 @@ pub fn keys_from_keyring(keyring: &ledtemp_keys::Keyring) -> KeyTable {
     keys
 }
 
+/// The alert driver and its two tasks, which stop when this is dropped (also when the server
+/// fails to start after spawning them).
+struct AlertTasks {
+    driver: Arc<AlertDriver>,
+    timer: JoinHandle<()>,
+    deliveries: JoinHandle<()>,
+}
+
+impl Drop for AlertTasks {
+    fn drop(&mut self) {
+        self.timer.abort();
+        self.deliveries.abort();
+    }
+}
+
 /// A running server. Drop it or call [`Server::shutdown`] to stop.
 pub struct Server {
     http_addr: SocketAddr,
@@ -50,6 +69,7 @@ pub struct Server {
     http: JoinHandle<Result<(), Error>>,
     mqtt: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    alerts: Option<AlertTasks>,
     worker: Option<std::thread::JoinHandle<()>>,
     broker: Option<EmbeddedBroker>,
 }
@@ -79,7 +99,25 @@ impl Server {
         let history = HistoryReader::open(&config.database)?;
         let snapshot = store.snapshot()?;
         let live = Arc::new(LiveState::new(keys.devices(), &snapshot, config.offline_after));
-        let ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live))?;
+        let mut ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live))?;
+        let alerts = if config.alerts.is_empty() {
+            None
+        } else {
+            let state = AlertStateStore::open(&config.database)?;
+            let (driver, queue) =
+                AlertDriver::start(&config.alerts, state, Arc::clone(&live), now_ms())?;
+            ingest = ingest.with_alerts(Arc::clone(&driver));
+            tracing::info!(
+                rules = config.alerts.rules.len(),
+                notifiers = config.alerts.notifiers.len(),
+                "alerting on"
+            );
+            Some(AlertTasks {
+                timer: tokio::spawn(run_alert_timer(Arc::clone(&driver), Arc::clone(&live))),
+                deliveries: tokio::spawn(run_alert_deliveries(Arc::clone(&driver), queue)),
+                driver,
+            })
+        };
         let (frames_tx, frames_rx) = mpsc::channel(INGEST_QUEUE);
         let retention = Retention { keep: config.retention, every: PRUNE_EVERY };
         let worker = std::thread::Builder::new()
@@ -95,7 +133,11 @@ impl Server {
         let http_addr =
             listener.local_addr().map_err(|e| Error::io("reading the HTTP address", e))?;
         let (stop, mut stopped) = watch::channel(false);
-        let router = app(AppState { live: Arc::clone(&live), history });
+        let router = app(AppState {
+            live: Arc::clone(&live),
+            history,
+            alerts: alerts.as_ref().map(|tasks| Arc::clone(&tasks.driver)),
+        });
         let http = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
@@ -105,7 +147,17 @@ impl Server {
                 .map_err(|e| Error::io("serving HTTP", e))
         });
         tracing::info!(%http_addr, database = %config.database.display(), "ledtemp-web running");
-        Ok(Server { http_addr, live, stop, http, mqtt, ticker, worker: Some(worker), broker })
+        Ok(Server {
+            http_addr,
+            live,
+            stop,
+            http,
+            mqtt,
+            ticker,
+            alerts,
+            worker: Some(worker),
+            broker,
+        })
     }
 
     /// Where the embedded broker listens, when this server runs one.
@@ -132,9 +184,12 @@ impl Server {
         &self.live
     }
 
-    /// Stops taking frames, lets the ingest worker commit what it has, closes the event streams
-    /// and stops the HTTP server. Frames still queued are committed; none is half written. An
-    /// embedded broker keeps running until the process exits (rumqttd cannot be stopped).
+    /// Stops taking frames, lets the ingest worker commit what it has, waits (at most 5 s) for
+    /// queued alert notifications to be delivered, closes the event streams and stops the HTTP
+    /// server. Frames still queued are committed; none is half written. A notification still
+    /// undelivered after the wait is lost (its alert stays firing, and is not sent again after a
+    /// restart). An embedded broker keeps running until the process exits (rumqttd cannot be
+    /// stopped).
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.mqtt.abort();
         let _ = (&mut self.mqtt).await;
@@ -145,6 +200,13 @@ impl Server {
                 .await
                 .map_err(|e| Error::TaskFailed(e.to_string()))?
                 .map_err(|_| Error::TaskFailed("the ingest worker panicked".into()))?;
+        }
+        if let Some(alerts) = &self.alerts {
+            alerts.timer.abort();
+            if !alerts.driver.flush(ALERT_FLUSH).await {
+                tracing::warn!("alert notifications still queued at shutdown were dropped");
+            }
+            alerts.deliveries.abort();
         }
         // Open event streams never end on their own: give HTTP a moment, then stop it.
         match tokio::time::timeout(Duration::from_secs(2), &mut self.http).await {

@@ -130,6 +130,9 @@ pub enum LiveEvent {
     Status(StatusEvent),
     /// `event: stats`.
     Stats(StatsSnapshot),
+    /// `event: alert`, data `{}`: the alerts or a notifier's deliveries changed; read
+    /// `/api/alerts`.
+    Alert,
 }
 
 impl LiveEvent {
@@ -140,6 +143,7 @@ impl LiveEvent {
             LiveEvent::Led(_) => "led",
             LiveEvent::Status(_) => "status",
             LiveEvent::Stats(_) => "stats",
+            LiveEvent::Alert => "alert",
         }
     }
 
@@ -150,6 +154,7 @@ impl LiveEvent {
             LiveEvent::Led(e) => serde_json::to_string(e),
             LiveEvent::Status(e) => serde_json::to_string(e),
             LiveEvent::Stats(e) => serde_json::to_string(e),
+            LiveEvent::Alert => Ok("{}".to_owned()),
         };
         // These types only hold strings and numbers: serialising cannot fail.
         json.unwrap_or_default()

@@ -61,6 +61,16 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (device, led)
     ) STRICT;",
+    // 2: alert state: the engine's state as JSON (one row) and each notifier's daily cap.
+    "CREATE TABLE alert_engine (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE alert_caps (
+        notifier TEXT PRIMARY KEY NOT NULL,
+        day INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.
@@ -302,6 +312,70 @@ fn write_frame(tx: &Transaction<'_>, frame: &AcceptedFrame) -> Result<(), Error>
         Message::Status(StatusReport { status: NodeStatus::Offline, .. }) => {}
     }
     Ok(())
+}
+
+/// The alert engine's state and the notifiers' daily caps, as stored. Opened on the same file
+/// as the [`Store`] (open that first: it migrates), on its own connection, so the alert driver
+/// and the ingest worker never wait for each other's locks in the process.
+pub(crate) struct AlertStateStore {
+    conn: Connection,
+}
+
+impl AlertStateStore {
+    /// Opens the alert tables of the database at `path`.
+    pub(crate) fn open(path: &Path) -> Result<AlertStateStore, Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(AlertStateStore { conn })
+    }
+
+    /// The engine's state as stored (JSON), if any.
+    pub(crate) fn engine_state(&self) -> Result<Option<String>, Error> {
+        let mut statement = self.conn.prepare("SELECT state FROM alert_engine WHERE id = 1")?;
+        let mut rows = statement.query([])?;
+        Ok(match rows.next()? {
+            Some(row) => Some(row.get(0)?),
+            None => None,
+        })
+    }
+
+    /// Replaces the engine's stored state.
+    pub(crate) fn save_engine_state(&self, json: &str) -> Result<(), Error> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alert_engine (id, state) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![json])?;
+        Ok(())
+    }
+
+    /// Each notifier's stored daily cap: `(day, count)` by name.
+    pub(crate) fn caps(&self) -> Result<HashMap<String, (i64, u32)>, Error> {
+        let mut statement = self.conn.prepare("SELECT notifier, day, count FROM alert_caps")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, (row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+        })?;
+        let mut caps = HashMap::new();
+        for row in rows {
+            let (name, (day, count)) = row?;
+            // A count that does not fit (a tampered file) counts as a full day.
+            caps.insert(name, (day, u32::try_from(count).unwrap_or(u32::MAX)));
+        }
+        Ok(caps)
+    }
+
+    /// Stores one notifier's daily cap.
+    pub(crate) fn save_cap(&self, notifier: &str, day: i64, count: u32) -> Result<(), Error> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alert_caps (notifier, day, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (notifier) DO UPDATE SET day = excluded.day, count = excluded.count",
+            )?
+            .execute(params![notifier, day, i64::from(count)])?;
+        Ok(())
+    }
 }
 
 /// One point of a temperature history.

@@ -23,7 +23,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ledtemp_core::AnyCodec;
-use ledtemp_web::{IncomingFrame, Ingest, LiveEvent, app};
+use ledtemp_web::alerts::{Condition, DeliveryPolicy, Rule, Secret, Threshold, WebhookConfig};
+use ledtemp_web::{
+    AlertDriver, AlertsConfig, AppState, IncomingFrame, Ingest, LiveEvent, NotifierKind,
+    NotifierSettings, app, run_alert_deliveries,
+};
 use serde_json::{Value, json};
 use support::{GARAGE, KITCHEN, WAIT, garage_codec, kitchen_codec, led, online, seal, temperature};
 
@@ -342,7 +346,34 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = support::pipeline(dir.path());
+    let (ingest, state) = support::pipeline(dir.path());
+    // An alert rule the kitchen's CPU breaks, to a webhook that cannot be reached: the Alerts
+    // panel shows the firing alert and the notifier's failure.
+    let alerts = AlertsConfig {
+        rules: vec![Rule::new(
+            "cpu-hot",
+            Condition::TemperatureAbove(Threshold::new(KITCHEN, 45_000).sensor("cpu")),
+        )],
+        notifiers: vec![NotifierSettings {
+            name: "hook".into(),
+            kind: NotifierKind::Webhook(WebhookConfig {
+                url: Secret::new("http://127.0.0.1:1/unreachable"),
+                bearer: None,
+            }),
+            policy: DeliveryPolicy { max_attempts: 1, ..DeliveryPolicy::default() },
+        }],
+        routes: [("cpu-hot".to_owned(), vec![0])].into(),
+    };
+    let (driver, queue) = AlertDriver::open(
+        &alerts,
+        &dir.path().join("ledtemp.db"),
+        state.live.clone(),
+        support::now_ms(),
+    )
+    .unwrap();
+    runtime.spawn(run_alert_deliveries(driver.clone(), queue));
+    let mut ingest = ingest.with_alerts(driver.clone());
+    let state = AppState { alerts: Some(driver), ..state };
     let live = state.live.clone();
 
     let mut kitchen = Node { name: KITCHEN, codec: kitchen_codec(), sequence: 0 };
@@ -425,6 +456,19 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
     assert!(why.as_str().unwrap().contains("forged or altered"), "{why}");
     browser
         .wait_for("the live indicator", "document.getElementById('live').dataset.state === 'live'");
+
+    // The Alerts panel: the firing alert, and the webhook's failure.
+    browser.wait_for(
+        "the firing alert",
+        "document.querySelector('#alerts-active .alert[data-state=firing] .alert-what')\
+         ?.textContent === 'kitchen-pi/cpu \u{b7} cpu-hot'",
+    );
+    browser.wait_for(
+        "the notifier's failure",
+        "document.querySelector('.notifier[data-failing=true] .notifier-error')\
+         ?.textContent.startsWith('last failure: could not deliver')",
+    );
+    assert_eq!(browser.eval("document.getElementById('no-alerts').hidden"), json!(true));
 
     // Live: a button press on the kitchen node, a new reading, and a forged frame; the page
     // follows through the one event stream.

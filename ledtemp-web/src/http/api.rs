@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{AppError, AppState};
+use crate::alert_driver::AlertsSnapshot;
 use crate::state::{StatsSnapshot, now_ms, rfc3339};
 
 /// Most points one history request returns (the most recent ones in the range).
@@ -138,4 +139,10 @@ pub(crate) async fn temperature(
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<StatsSnapshot> {
     Json(state.live.stats.snapshot())
+}
+
+/// `{"active": [...], "recent": [...], "notifiers": [...], ...}`; empty lists when no rule is
+/// configured.
+pub(crate) async fn alerts(State(state): State<AppState>) -> Json<AlertsSnapshot> {
+    Json(state.alerts.as_ref().map(|alerts| alerts.snapshot()).unwrap_or_default())
 }

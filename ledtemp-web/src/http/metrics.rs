@@ -8,6 +8,61 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::RejectReason;
+use crate::alert_driver::AlertDriver;
+
+/// The alert engine's counters and each notifier's deliveries. Notifier names come from the
+/// server's own configuration, but are escaped as Prometheus label values all the same.
+fn alert_metrics(out: &mut String, alerts: &AlertDriver) {
+    let engine = alerts.engine_counters();
+    for (name, help, value) in [
+        ("ledtemp_alerts_fired_total", "Alerts that fired (notified or suppressed).", engine.fired),
+        ("ledtemp_alerts_resolved_total", "Alerts that resolved.", engine.resolved),
+        (
+            "ledtemp_alerts_suppressed_total",
+            "Firings and LED changes not notified because of the rule's cooldown.",
+            engine.suppressed,
+        ),
+        ("ledtemp_alert_notifications_total", "Notifications handed out.", engine.notifications),
+        (
+            "ledtemp_alerts_untracked_total",
+            "Inputs ignored because too many alert keys were tracked.",
+            engine.untracked,
+        ),
+        (
+            "ledtemp_alert_notifications_dropped_total",
+            "Notifications dropped because the delivery queue was full.",
+            alerts.dropped(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let notifiers = alerts.notifier_statuses();
+    for (outcome, help) in [
+        ("sent", "Notifications the service accepted."),
+        ("failed", "Notifications given up on (refused, or retries exhausted)."),
+        ("retried", "Retries (attempts after the first)."),
+        ("capped", "Notifications dropped by the daily cap."),
+    ] {
+        let name = format!("ledtemp_alert_deliveries_{outcome}_total");
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for notifier in &notifiers {
+            let c = notifier.counters;
+            let value = match outcome {
+                "sent" => c.sent,
+                "failed" => c.failed,
+                "retried" => c.retried,
+                _ => c.capped,
+            };
+            let label =
+                notifier.name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ =
+                writeln!(out, "{name}{{notifier=\"{label}\",kind=\"{}\"}} {value}", notifier.kind);
+        }
+    }
+}
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let stats = &state.live.stats;
@@ -42,5 +97,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let _ = writeln!(out, "# HELP ledtemp_broker_connected 1 while subscribed to the MQTT broker.");
     let _ = writeln!(out, "# TYPE ledtemp_broker_connected gauge");
     let _ = writeln!(out, "ledtemp_broker_connected {}", u8::from(snapshot.broker_connected));
+    if let Some(alerts) = &state.alerts {
+        alert_metrics(&mut out, alerts);
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

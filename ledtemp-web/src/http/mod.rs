@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::alert_driver::AlertDriver;
 use crate::state::LiveState;
 use crate::store::HistoryReader;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub live: Arc<LiveState>,
     /// The database, read-only, for history.
     pub history: HistoryReader,
+    /// The alert engine and notifiers; `None` when no rule is configured.
+    pub alerts: Option<Arc<AlertDriver>>,
 }
 
 /// The whole HTTP application: API, events, health, metrics and the dashboard, with security
@@ -40,6 +43,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/devices", get(api::devices))
         .route("/api/devices/{id}/temperature", get(api::temperature))
         .route("/api/stats", get(api::stats))
+        .route("/api/alerts", get(api::alerts))
         .route("/api/events", get(sse::events))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))

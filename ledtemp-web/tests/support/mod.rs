@@ -122,7 +122,7 @@ pub fn pipeline(dir: &Path) -> (Ingest, AppState) {
         Duration::from_secs(120),
     ));
     let ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live)).unwrap();
-    (ingest, AppState { live, history })
+    (ingest, AppState { live, history, alerts: None })
 }
 
 /// A server configuration for a broker on `port`, HTTP on a free port, the database in `dir`.

@@ -1,0 +1,197 @@
+//! Alerts in the running server: a device that stops sending through a real broker (mosquitto,
+//! else rumqttd) fires an offline alert, a local HTTP server standing in for Twilio receives
+//! exactly one SMS, and a restart on the same database file sends nothing again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use ledtemp_web::{ServeArgs, ServeConfig, Server};
+use serde_json::Value;
+use support::broker::TestBroker;
+use support::*;
+
+const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+const AUTH_TOKEN: &str = "tok3n-value";
+/// base64 of `ACCOUNT_SID:AUTH_TOKEN`.
+const BASIC_TOKEN: &str = "QUMwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjp0b2szbi12YWx1ZQ==";
+const OFFLINE_AFTER_SECS: u64 = 3;
+
+/// What the stand-in for Twilio received: `(path, authorization, form body)`.
+type Requests = Arc<Mutex<Vec<(String, String, String)>>>;
+
+async fn messages(
+    State(requests): State<Requests>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut requests = requests.lock().unwrap();
+    requests.push((
+        uri.path().to_owned(),
+        authorization,
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    let sid = format!("SM{:032x}", requests.len());
+    (StatusCode::CREATED, format!(r#"{{"sid":"{sid}","status":"queued"}}"#))
+}
+
+async fn start_twilio() -> (Requests, SocketAddr) {
+    let requests = Requests::default();
+    let app = Router::new().fallback(messages).with_state(Arc::clone(&requests));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (requests, addr)
+}
+
+/// The server's configuration: an offline rule on kitchen-pi that texts through `twilio`.
+fn config(dir: &Path, broker_port: u16, twilio: SocketAddr) -> ServeConfig {
+    let token = dir.join("twilio-token");
+    std::fs::write(&token, format!("{AUTH_TOKEN}\n")).unwrap();
+    let file = dir.join("ledtemp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+            [[alert.rule]]
+            id = "kitchen-offline"
+            device = "{KITCHEN}"
+            offline_after_secs = {OFFLINE_AFTER_SECS}
+            notify = ["sms", "log"]
+
+            [alert.notifier.sms]
+            kind = "twilio"
+            account_sid = "{ACCOUNT_SID}"
+            auth_token_file = {token:?}
+            from = "+15005550006"
+            to = "+14155550100"
+            base_url = "http://{twilio}"
+            daily_cap = 10
+
+            [alert.notifier.log]
+            kind = "log"
+            "#
+        ),
+    )
+    .unwrap();
+    let mut config = ServeArgs {
+        config: Some(file),
+        broker: Some(format!("127.0.0.1:{broker_port}")),
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        database: Some(dir.join("ledtemp.db")),
+        keyring: Some("unused".into()),
+        ..ServeArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    config.mqtt.keep_alive = Duration::from_secs(5);
+    config
+}
+
+async fn start_server(config: ServeConfig) -> Server {
+    let server = Server::start(config, keys()).await.unwrap();
+    let addr = server.http_addr();
+    eventually("/healthz 200", || async move {
+        (http_get(addr, "/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+    server
+}
+
+async fn alerts(addr: SocketAddr) -> Value {
+    let (status, alerts) = get_json(addr, "/api/alerts").await;
+    assert_eq!(status, 200);
+    alerts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_texts_once_and_a_restart_does_not_text_again() {
+    let broker = TestBroker::start().await;
+    eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
+    let (requests, twilio) = start_twilio().await;
+    let dir = tempfile::tempdir().unwrap();
+    let codec = kitchen_codec();
+    let sms_count = || requests.lock().unwrap().len();
+
+    let server = start_server(config(dir.path(), broker.port, twilio)).await;
+    let addr = server.http_addr();
+    let node = RawPublisher::connect(broker.port, "test-node").await;
+    let (topic, frame) = seal(&codec, KITCHEN, 0, &temperature("cpu", 21_000));
+    node.publish(&topic, &frame).await;
+    eventually("the frame accepted", || async move {
+        (get_json(addr, "/api/stats").await.1["accepted"] == 1).then_some(())
+    })
+    .await;
+
+    // The node goes quiet: after OFFLINE_AFTER_SECS the alert fires and one SMS goes out.
+    let fired = eventually("the offline alert firing", || async move {
+        let alerts = alerts(addr).await;
+        (alerts["active"][0]["state"] == "firing").then_some(alerts)
+    })
+    .await;
+    assert_eq!(fired["active"][0]["key"]["rule"], "kitchen-offline");
+    assert_eq!(fired["active"][0]["key"]["device"], KITCHEN);
+    eventually("one SMS", || async { (sms_count() == 1).then_some(()) }).await;
+    let (path, authorization, body) = requests.lock().unwrap()[0].clone();
+    assert_eq!(path, format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"));
+    assert_eq!(authorization, format!("Basic {BASIC_TOKEN}"));
+    assert!(body.contains("To=%2B14155550100"), "{body}");
+    assert!(body.contains("From=%2B15005550006"), "{body}");
+    assert!(body.contains("offline"), "{body}");
+
+    let sent = r#"ledtemp_alert_deliveries_sent_total{notifier="sms",kind="twilio"} 1"#;
+    eventually("the SMS counted in /metrics", || async move {
+        http_get(addr, "/metrics").await.1.contains(sent).then_some(())
+    })
+    .await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("ledtemp_alerts_fired_total 1"), "{metrics}");
+    let notifiers = alerts(addr).await["notifiers"].clone();
+    let sms = notifiers.as_array().unwrap().iter().find(|n| n["name"] == "sms").unwrap();
+    assert_eq!((sms["kind"].as_str(), sms["sent"].as_u64()), (Some("twilio"), Some(1)));
+    assert_eq!(sms["last_error"], Value::Null);
+    server.shutdown().await.unwrap();
+
+    // The same database after a restart: still firing, and nothing sent again, even after
+    // longer than the rule's silence.
+    let server = start_server(config(dir.path(), broker.port, twilio)).await;
+    let addr = server.http_addr();
+    let mut events = EventStream::open(addr).await;
+    let restored = alerts(addr).await;
+    assert_eq!(restored["active"][0]["state"], "firing", "{restored}");
+    assert_eq!(restored["active"][0]["id"], fired["active"][0]["id"]);
+    tokio::time::sleep(Duration::from_secs(OFFLINE_AFTER_SECS + 2)).await;
+    assert_eq!(sms_count(), 1, "a restart sent the alert again");
+    assert_eq!(alerts(addr).await["active"][0]["state"], "firing");
+
+    // The node comes back: resolved, announced on the event stream, and texted once.
+    let (topic, frame) = seal(&codec, KITCHEN, 1, &temperature("cpu", 21_500));
+    node.publish(&topic, &frame).await;
+    events.wait_for("event: alert").await;
+    let resolved = eventually("the alert resolved", || async move {
+        let alerts = alerts(addr).await;
+        alerts["active"].as_array().unwrap().is_empty().then_some(alerts)
+    })
+    .await;
+    assert_eq!(resolved["recent"][0]["state"], "resolved", "{resolved}");
+    eventually("the resolution SMS", || async { (sms_count() == 2).then_some(()) }).await;
+    let body = requests.lock().unwrap()[1].2.clone();
+    assert!(body.contains("RESOLVED"), "{body}");
+    server.shutdown().await.unwrap();
+    assert_eq!(sms_count(), 2);
+}
