@@ -33,6 +33,14 @@ fn codec() -> AesGcmCodec {
 /// The node under test: one button toggling one LED, one sensor, room for 64 queued messages.
 type TestNode = Node<AesGcmCodec, MemorySequenceStore, 64>;
 
+/// A broker of the test's own, a subscriber on it, and a checker holding the node's key.
+async fn broker_and_subscriber() -> (TestBroker, Subscriber, FrameChecker<AesGcmCodec>) {
+    let broker = TestBroker::start().await;
+    eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
+    let subscriber = Subscriber::start(broker.port).await;
+    (broker, subscriber, FrameChecker::new(codec()))
+}
+
 fn node(clock: &mut StdClock) -> TestNode {
     use ledtemp_core::Clock;
     let config = NodeConfig {
@@ -173,10 +181,7 @@ async fn node_publishes_sealed_frames_in_order() {
         Instant::from_millis(1_400),
         Instant::from_millis(1_900),
     ];
-    let broker = TestBroker::start().await;
-    eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
-    let mut subscriber = Subscriber::start(broker.port).await;
-    let mut checker = FrameChecker::new(codec());
+    let (broker, mut subscriber, mut checker) = broker_and_subscriber().await;
     let mut frames = Vec::new();
     let mut clock = StdClock::new();
     let mut node = node(&mut clock);
@@ -238,10 +243,7 @@ async fn led_changes_survive_a_broker_restart() {
         Instant::from_millis(2_400),
         Instant::from_millis(3_600),
     ];
-    let mut broker = TestBroker::start().await;
-    eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
-    let mut subscriber = Subscriber::start(broker.port).await;
-    let mut checker = FrameChecker::new(codec());
+    let (mut broker, mut subscriber, mut checker) = broker_and_subscriber().await;
     let mut frames = Vec::new();
     let mut clock = StdClock::new();
     let mut node = node(&mut clock);
@@ -280,10 +282,7 @@ async fn led_changes_survive_a_broker_restart() {
 #[tokio::test]
 async fn broker_publishes_the_sealed_will_when_the_node_vanishes() {
     static NO_PRESSES: [Instant; 0] = [];
-    let broker = TestBroker::start().await;
-    eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
-    let mut subscriber = Subscriber::start(broker.port).await;
-    let mut checker = FrameChecker::new(codec());
+    let (broker, mut subscriber, mut checker) = broker_and_subscriber().await;
     let mut frames = Vec::new();
     let mut clock = StdClock::new();
     let mut node = node(&mut clock);
