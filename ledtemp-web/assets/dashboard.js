@@ -424,6 +424,8 @@
     unknown_device: "unknown device",
     malformed: "malformed",
     oversize: "oversize",
+    revoked: "revoked",
+    limit: "limit",
   });
 
   function showStats(stats) {

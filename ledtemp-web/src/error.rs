@@ -21,19 +21,27 @@ pub enum RejectReason {
     Malformed,
     /// The MQTT payload is longer than a frame can be.
     Oversize,
+    /// The frame's key was revoked, or its rotation grace period is over (docs/keys.md).
+    Revoked,
+    /// Accepting the frame would exceed a cap: the number of devices the server tracks, or of
+    /// LEDs or sensors of one device.
+    Limit,
 }
 
 impl RejectReason {
     /// Every reason, in the order they are reported.
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::UnknownDevice,
         RejectReason::BadTag,
         RejectReason::Replay,
         RejectReason::Malformed,
         RejectReason::Oversize,
+        RejectReason::Revoked,
+        RejectReason::Limit,
     ];
 
-    /// The label: `unknown_device`, `bad_tag`, `replay`, `malformed` or `oversize`.
+    /// The label: `unknown_device`, `bad_tag`, `replay`, `malformed`, `oversize`, `revoked` or
+    /// `limit`.
     pub const fn label(self) -> &'static str {
         match self {
             RejectReason::UnknownDevice => "unknown_device",
@@ -41,6 +49,8 @@ impl RejectReason {
             RejectReason::Replay => "replay",
             RejectReason::Malformed => "malformed",
             RejectReason::Oversize => "oversize",
+            RejectReason::Revoked => "revoked",
+            RejectReason::Limit => "limit",
         }
     }
 
@@ -52,6 +62,8 @@ impl RejectReason {
             RejectReason::Replay => 2,
             RejectReason::Malformed => 3,
             RejectReason::Oversize => 4,
+            RejectReason::Revoked => 5,
+            RejectReason::Limit => 6,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct RejectedCounts {
     pub malformed: u64,
     /// [`RejectReason::Oversize`].
     pub oversize: u64,
+    /// [`RejectReason::Revoked`].
+    pub revoked: u64,
+    /// [`RejectReason::Limit`].
+    pub limit: u64,
 }
 
 /// A copy of the counters: the body of `/api/stats` and of the `stats` SSE event.
@@ -112,6 +116,8 @@ impl Stats {
                 replay: r(RejectReason::Replay),
                 malformed: r(RejectReason::Malformed),
                 oversize: r(RejectReason::Oversize),
+                revoked: r(RejectReason::Revoked),
+                limit: r(RejectReason::Limit),
             },
             broker_connected: self.broker_connected(),
             sse_clients: self.sse_clients.load(Ordering::Relaxed),

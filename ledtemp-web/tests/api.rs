@@ -156,7 +156,7 @@ async fn stats_health_and_metrics_report_counters_and_link_state() {
         stats,
         json!({
             "accepted": 5,
-            "rejected": {"unknown_device": 1, "bad_tag": 0, "replay": 1, "malformed": 0, "oversize": 0},
+            "rejected": {"unknown_device": 1, "bad_tag": 0, "replay": 1, "malformed": 0, "oversize": 0, "revoked": 0, "limit": 0},
             "broker_connected": false,
             "sse_clients": 0
         })
@@ -179,6 +179,8 @@ async fn stats_health_and_metrics_report_counters_and_link_state() {
         "ledtemp_frames_rejected_total{reason=\"bad_tag\"} 0",
         "ledtemp_frames_rejected_total{reason=\"malformed\"} 0",
         "ledtemp_frames_rejected_total{reason=\"oversize\"} 0",
+        "ledtemp_frames_rejected_total{reason=\"revoked\"} 0",
+        "ledtemp_frames_rejected_total{reason=\"limit\"} 0",
         "ledtemp_sse_clients 0",
         "ledtemp_broker_connected 1",
     ] {
