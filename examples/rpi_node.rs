@@ -10,6 +10,20 @@
 //! `--keyboard`, by pressing Enter), the LEDs with log lines, and each sensor with a slow sine
 //! plus noise; the key, the sequence-number store and the broker are real. Wiring, 1-Wire and
 //! I2C set-up and a systemd unit are in docs/raspberry-pi.md.
+//!
+//! In production the node talks to the broker over TLS with its own broker account (user name =
+//! device id), which the broker's ACL confines to `ledtemp/<device id>/#`:
+//!
+//! ```toml
+//! [broker]
+//! host = "mqtt.example.net"
+//! tls = true                       # port then defaults to 8883 (1883 without TLS)
+//! ca_file = "broker-ca.pem"        # PEM of the CA that signed the broker's certificate
+//! # server_name = "mqtt.internal"  # when the certificate is not for `host`
+//! password_file = "broker.password"  # chmod 600; username defaults to the device id
+//! ```
+//!
+//! The broker side is in docs/broker.md.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,8 +33,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use ledtemp_core::{
-    Backoff, Button, Clock, DeviceId, Led, LedName, LedState, MilliCelsius, Node, NodeConfig,
-    RunEvent, ScriptedButton, SensorName, SimulatedTemperature, TempSensor,
+    Backoff, Button, Clock, DeviceId, InsecurePlaintextCodec, Led, LedName, LedState, MilliCelsius,
+    Node, NodeConfig, RunEvent, ScriptedButton, SealedOrPlaintext, SensorName,
+    SimulatedTemperature, TempSensor,
 };
 use ledtemp_tokio::{BlockingSensor, BrokerAddress, StdClock, run_node};
 use serde::Deserialize;
@@ -42,6 +57,10 @@ struct Args {
     /// With --simulate: seconds between scripted presses.
     #[arg(long, default_value_t = 5)]
     press_every: u64,
+    /// INSECURE, FOR TEACHING ONLY: publish unencrypted, unauthenticated frames (for a server
+    /// run with --insecure-plaintext; docs/attacks.md). The key file still names the device.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 /// The configuration file.
@@ -68,19 +87,26 @@ fn default_period_ms() -> u64 {
     1_000
 }
 
+/// `[broker]`: where the broker is and how the node proves who it is (docs/broker.md).
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct BrokerConfig {
     host: String,
-    #[serde(default = "default_port")]
-    port: u16,
+    /// Default 8883 with TLS, 1883 without.
+    port: Option<u16>,
+    /// The broker account; by convention its user name is the device id, which is also the
+    /// default when only a password is given.
     username: Option<String>,
     password: Option<String>,
+    /// A file holding the password (one line), readable by its owner only (chmod 600).
     password_file: Option<PathBuf>,
-}
-
-fn default_port() -> u16 {
-    1883
+    /// Connect over TLS, checking the broker's certificate against `ca_file`.
+    #[serde(default)]
+    tls: bool,
+    /// PEM file of the CA that signed the broker's certificate (needed with `tls = true`).
+    ca_file: Option<PathBuf>,
+    /// The name the broker's certificate must be for, when not `host`.
+    server_name: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -245,14 +271,47 @@ async fn run(args: Args) -> Result<(), StartError> {
             ));
         }
         (Some(password), None) => Some(password.clone()),
-        (None, Some(file)) => Some(
-            std::fs::read_to_string(base.join(file))
-                .map_err(|e| StartError(format!("config field `broker.password_file`: {e}")))?
-                .trim_end()
-                .to_owned(),
-        ),
+        (None, Some(file)) => {
+            let file = base.join(file);
+            let field = |e: &dyn std::fmt::Display| {
+                StartError(format!("config field `broker.password_file`: {e}"))
+            };
+            ledtemp_keys::check_private(&file).map_err(|e| field(&e))?;
+            Some(std::fs::read_to_string(&file).map_err(|e| field(&e))?.trim_end().to_owned())
+        }
         (None, None) => None,
     };
+    let tls = match (config.broker.tls, &config.broker.ca_file) {
+        (true, Some(ca_file)) => {
+            let server_name = config.broker.server_name.as_deref().unwrap_or(&config.broker.host);
+            let tls = ledtemp_tokio::BrokerTls::from_ca_file(base.join(ca_file), server_name)
+                .map_err(|e| match e {
+                    ledtemp_tokio::Error::ServerName(_) if config.broker.server_name.is_some() => {
+                        StartError(format!("config field `broker.server_name`: {e}"))
+                    }
+                    ledtemp_tokio::Error::ServerName(_) => {
+                        StartError(format!("config field `broker.host`: {e}"))
+                    }
+                    e => StartError(format!("config field `broker.ca_file`: {e}")),
+                })?;
+            Some(tls)
+        }
+        (true, None) => {
+            return Err(StartError(
+                "config field `broker.ca_file` is required with `broker.tls = true`: the PEM \
+                 file of the CA that signed the broker's certificate"
+                    .into(),
+            ));
+        }
+        (false, _) if config.broker.ca_file.is_some() || config.broker.server_name.is_some() => {
+            return Err(StartError(
+                "config fields `broker.ca_file` and `broker.server_name` need `broker.tls = true`"
+                    .into(),
+            ));
+        }
+        (false, _) => None,
+    };
+    let broker_port = config.broker.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
 
     let state_dir = base.join(&config.state_dir);
     std::fs::create_dir_all(&state_dir).map_err(|e| {
@@ -283,24 +342,34 @@ async fn run(args: Args) -> Result<(), StartError> {
         device.clone(),
         &led_names,
         &sensor_names,
-        key.codec(),
+        if args.insecure_plaintext {
+            warn!("INSECURE PLAINTEXT MODE, for teaching only: frames go out unsealed");
+            SealedOrPlaintext::InsecurePlaintext(InsecurePlaintextCodec::new(key.key_id))
+        } else {
+            SealedOrPlaintext::Sealed(key.codec())
+        },
         store,
         node_config,
         { clock }.now(),
     )
     .map_err(|e| StartError(format!("cannot start the node: {e}")))?;
 
-    let mut broker = BrokerAddress::new(&config.broker.host, config.broker.port, device.as_str());
-    if let Some(user) = &config.broker.username {
-        broker.credentials = Some((user.clone(), password.unwrap_or_default()));
-    }
+    let mut broker = BrokerAddress::new(&config.broker.host, broker_port, device.as_str());
+    broker.credentials = match (&config.broker.username, password) {
+        (Some(user), password) => Some((user.clone(), password.unwrap_or_default())),
+        // The convention: a device's broker user name is its device id.
+        (None, Some(password)) => Some((device.to_string(), password)),
+        (None, None) => None,
+    };
+    broker.tls = tls;
     info!(
-        "node {device} ({} LEDs, {} sensors, {}), broker {}:{}{}",
+        "node {device} ({} LEDs, {} sensors, {}), broker {}:{}{}{}",
         led_names.len(),
         sensor_names.len(),
         key.algorithm,
         broker.host,
         broker.port,
+        if broker.tls.is_some() { " over TLS" } else { "" },
         if args.simulate { ", simulated hardware" } else { "" }
     );
 

@@ -208,7 +208,7 @@ struct StatusPayload {
     status: NodeStatus,
 }
 
-fn encode_payload(message: &Message, out: &mut [u8]) -> Result<usize, Error> {
+pub(crate) fn encode_payload(message: &Message, out: &mut [u8]) -> Result<usize, Error> {
     let written = match message {
         Message::Led(m) => {
             postcard::to_slice(&LedPayload { state: m.state, uptime: m.uptime }, out)
@@ -232,7 +232,7 @@ fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
     }
 }
 
-fn decode_payload(topic: &Topic, bytes: &[u8]) -> Result<Message, Error> {
+pub(crate) fn decode_payload(topic: &Topic, bytes: &[u8]) -> Result<Message, Error> {
     Ok(match topic {
         Topic::Led { led, .. } => {
             let p: LedPayload = decode_exact(bytes)?;

@@ -65,6 +65,8 @@
 //! - `chacha20poly1305` (default): [`ChaChaCodec`], for CPUs without AES instructions.
 //! - `minimq`: `MqttPublisher`, an [`AsyncPublisher`] over the minimq MQTT v5 client (`no_std`;
 //!   needs an embassy-time driver).
+//! - `insecure-plaintext` (off; **for teaching only**, never enabled by the firmware):
+//!   `InsecurePlaintextCodec`, the unsealed "before" that `examples/attack.rs` attacks.
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -84,6 +86,8 @@ mod message;
 mod mqtt;
 mod name;
 mod node;
+#[cfg(feature = "insecure-plaintext")]
+mod plaintext;
 mod replay;
 mod sequence;
 mod sim;
@@ -119,6 +123,8 @@ pub use mqtt::{
 };
 pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
 pub use node::{DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats};
+#[cfg(feature = "insecure-plaintext")]
+pub use plaintext::{InsecurePlaintextCodec, SealedOrPlaintext};
 pub use replay::{ReplayState, ReplayWindow};
 pub use sequence::{MemorySequenceStore, SequenceCounter, SequenceStore};
 pub use sim::{ScriptedButton, SimulatedFault, SimulatedTemperature};

@@ -6,8 +6,8 @@ mod support;
 use std::collections::BTreeSet;
 
 use ledtemp_core::{
-    AesGcmCodec, ChaChaCodec, Codec, Error, FrameHeader, KeyId, MAX_FRAME_LEN, MAX_SEQUENCE, Name,
-    ReplayState, ReplayWindow, SequenceNumber, Topic,
+    AesGcmCodec, ChaChaCodec, Codec, Error, FrameHeader, InsecurePlaintextCodec, KeyId,
+    MAX_FRAME_LEN, MAX_SEQUENCE, Name, ReplayState, ReplayWindow, SequenceNumber, Topic,
 };
 use proptest::prelude::*;
 use support::*;
@@ -82,6 +82,22 @@ proptest! {
         let mut longer = out[..len].to_vec();
         longer.extend_from_slice(&extra);
         prop_assert!(codec().open(&topic, &longer).is_err());
+    }
+
+    /// The insecure teaching codec (feature `insecure-plaintext`) reads untrusted bytes too.
+    #[test]
+    fn insecure_plaintext_open_never_panics_and_round_trips(
+        topic in topic_strategy(),
+        bytes in proptest::collection::vec(any::<u8>(), 0..MAX_FRAME_LEN + 40),
+        message in message_strategy(),
+        n in 0..=MAX_SEQUENCE,
+    ) {
+        let plain = InsecurePlaintextCodec::new(KeyId(1));
+        let _ = plain.open(&topic, &bytes);
+        let dev = device("pi");
+        let mut out = [0u8; MAX_FRAME_LEN];
+        let len = plain.seal(&dev, SequenceNumber::new(n).unwrap(), &message, &mut out).unwrap();
+        prop_assert_eq!(plain.open(&message.topic(&dev), &out[..len]).unwrap().message, message);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! One key entry: its validation from TOML, its text, the node's key file.
+//! One key entry: its validation from TOML, its text, the node's key file; a revoked key's
+//! record.
 
 use std::fmt::{self, Write as _};
 use std::path::Path;
 
+use jiff::Timestamp;
 use ledtemp_core::{AesGcmCodec, Algorithm, AnyCodec, ChaChaCodec, DeviceId, KeyId};
 use toml::{Table, Value};
 use zeroize::{Zeroize, Zeroizing};
@@ -10,8 +12,11 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::Error;
 use crate::file::{read_private, write_private_file};
 
-/// The fields of an entry, in the order they are written.
+/// The fields of a node's key file, in the order they are written.
 const FIELDS: [&str; 4] = ["device", "key_id", "algorithm", "key"];
+
+/// The fields of a keyring entry: a key file's, then the two that only the server uses.
+const KEYRING_FIELDS: [&str; 6] = ["device", "key_id", "algorithm", "key", "retire_at", "revoked"];
 
 /// The key bytes, sized by their algorithm. Boxed so that moving a [`KeyEntry`] never copies the
 /// secret; wiped on drop.
@@ -55,8 +60,9 @@ impl Drop for SecretKey {
 /// keyring (`docs/keys.md`).
 ///
 /// The key bytes are private, wiped from memory when the entry is dropped, and never shown by
-/// `Debug`. The public fields are for reading: to change an entry, build a new one. The codec
-/// always uses the algorithm the key was checked against at construction.
+/// `Debug`. The public fields are for reading: to change an entry, build a new one
+/// ([`with_retire_at`](Self::with_retire_at) sets the end of a rotation's grace period). The
+/// codec always uses the algorithm the key was checked against at construction.
 #[derive(Clone)]
 pub struct KeyEntry {
     /// The device the key belongs to.
@@ -65,7 +71,68 @@ pub struct KeyEntry {
     pub key_id: KeyId,
     /// The AEAD the key is for.
     pub algorithm: Algorithm,
+    /// Keyring only: the end of the rotation grace period. The server refuses frames sealed
+    /// with this key that it receives at or after this moment. `None`: no end.
+    pub retire_at: Option<Timestamp>,
     key: Box<SecretKey>,
+}
+
+/// A keyring entry whose key was revoked: its device and key id are kept, so that the server
+/// counts frames sealed with it as revoked rather than from an unknown key, and so that
+/// `ledtemp-keys rotate` never gives the key id out again. The key bytes are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedKey {
+    /// The device the key belonged to.
+    pub device: DeviceId,
+    /// Its key id.
+    pub key_id: KeyId,
+}
+
+/// One `[[key]]` table of a keyring: a key, or the record of a revoked one.
+#[derive(Debug, Clone)]
+pub enum KeyringEntry {
+    /// A key the server opens frames with (until its `retire_at`, if any).
+    Key(KeyEntry),
+    /// A revoked key: frames sealed with it are refused.
+    Revoked(RevokedKey),
+}
+
+impl KeyringEntry {
+    /// The device of the entry.
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            KeyringEntry::Key(key) => &key.device,
+            KeyringEntry::Revoked(revoked) => &revoked.device,
+        }
+    }
+
+    /// The key id of the entry.
+    pub fn key_id(&self) -> KeyId {
+        match self {
+            KeyringEntry::Key(key) => key.key_id,
+            KeyringEntry::Revoked(revoked) => revoked.key_id,
+        }
+    }
+
+    /// The key, unless it was revoked.
+    pub fn key(&self) -> Option<&KeyEntry> {
+        match self {
+            KeyringEntry::Key(key) => Some(key),
+            KeyringEntry::Revoked(_) => None,
+        }
+    }
+
+    /// Appends the entry's fields, one per line (see [`KeyEntry::write_fields`]).
+    pub(crate) fn write_fields(&self, text: &mut String) {
+        match self {
+            KeyringEntry::Key(key) => key.write_fields(text),
+            KeyringEntry::Revoked(revoked) => {
+                let _ = writeln!(text, "device = \"{}\"", revoked.device);
+                let _ = writeln!(text, "key_id = {}", revoked.key_id.0);
+                text.push_str("revoked = true\n");
+            }
+        }
+    }
 }
 
 impl KeyEntry {
@@ -88,14 +155,20 @@ impl KeyEntry {
             });
         }
         slot.copy_from_slice(key);
-        Ok(KeyEntry { device, key_id, algorithm, key: secret })
+        Ok(KeyEntry { device, key_id, algorithm, retire_at: None, key: secret })
     }
 
     /// A new entry with a fresh random key from the operating system's random number generator.
     pub fn generate(device: DeviceId, key_id: KeyId, algorithm: Algorithm) -> Result<Self, Error> {
         let mut secret = SecretKey::zeroed(algorithm);
         getrandom::fill(secret.bytes_mut()).map_err(Error::Random)?;
-        Ok(KeyEntry { device, key_id, algorithm, key: secret })
+        Ok(KeyEntry { device, key_id, algorithm, retire_at: None, key: secret })
+    }
+
+    /// The same entry with `retire_at` as the end of its grace period (`None`: no end).
+    pub fn with_retire_at(mut self, retire_at: Option<Timestamp>) -> Self {
+        self.retire_at = retire_at;
+        self
     }
 
     /// The secret key bytes. Do not log them.
@@ -121,21 +194,31 @@ impl KeyEntry {
         }
     }
 
-    /// The node's key file for this entry, as written by [`write_key_file`]. The returned text
-    /// holds the key and is wiped when dropped.
+    /// The node's key file for this entry, as written by [`write_key_file`]: the four fields of
+    /// a key file (`retire_at` belongs to the keyring only). The returned text holds the key and
+    /// is wiped when dropped.
     pub fn to_key_file_text(&self) -> Zeroizing<String> {
         let mut text = Zeroizing::new(String::with_capacity(256));
         // Writing into a String cannot fail.
         let _ =
             writeln!(text, "# ledtemp key for device {}. Secret: keep it mode 0600.", self.device);
-        self.write_fields(&mut text);
+        self.write_key_file_fields(&mut text);
         text
+    }
+
+    /// Appends the keyring fields: those of a key file, then `retire_at` if set.
+    pub(crate) fn write_fields(&self, text: &mut String) {
+        self.write_key_file_fields(text);
+        if let Some(retire_at) = self.retire_at {
+            // RFC 3339 in UTC, e.g. 2025-07-01T12:00:00Z.
+            let _ = writeln!(text, "retire_at = \"{retire_at}\"");
+        }
     }
 
     /// Appends `device = ...` to `key = ...`, one per line. Device ids and algorithm names need
     /// no escaping (their characters are restricted) and the hex is written digit by digit, so no
     /// copy of the key is left behind in a serializer's buffers.
-    pub(crate) fn write_fields(&self, text: &mut String) {
+    fn write_key_file_fields(&self, text: &mut String) {
         let _ = writeln!(text, "device = \"{}\"", self.device);
         let _ = writeln!(text, "key_id = {}", self.key_id.0);
         let _ = writeln!(text, "algorithm = \"{}\"", self.key_algorithm());
@@ -156,6 +239,7 @@ impl fmt::Debug for KeyEntry {
             .field("device", &self.device)
             .field("key_id", &self.key_id)
             .field("algorithm", &self.algorithm)
+            .field("retire_at", &self.retire_at)
             .finish_non_exhaustive()
     }
 }
@@ -171,7 +255,16 @@ pub fn load_key_file(path: &Path) -> Result<KeyEntry, Error> {
 
 /// Parses a node's key file (one entry at the top level) without touching the file system.
 pub fn parse_key_file(text: &str) -> Result<KeyEntry, Error> {
-    RawEntry::new(parse_table(text)?).validate(None)
+    match RawEntry::new(parse_table(text)?).validate(None)? {
+        KeyringEntry::Key(entry) => Ok(entry),
+        // `validate(None)` refuses the `revoked` field, so this is never reached.
+        KeyringEntry::Revoked(_) => Err(Error::InvalidField {
+            path: None,
+            entry: None,
+            field: "revoked".into(),
+            problem: "belongs in the server's keyring, not in a node's key file".into(),
+        }),
+    }
 }
 
 /// Writes a node's key file for `entry` atomically with mode `0600`; without `overwrite` an
@@ -216,19 +309,24 @@ impl RawEntry {
         RawEntry { table, key }
     }
 
-    /// Checks every field; `entry` is the 1-based position in a keyring, `None` in a key file.
-    pub(crate) fn validate(self, entry: Option<usize>) -> Result<KeyEntry, Error> {
+    /// Checks every field; `entry` is the 1-based position in a keyring, `None` in a key file
+    /// (which has no `retire_at` nor `revoked`). A revoked entry needs only `device` and
+    /// `key_id`: whatever else it still holds (`algorithm`, `key`, `retire_at`) is not checked,
+    /// so that a revocation never fails on the key it is meant to remove, and is dropped.
+    pub(crate) fn validate(self, entry: Option<usize>) -> Result<KeyringEntry, Error> {
         let bad = |field: &str, problem: String| Error::InvalidField {
             path: None,
             entry,
             field: field.to_owned(),
             problem,
         };
-        if let Some(unknown) = self.table.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(bad(
-                unknown,
-                format!("is not part of a key entry (fields: {})", FIELDS.join(", ")),
-            ));
+        let fields: &[&str] = if entry.is_some() { &KEYRING_FIELDS } else { &FIELDS };
+        if let Some(unknown) = self.table.keys().find(|k| !fields.contains(&k.as_str())) {
+            return Err(if KEYRING_FIELDS.contains(&unknown.as_str()) {
+                bad(unknown, "belongs in the server's keyring, not in a node's key file".into())
+            } else {
+                bad(unknown, format!("is not part of a key entry (fields: {})", fields.join(", ")))
+            });
         }
         let missing = |field: &str| bad(field, "is missing".into());
         let device = match self.table.get("device") {
@@ -248,6 +346,38 @@ impl RawEntry {
                 format!("must be an integer from 0 to 255, not a {}", other.type_str()),
             )),
         }?;
+        let key_id = KeyId(key_id);
+        let revoked = match self.table.get("revoked") {
+            None => false,
+            Some(Value::Boolean(revoked)) => *revoked,
+            Some(other) => {
+                return Err(bad(
+                    "revoked",
+                    format!("must be true or false, not a {}", other.type_str()),
+                ));
+            }
+        };
+        if revoked {
+            return Ok(KeyringEntry::Revoked(RevokedKey { device, key_id }));
+        }
+        let retire_at = match self.table.get("retire_at") {
+            None => None,
+            // A bare TOML date-time (retire_at = 2025-07-01T12:00:00Z) is accepted too.
+            Some(Value::String(s)) => Some(parse_retire_at(s).ok_or_else(|| bad_retire_at(entry))?),
+            Some(Value::Datetime(d)) => {
+                Some(parse_retire_at(&d.to_string()).ok_or_else(|| bad_retire_at(entry))?)
+            }
+            Some(other) => {
+                return Err(bad(
+                    "retire_at",
+                    format!(
+                        "must be an RFC 3339 UTC timestamp such as \"2025-07-01T12:00:00Z\", \
+                         not a {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
         let algorithm = match self.table.get("algorithm") {
             None => return Err(missing("algorithm")),
             Some(Value::String(s)) => s.parse::<Algorithm>().ok(),
@@ -278,6 +408,22 @@ impl RawEntry {
         }
         hex::decode_to_slice(hex.as_bytes(), slot)
             .map_err(|_| bad("key", "must hold hex digits (0-9, a-f) only".into()))?;
-        Ok(KeyEntry { device, key_id: KeyId(key_id), algorithm, key: secret })
+        Ok(KeyringEntry::Key(KeyEntry { device, key_id, algorithm, retire_at, key: secret }))
+    }
+}
+
+/// An RFC 3339 timestamp with an offset (`Z` or e.g. `+02:00`, taken to UTC); `None` otherwise.
+fn parse_retire_at(text: &str) -> Option<Timestamp> {
+    text.parse::<Timestamp>().ok()
+}
+
+fn bad_retire_at(entry: Option<usize>) -> Error {
+    Error::InvalidField {
+        path: None,
+        entry,
+        field: "retire_at".into(),
+        problem: "must be an RFC 3339 UTC timestamp such as \"2025-07-01T12:00:00Z\" (date, \
+                  time and offset)"
+            .into(),
     }
 }

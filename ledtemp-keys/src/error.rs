@@ -107,6 +107,32 @@ pub enum Error {
     },
     /// The operating system's random number generator failed; no key was made.
     Random(getrandom::Error),
+    /// The keyring has no entry for the device (to rotate or revoke).
+    UnknownDevice {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The keyring has no entry for this device and key id (to revoke).
+    UnknownKeyId {
+        /// The device.
+        device: DeviceId,
+        /// The key id.
+        key_id: KeyId,
+    },
+    /// The device already has an entry with key id 255, so a rotation has no new key id left.
+    KeyIdsExhausted {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A rotation would replace a key file that does not hold the device's current key (another
+    /// device's key, an older key, or one the keyring does not have), and `--force` was not
+    /// given.
+    NotCurrentKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// The device being rotated.
+        device: DeviceId,
+    },
 }
 
 impl Error {
@@ -207,6 +233,30 @@ impl fmt::Display for Error {
                 f,
                 "the operating system's random number generator failed ({e}); no key was made, \
                  try again"
+            ),
+            Error::UnknownDevice { device } => write!(
+                f,
+                "the keyring has no key for device \"{device}\": check the name and the \
+                 --keyring path, or provision the device with `ledtemp-keys add {device}`"
+            ),
+            Error::UnknownKeyId { device, key_id } => write!(
+                f,
+                "the keyring has no key_id {} for device \"{device}\": leave out --key-id to \
+                 revoke all of the device's keys",
+                key_id.0
+            ),
+            Error::NotCurrentKeyFile { path, device } => write!(
+                f,
+                "{} does not hold device \"{device}\"'s current key from the keyring: refusing \
+                 to replace it (it may be another device's key, or a key the keyring does not \
+                 know); check --key-file, or use --force to replace it anyway",
+                path.display()
+            ),
+            Error::KeyIdsExhausted { device } => write!(
+                f,
+                "device \"{device}\" already has key_id 255, the last one: key ids are never \
+                 given out twice (the server keeps a replay window per key id), so provision the \
+                 device again under a new device id with `ledtemp-keys add`"
             ),
         }
     }

@@ -4,7 +4,9 @@
 //! file** (one entry at the top level) and the server's **keyring** (one `[[key]]` table per
 //! entry). This crate reads, validates, generates and writes both, for `ledtemp-rpi` (the node)
 //! and `ledtemp-web` (the server), which must not depend on each other. The `ledtemp-keys`
-//! binary provisions a device: `ledtemp-keys add kitchen-pi`.
+//! binary provisions a device (`ledtemp-keys add kitchen-pi`), rotates its key with a grace
+//! period (`ledtemp-keys rotate kitchen-pi --grace-days 7`) and revokes keys
+//! (`ledtemp-keys revoke kitchen-pi`).
 //!
 //! What it guarantees:
 //! - both files are secrets: loading refuses a file that group or others may access (mode must
@@ -12,7 +14,8 @@
 //!   rename, fsync of the directory);
 //! - loading checks every field and names the file, the entry and the field of the first
 //!   problem; a keyring never holds two entries for one (device, key id) nor one key under two
-//!   devices;
+//!   devices; a keyring entry may carry a `retire_at` (end of a rotation's grace period) or be
+//!   `revoked` (device and key id kept, key bytes gone);
 //! - key bytes are wiped from memory when dropped and never appear in `Debug` output or error
 //!   messages (a best effort: copies the TOML parser makes internally are not wiped);
 //! - nothing read from a file panics.
@@ -48,7 +51,9 @@ mod error;
 mod file;
 mod keyring;
 
-pub use entry::{KeyEntry, load_key_file, parse_key_file, write_key_file};
+pub use entry::{
+    KeyEntry, KeyringEntry, RevokedKey, load_key_file, parse_key_file, write_key_file,
+};
 pub use error::Error;
 pub use file::{MAX_FILE_LEN, check_private, write_private_file};
 pub use keyring::Keyring;

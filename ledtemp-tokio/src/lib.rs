@@ -1,9 +1,10 @@
 //! `ledtemp-tokio`: runs a [`ledtemp_core::Node`] on tokio, publishing through the core's minimq
-//! publisher over TCP.
+//! publisher over TCP or TLS.
 //!
 //! The node, the codec and the MQTT client are all `ledtemp-core`; this crate adds only what a
 //! std runtime must provide: a clock ([`StdClock`]), a delay ([`TokioDelay`]), a TCP
-//! [`TcpConnector`], an adapter that reads a blocking sensor off the executor
+//! [`TcpConnector`] and a TLS [`TlsConnector`] (rustls with the ring provider, checking the
+//! broker's certificate against a CA file: [`BrokerTls`]), an adapter that reads a blocking sensor off the executor
 //! ([`BlockingSensor`]), and [`run_node`], which wires them to the driver. The Raspberry Pi node
 //! (`examples/rpi_node.rs`) and the server's demo nodes both run through it.
 //!
@@ -32,7 +33,11 @@
 //! let mut buttons = [ScriptedButton::new(clock, Duration::from_secs(5), Duration::from_millis(200))];
 //! let mut leds = [ledtemp_tokio::LoggedLed::new("red")];
 //! let mut sensors = [ledtemp_tokio::BlockingSensor::new(SimulatedTemperature::new(clock, 1))];
-//! let broker = BrokerAddress::new("127.0.0.1", 1883, "sim-1");
+//! let mut broker = BrokerAddress::new("127.0.0.1", 1883, "sim-1");
+//! // Over TLS on 8883, with the device's own broker account (user name = device id):
+//! // broker.port = 8883;
+//! // broker.tls = Some(ledtemp_tokio::BrokerTls::from_ca_file("ca.pem", "127.0.0.1")?);
+//! // broker.credentials = Some(("sim-1".into(), "its password".into()));
 //! run_node(&mut node, &mut buttons, &mut leds, &mut sensors, &broker, clock, Backoff::default(), &mut |event| {
 //!     println!("{event:?}");
 //! })
@@ -54,6 +59,12 @@ use ledtemp_core::{
     SequenceStore, TempSensor, mqtt_link,
 };
 use tokio::net::TcpStream;
+
+mod error;
+mod tls;
+
+pub use error::Error;
+pub use tls::{BrokerTls, MAX_CA_FILE_LEN, TlsConnector, TlsTransport};
 
 /// Milliseconds since a start shared by every copy: give the same clock to the node and to any
 /// simulated hardware.
@@ -96,18 +107,27 @@ impl embedded_hal_async::delay::DelayNs for TokioDelay {
 pub struct BrokerAddress {
     /// Host name or address.
     pub host: String,
-    /// TCP port (1883 without TLS).
+    /// TCP port (1883 without TLS, 8883 with).
     pub port: u16,
     /// MQTT client id; the device id unless configured otherwise.
     pub client_id: String,
-    /// Username and password, if the broker asks for them.
+    /// Username and password, if the broker asks for them. By convention a device's broker user
+    /// name is its device id, so a broker ACL can confine it to `ledtemp/<device id>/#`.
     pub credentials: Option<(String, String)>,
+    /// TLS settings; `None` connects over plain TCP.
+    pub tls: Option<BrokerTls>,
 }
 
 impl BrokerAddress {
     /// A broker at `host:port`, connecting as `client_id` without credentials.
     pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
-        BrokerAddress { host: host.into(), port, client_id: client_id.into(), credentials: None }
+        BrokerAddress {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            credentials: None,
+            tls: None,
+        }
     }
 }
 
@@ -119,6 +139,7 @@ impl fmt::Debug for BrokerAddress {
             .field("port", &self.port)
             .field("client_id", &self.client_id)
             .field("username", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -217,7 +238,9 @@ impl Led for LoggedLed {
     }
 }
 
-/// Runs `node` forever: connects to `broker` (retrying with `backoff`), publishes its frames
+/// Runs `node` forever: connects to `broker` over TCP, or TLS when `broker.tls` is set
+/// (retrying with `backoff`; an untrusted certificate is a failed attempt like any other),
+/// publishes its frames
 /// through minimq, and drives the given hardware. `clock` must be the clock the node was created
 /// with. Returns only on an error the node cannot go on from (the sequence store failed, or the
 /// key is used up). Reports what happens through `on_event`.
@@ -239,12 +262,43 @@ where
     L: Led,
     T: AsyncTempSensor,
 {
+    match &broker.tls {
+        None => {
+            let connector = TcpConnector::new(broker.host.clone(), broker.port);
+            drive(node, buttons, leds, sensors, broker, connector, clock, backoff, on_event).await
+        }
+        Some(tls) => {
+            let connector = TlsConnector::new(broker.host.clone(), broker.port, tls.clone());
+            drive(node, buttons, leds, sensors, broker, connector, clock, backoff, on_event).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "run_node's, plus the connector")]
+async fn drive<C, S, const Q: usize, B, L, T, K>(
+    node: &mut Node<C, S, Q>,
+    buttons: &mut [B],
+    leds: &mut [L],
+    sensors: &mut [T],
+    broker: &BrokerAddress,
+    connector: K,
+    clock: StdClock,
+    backoff: Backoff,
+    on_event: &mut impl FnMut(RunEvent<'_>),
+) -> Result<Infallible, ledtemp_core::Error>
+where
+    C: Codec,
+    S: SequenceStore,
+    B: Button,
+    L: Led,
+    T: AsyncTempSensor,
+    K: Connector,
+{
     let mailbox = MqttMailbox::new();
     let mut buffers: MqttBuffers = MqttBuffers::new();
     let mut config = MqttConfig::new(&broker.client_id);
     config.credentials =
         broker.credentials.as_ref().map(|(user, password)| (user.as_str(), password.as_bytes()));
-    let connector = TcpConnector::new(broker.host.clone(), broker.port);
     let link = pin!(mqtt_link(&mailbox, connector, config, &mut buffers));
     let publisher = MqttPublisher::new(&mailbox, link);
     let mut io = AsyncIo { buttons, leds, sensors, publisher, clock, delay: TokioDelay };

@@ -382,10 +382,34 @@
 
   // ---- HTTP ----
 
+  function toLogin() {
+    window.location.assign("/login");
+  }
+
   async function getJson(url) {
     const response = await fetch(url, { headers: { Accept: "application/json" } });
+    // The session ended (logout elsewhere, expiry): log in again.
+    if (response.status === 401) toLogin();
     if (!response.ok) throw new Error(url.split("?")[0] + " answered " + response.status);
     return response.json();
+  }
+
+  // ---- login: a Log out button when the server asks for one ----
+
+  async function setUpLogout() {
+    const session = await getJson("/auth/session");
+    if (!session.auth || typeof session.csrf !== "string") return;
+    const button = document.getElementById("logout");
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        // A POST with the session's CSRF token: a GET, or another site, cannot log anyone out.
+        await fetch("/auth/logout", { method: "POST", headers: { "X-CSRF-Token": session.csrf } });
+      } finally {
+        toLogin();
+      }
+    });
   }
 
   async function loadDevices() {
@@ -430,6 +454,10 @@
 
   function showStats(stats) {
     if (!stats || typeof stats !== "object") return;
+    // The insecure plaintext teaching mode (--insecure-plaintext): say so in red.
+    const insecure = stats.insecure_plaintext === true;
+    document.getElementById("insecure").hidden = !insecure;
+    for (const tagline of document.querySelectorAll(".tagline")) tagline.hidden = insecure;
     setNumber(document.getElementById("accepted"), stats.accepted);
     const rejected = stats.rejected || {};
     const list = document.getElementById("rejected");
@@ -549,9 +577,11 @@
     });
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up (e.g. an HTTP error): retry ourselves, with backoff.
+        // The browser gave up (e.g. an HTTP error): retry ourselves, with backoff, unless the
+        // session is over.
         setLive("offline");
         source.close();
+        fetch("/auth/session").then((r) => r.status === 401 && toLogin(), () => {});
         setTimeout(connect, retryMs);
         retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
       } else {
@@ -598,6 +628,7 @@
     loadAlerts().catch((e) => showProblem("Could not load alerts: " + e.message));
   }, RELOAD_ALERTS_MS);
 
+  setUpLogout().catch((e) => showProblem("Could not load the session: " + e.message));
   refresh();
   connect();
 })();

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::Error;
 use crate::alert_config::{AlertSection, AlertsConfig};
 use crate::broker::local_client_addr;
+use crate::http::{AuthArgs, AuthConfig, AuthSection};
 use crate::mqtt::SubscriberConfig;
 
 /// Options of `ledtemp-web serve`. Every option is optional here; [`ServeArgs::resolve`] fills
@@ -26,7 +27,7 @@ pub struct ServeArgs {
     /// "SMS alerts"), which only the file can give.
     #[arg(long, env = "LEDTEMP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// MQTT broker as HOST:PORT [default: 127.0.0.1:1883].
+    /// MQTT broker as HOST:PORT [default: 127.0.0.1:1883; with --broker-tls, port 8883].
     #[arg(long, env = "LEDTEMP_BROKER", value_name = "HOST:PORT")]
     pub broker: Option<String>,
     /// Run an MQTT v5 broker (rumqttd) inside the server, listening on ADDR:PORT, and subscribe
@@ -57,9 +58,23 @@ pub struct ServeArgs {
     /// Broker password: prefer the environment variable to a flag, which other users can see.
     #[arg(long, env = "LEDTEMP_BROKER_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
     pub broker_password: Option<String>,
+    /// Broker password from a file (one line), readable by its owner only (chmod 600). Not
+    /// together with --broker-password.
+    #[arg(long, env = "LEDTEMP_BROKER_PASSWORD_FILE", value_name = "FILE")]
+    pub broker_password_file: Option<PathBuf>,
+    /// Connect to the broker over TLS (default port then 8883); needs --broker-ca. The broker's
+    /// certificate must be for the broker's host name (docs/broker.md).
+    #[arg(long, env = "LEDTEMP_BROKER_TLS")]
+    pub broker_tls: bool,
+    /// With --broker-tls: PEM file of the CA that signed the broker's certificate.
+    #[arg(long, env = "LEDTEMP_BROKER_CA", value_name = "FILE")]
+    pub broker_ca: Option<PathBuf>,
     /// Address the HTTP server listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "LEDTEMP_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Login for the dashboard, API, event stream and metrics (`[auth]` in the file).
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// SQLite database file, created if missing [default: ledtemp.db].
     #[arg(long, env = "LEDTEMP_DATABASE", value_name = "FILE")]
     pub database: Option<PathBuf>,
@@ -74,6 +89,16 @@ pub struct ServeArgs {
     /// Show a device as offline when nothing came from it for this many seconds [default: 120].
     #[arg(long, env = "LEDTEMP_OFFLINE_AFTER_SECS", value_name = "SECS")]
     pub offline_after_secs: Option<u64>,
+    /// Track at most this many devices; a frame of one more is rejected (reason `limit`), and a
+    /// bigger keyring is an error at start [default: 1000]. Each device may also have at most
+    /// 32 LEDs and 32 sensors.
+    #[arg(long, env = "LEDTEMP_MAX_DEVICES", value_name = "N")]
+    pub max_devices: Option<usize>,
+    /// INSECURE, FOR TEACHING ONLY: accept unencrypted, unauthenticated frames from any device,
+    /// with no replay protection (the "before" of docs/attacks.md; nodes need the same flag). No
+    /// keyring is read. A flag only: no environment variable or file setting turns it on.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 /// The TOML file's settings (all optional; unknown keys are an error).
@@ -86,14 +111,21 @@ struct FileConfig {
     shared_group: Option<String>,
     broker_user: Option<String>,
     broker_password: Option<String>,
+    broker_password_file: Option<PathBuf>,
+    broker_tls: Option<bool>,
+    broker_ca: Option<PathBuf>,
     listen: Option<SocketAddr>,
     database: Option<PathBuf>,
     keyring: Option<PathBuf>,
     retention_days: Option<u32>,
     offline_after_secs: Option<u64>,
+    max_devices: Option<usize>,
     /// `[[alert.rule]]` and `[alert.notifier.NAME]`: see [`crate::alert_config`].
     #[serde(default)]
     alert: AlertSection,
+    /// `[auth]`: see [`crate::http::AuthConfig`].
+    #[serde(default)]
+    auth: AuthSection,
 }
 
 /// A complete, validated configuration of the server.
@@ -117,16 +149,23 @@ pub struct ServeConfig {
     pub offline_after: Duration,
     /// Alert rules and notifiers (only from the TOML file); empty: no alerting.
     pub alerts: AlertsConfig,
+    /// Login: required when configured, and off loopback (checked by `Server::start`).
+    pub auth: AuthConfig,
+    /// Most devices tracked (a bigger keyring is an error at start).
+    pub max_devices: usize,
+    /// **INSECURE, teaching only**: accept plaintext frames from any device, no replay
+    /// protection (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
-/// Splits `HOST:PORT` (a bare host gets 1883; `[v6]:port` works).
-fn parse_broker(text: &str) -> Result<(String, u16), Error> {
+/// Splits `HOST:PORT` (a bare host gets `default_port`; `[v6]:port` works).
+fn parse_broker(text: &str, default_port: u16) -> Result<(String, u16), Error> {
     let bad = || Error::Config(format!("broker {text:?}: expected HOST:PORT"));
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(':') => {
             (host, port.parse::<u16>().map_err(|_| bad())?)
         }
-        _ => (text, 1883),
+        _ => (text, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -150,6 +189,11 @@ impl ServeArgs {
         };
         let broker = self.broker.or(file.broker);
         let embedded_broker = self.embedded_broker.or(file.embedded_broker);
+        let tls = self.broker_tls || file.broker_tls.unwrap_or(false);
+        if tls && embedded_broker.is_some() {
+            return Err(Error::Config("the embedded broker has no TLS: drop broker-tls".into()));
+        }
+        let default_port = if tls { crate::mqtt::MQTT_TLS_PORT } else { crate::mqtt::MQTT_PORT };
         let (host, port) = match (&broker, embedded_broker) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config(
@@ -158,7 +202,7 @@ impl ServeArgs {
                         .into(),
                 ));
             }
-            (broker, None) => parse_broker(broker.as_deref().unwrap_or("127.0.0.1:1883"))?,
+            (broker, None) => parse_broker(broker.as_deref().unwrap_or("127.0.0.1"), default_port)?,
             (None, Some(listen)) => {
                 let at = local_client_addr(listen);
                 (at.ip().to_string(), at.port())
@@ -178,7 +222,12 @@ impl ServeArgs {
             })?;
         }
         let user = self.broker_user.or(file.broker_user);
-        let password = self.broker_password.or(file.broker_password);
+        let password = crate::mqtt::broker_password(
+            self.broker_password.or(file.broker_password),
+            self.broker_password_file.or(file.broker_password_file),
+        )?;
+        let broker_tls =
+            crate::mqtt::broker_tls(tls, self.broker_ca.or(file.broker_ca).as_deref(), &host)?;
         let credentials = match (user, password) {
             (Some(user), password) => Some((user, password.unwrap_or_default())),
             (None, Some(_)) => {
@@ -192,6 +241,11 @@ impl ServeArgs {
         if offline_after == 0 {
             return Err(Error::Config("offline-after-secs must be at least 1".into()));
         }
+        let max_devices =
+            self.max_devices.or(file.max_devices).unwrap_or(crate::ingest::DEFAULT_MAX_DEVICES);
+        if max_devices == 0 {
+            return Err(Error::Config("max-devices must be at least 1".into()));
+        }
         Ok(ServeConfig {
             mqtt: SubscriberConfig {
                 host,
@@ -200,6 +254,7 @@ impl ServeArgs {
                 shared_group,
                 credentials,
                 keep_alive: Duration::from_secs(15),
+                tls: broker_tls,
             },
             embedded_broker,
             listen: self
@@ -212,6 +267,9 @@ impl ServeArgs {
                 .then(|| Duration::from_secs(u64::from(retention_days) * 24 * 3600)),
             offline_after: Duration::from_secs(offline_after),
             alerts,
+            auth: self.auth.resolve(file.auth)?,
+            max_devices,
+            insecure_plaintext: self.insecure_plaintext,
         })
     }
 }
@@ -301,7 +359,8 @@ mod tests {
         ] {
             assert!(matches!(args.resolve(), Err(Error::Config(_))));
         }
-        assert_eq!(parse_broker("[::1]:1883").unwrap(), ("::1".to_owned(), 1883));
-        assert_eq!(parse_broker("broker").unwrap(), ("broker".to_owned(), 1883));
+        assert_eq!(parse_broker("[::1]:1883", 1883).unwrap(), ("::1".to_owned(), 1883));
+        assert_eq!(parse_broker("broker", 1883).unwrap(), ("broker".to_owned(), 1883));
+        assert_eq!(parse_broker("broker", 8883).unwrap(), ("broker".to_owned(), 8883));
     }
 }

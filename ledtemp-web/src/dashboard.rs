@@ -83,6 +83,18 @@ const INDEX: Asset = Asset::new(
     REVALIDATE,
 );
 
+const LOGIN: Asset = Asset::new(
+    "login.html",
+    include_bytes!("../assets/login.html"),
+    "text/html; charset=utf-8",
+    REVALIDATE,
+);
+
+/// The login page (served at `/login` by the access control, which decides when to show it).
+pub(crate) fn login_page(request_headers: &HeaderMap) -> Response {
+    LOGIN.response(request_headers)
+}
+
 /// Everything under `/assets/`. The vendored names carry the uPlot version; bump them together
 /// with the files in `assets/vendor/uplot/` and the references in `index.html`.
 const ASSETS: &[Asset] = &[
@@ -99,6 +111,18 @@ const ASSETS: &[Asset] = &[
         REVALIDATE,
     ),
     Asset::new("favicon.svg", include_bytes!("../assets/favicon.svg"), "image/svg+xml", REVALIDATE),
+    Asset::new(
+        "login.js",
+        include_bytes!("../assets/login.js"),
+        "text/javascript; charset=utf-8",
+        REVALIDATE,
+    ),
+    Asset::new(
+        "login.css",
+        include_bytes!("../assets/login.css"),
+        "text/css; charset=utf-8",
+        REVALIDATE,
+    ),
     Asset::new(
         "uplot-1.6.32.min.js",
         include_bytes!("../assets/vendor/uplot/uPlot.iife.min.js"),
@@ -197,6 +221,8 @@ mod tests {
             ("dashboard.js", "text/javascript; charset=utf-8", "no-cache"),
             ("dashboard.css", "text/css; charset=utf-8", "no-cache"),
             ("favicon.svg", "image/svg+xml", "no-cache"),
+            ("login.js", "text/javascript; charset=utf-8", "no-cache"),
+            ("login.css", "text/css; charset=utf-8", "no-cache"),
             ("uplot-1.6.32.min.js", "text/javascript; charset=utf-8", IMMUTABLE),
             ("uplot-1.6.32.min.css", "text/css; charset=utf-8", IMMUTABLE),
             ("uplot-LICENSE.txt", "text/plain; charset=utf-8", "no-cache"),
@@ -261,9 +287,18 @@ mod tests {
         }
     }
 
+    fn login() -> &'static str {
+        include_str!("../assets/login.html")
+    }
+
     #[test]
-    fn the_page_has_no_inline_script_or_style() {
-        let html = page().to_ascii_lowercase();
+    fn the_pages_have_no_inline_script_or_style() {
+        for (html, expected_scripts) in [(page(), 2), (login(), 1)] {
+            no_inline_script_or_style(&html.to_ascii_lowercase(), expected_scripts);
+        }
+    }
+
+    fn no_inline_script_or_style(html: &str, expected_scripts: usize) {
         assert!(!html.contains("style="), "style attribute");
         assert!(!html.contains("<style"), "style element");
         assert!(!html.contains("javascript:"));
@@ -280,11 +315,26 @@ mod tests {
             assert!(html[at..tag_end].contains(" src=\"/assets/"), "script without src");
             assert!(html[tag_end + 1..].starts_with("</script>"), "inline script code");
         }
-        assert_eq!(scripts, 2);
+        assert_eq!(scripts, expected_scripts);
+    }
+
+    #[tokio::test]
+    async fn the_login_page_references_only_served_assets() {
+        let response = login_page(&HeaderMap::new());
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(response.headers(), CONTENT_TYPE), "text/html; charset=utf-8");
+        for reference in references(login()) {
+            assert!(reference.starts_with("/assets/"), "{reference}");
+            assert_eq!(get(reference).await.0, StatusCode::OK, "{reference}");
+        }
     }
 
     #[test]
     fn the_script_never_writes_markup() {
+        let login = include_str!("../assets/login.js");
+        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+            assert!(!login.contains(sink), "login.js uses {sink}");
+        }
         let script = include_str!("../assets/dashboard.js");
         for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
             assert!(!script.contains(sink), "dashboard.js uses {sink}");

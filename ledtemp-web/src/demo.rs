@@ -2,15 +2,19 @@
 //! MQTT broker (as `serve --embedded-broker`, on a free local port) and dashboard, a SQLite file
 //! and a keyring in a temporary directory, three simulated nodes running the real node, codec and
 //! minimq publisher, and one forger publishing forged, moved, replayed and junk frames.
+//!
+//! `ledtemp-web demo --insecure-plaintext` is the "before" of the lesson in `docs/attacks.md`:
+//! nodes publish in the clear and the server accepts anything, so the forger's readings show.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 use ledtemp_core::{
-    Algorithm, AnyCodec, Backoff, Clock, Codec, DeviceId, KeyId, LedName, MAX_FRAME_LEN,
-    MemorySequenceStore, MilliCelsius, Node, NodeConfig, ScriptedButton, SensorName,
-    SequenceNumber, SimulatedTemperature, TemperatureReading, Uptime,
+    Algorithm, AnyCodec, Backoff, Clock, Codec, DeviceId, InsecurePlaintextCodec, KeyId, LedName,
+    MAX_FRAME_LEN, MemorySequenceStore, MilliCelsius, Node, NodeConfig, ScriptedButton,
+    SealedOrPlaintext, SensorName, SequenceNumber, SimulatedTemperature, TemperatureReading,
+    Uptime,
 };
 use ledtemp_keys::{KeyEntry, Keyring};
 use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, StdClock, run_node};
@@ -36,7 +40,14 @@ pub struct DemoArgs {
     /// Run without the forger (no rejected frames).
     #[arg(long)]
     pub no_forger: bool,
+    /// INSECURE, FOR TEACHING ONLY: the nodes publish unencrypted, unauthenticated frames and
+    /// the server accepts them from anyone, without replay protection (docs/attacks.md).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
+
+/// What the simulated nodes seal with.
+type DemoCodec = SealedOrPlaintext<AnyCodec>;
 
 /// A simulated device: name, algorithm, LEDs, sensors, button period.
 struct SimDevice {
@@ -80,10 +91,10 @@ fn name_error(e: ledtemp_core::Error) -> Error {
 }
 
 /// Runs one simulated node until the task is aborted.
-async fn run_sim_node(device: &'static SimDevice, codec: AnyCodec, port: u16, seed: u32) {
+async fn run_sim_node(device: &'static SimDevice, codec: DemoCodec, port: u16, seed: u32) {
     let result: Result<(), Error> = async {
         let mut clock = StdClock::new();
-        let mut node: Node<AnyCodec, MemorySequenceStore> = Node::new(
+        let mut node: Node<DemoCodec, MemorySequenceStore> = Node::new(
             DeviceId::new(device.name).map_err(name_error)?,
             &[LedName::new(device.led).map_err(name_error)?],
             &[SensorName::new(device.sensor).map_err(name_error)?],
@@ -126,7 +137,7 @@ async fn run_sim_node(device: &'static SimDevice, codec: AnyCodec, port: u16, se
 /// Runs the simulated nodes on a thread of their own: the minimq publisher's mailbox is not
 /// `Sync`, so the nodes run on a current-thread runtime. They stop when `stop` is sent or dropped.
 fn spawn_nodes(
-    nodes: Vec<(&'static SimDevice, AnyCodec, u32)>,
+    nodes: Vec<(&'static SimDevice, DemoCodec, u32)>,
     port: u16,
 ) -> Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>), Error> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -154,8 +165,9 @@ fn spawn_nodes(
 
 /// Publishes something the server must refuse every two seconds, in turn: a frame sealed with a
 /// key the server does not know, a genuine frame moved to another topic, a genuine frame replayed,
-/// a frame of a device not in the keyring, an oversized payload and garbage.
-async fn run_forger(port: u16) {
+/// a frame of a device not in the keyring, an oversized payload and garbage. With `plaintext`, the
+/// forged readings are plaintext frames, which an insecure server shows.
+async fn run_forger(port: u16, plaintext: bool) {
     let mut options = MqttOptions::new("ledtemp-demo-forger", "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(15));
     let (client, mut events) = AsyncClient::new(options, 32);
@@ -194,10 +206,10 @@ async fn run_forger(port: u16) {
             sequence += 1;
             let genuine = captured.borrow_and_update().clone();
             let attack = match (round % 6, genuine) {
-                (0, _) => forged("kitchen-pi", sequence),
+                (0, _) => forged("kitchen-pi", sequence, plaintext),
                 (1, Some((topic, frame))) => Some((moved(&topic), frame)),
                 (2, Some((topic, frame))) => Some((topic, frame)),
-                (3, _) => forged("intruder", sequence),
+                (3, _) => forged("intruder", sequence, plaintext),
                 (4, _) => Some(("ledtemp/garage/temp/air".to_owned(), vec![0x01; 1_000])),
                 _ => Some((
                     "ledtemp/garage/status".to_owned(),
@@ -211,15 +223,20 @@ async fn run_forger(port: u16) {
     tokio::join!(listen, drive, attack);
 }
 
-/// A temperature frame for `device` sealed with a key the server does not have.
-fn forged(device: &str, sequence: u64) -> Option<(String, Vec<u8>)> {
+/// A temperature frame for `device` sealed with a key the server does not have (or, with
+/// `plaintext`, not sealed at all).
+fn forged(device: &str, sequence: u64, plaintext: bool) -> Option<(String, Vec<u8>)> {
     let message = ledtemp_core::Message::Temperature(TemperatureReading {
         sensor: SensorName::new("cpu").ok()?,
         temperature: MilliCelsius(99_000),
         uptime: Uptime(0),
     });
     let device = DeviceId::new(device).ok()?;
-    let codec = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[0xee; 16]).ok()?;
+    let codec = if plaintext {
+        SealedOrPlaintext::InsecurePlaintext(InsecurePlaintextCodec::new(KeyId(1)))
+    } else {
+        SealedOrPlaintext::Sealed(AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[0xee; 16]).ok()?)
+    };
     let mut buf = [0u8; MAX_FRAME_LEN];
     let len = codec.seal(&device, SequenceNumber::new(sequence).ok()?, &message, &mut buf).ok()?;
     let topic = message.topic(&device).to_topic_string();
@@ -258,7 +275,11 @@ impl Demo {
                 KeyEntry::generate(id, KeyId(1), device.algorithm)
                     .map_err(|e| Error::Keyring(e.to_string()))
             })?;
-            codecs.push(entry.codec());
+            codecs.push(if args.insecure_plaintext {
+                SealedOrPlaintext::InsecurePlaintext(InsecurePlaintextCodec::new(KeyId(1)))
+            } else {
+                SealedOrPlaintext::Sealed(entry.codec())
+            });
             keyring.add(entry, false).map_err(|e| Error::Keyring(e.to_string()))?;
         }
         let keyring_path = dir.path().join("keyring.toml");
@@ -270,6 +291,7 @@ impl Demo {
             listen: Some(args.listen),
             database: Some(dir.path().join("ledtemp.db")),
             keyring: Some(keyring_path.clone()),
+            insecure_plaintext: args.insecure_plaintext,
             ..ServeArgs::default()
         }
         .resolve()?;
@@ -281,7 +303,8 @@ impl Demo {
         let nodes: Vec<_> =
             DEVICES.iter().zip(codecs).zip(1u32..).map(|((d, c), s)| (d, c, s)).collect();
         let (stop_nodes, nodes_thread) = spawn_nodes(nodes, port)?;
-        let forger = (!args.no_forger).then(|| tokio::spawn(run_forger(port)));
+        let forger =
+            (!args.no_forger).then(|| tokio::spawn(run_forger(port, args.insecure_plaintext)));
         Ok(Demo { server, broker_port: port, stop_nodes, nodes_thread, forger, dir })
     }
 
@@ -318,6 +341,9 @@ impl Demo {
 /// `ledtemp-web demo`: runs until Ctrl-C or SIGTERM (or until the embedded broker stops, which
 /// is an error).
 pub async fn demo(args: DemoArgs) -> Result<(), Error> {
+    if args.insecure_plaintext {
+        eprintln!("{}", crate::server::INSECURE_PLAINTEXT_WARNING);
+    }
     let mut demo = Demo::start(args).await?;
     println!(
         "ledtemp demo: broker on 127.0.0.1:{}, data in {}",

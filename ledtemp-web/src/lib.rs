@@ -9,6 +9,11 @@
 //! verified frames and text through Twilio, post a webhook or log; `GET /api/alerts` and the
 //! dashboard show active and recent alerts.
 //!
+//! Access ([`AuthConfig`], the `[auth]` section): open on loopback when nothing is configured;
+//! otherwise a password login (Argon2id hash, server-side sessions, CSRF-checked POSTs, a rate
+//! limit) or API bearer tokens, for everything but `/healthz`. Off loopback the server does not
+//! start without it unless told `--insecure-no-auth`.
+//!
 //! The binary `ledtemp-web serve` runs it; `ledtemp-web serve --help` lists the settings.
 //! `ledtemp-web serve --embedded-broker` runs an MQTT v5 broker (rumqttd) inside the server, so
 //! no Mosquitto is needed; `ledtemp-web demo` adds simulated nodes and a forger to that.
@@ -82,10 +87,20 @@ pub use alert_driver::{
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
-pub use http::{AppState, CONTENT_SECURITY_POLICY_VALUE, app};
-pub use ingest::{IncomingFrame, Ingest, KeyTable, MAX_BATCH, Retention, run_worker};
+pub use http::{
+    AccessControl, AppState, AuthArgs, AuthConfig, CONTENT_SECURITY_POLICY_VALUE, MAX_REQUEST_BODY,
+    MAX_VERIFICATIONS, MIN_PASSWORD_LEN, SESSION_RECHECK, app, hash_password,
+    hash_password_command, new_api_token, new_token_command,
+};
+pub use ingest::{
+    DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable, Limits, MAX_BATCH,
+    MAX_LEDS_PER_DEVICE, MAX_SENSORS_PER_DEVICE, Retention, run_worker,
+};
 pub use mqtt::{MAX_PACKET_SIZE, SubscriberConfig, run_subscriber};
-pub use server::{INGEST_QUEUE, Server, keys_from_keyring, load_keys, serve, shutdown_signal};
+pub use server::{
+    INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Server, keys_from_keyring, load_keys, reload_keys,
+    serve, shutdown_signal,
+};
 pub use state::{
     LedEvent, LiveEvent, LiveState, RejectedCounts, Stats, StatsSnapshot, StatusEvent,
     TemperatureEvent,

@@ -29,6 +29,12 @@ enum Command {
     /// simulated devices with fresh keys, a forger whose frames are refused, the server on a
     /// temporary SQLite file, and the dashboard. Prints the dashboard's URL.
     Demo(DemoArgs),
+    /// Read the dashboard password from standard input (asked twice, without echo, on a
+    /// terminal) and print its Argon2id hash for [auth] password_hash or password_hash_file.
+    HashPassword,
+    /// Print a new random API token for scripts and scrapers (sent as Authorization: Bearer
+    /// TOKEN) and its SHA-256 hash for [auth] token_hashes.
+    NewToken,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => ledtemp_web::serve(args.resolve()?).await,
             Command::Demo(args) => ledtemp_web::demo(args).await,
+            Command::HashPassword => ledtemp_web::hash_password_command(),
+            Command::NewToken => ledtemp_web::new_token_command(),
         }
     });
     match result {

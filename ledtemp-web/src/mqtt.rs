@@ -1,17 +1,28 @@
 //! The MQTT subscriber: rumqttc's MQTT v5 client, subscribed to `ledtemp/+/#` (or a shared
-//! subscription), handing every PUBLISH to the ingest pipeline.
+//! subscription), handing every PUBLISH to the ingest pipeline; and the broker connection's
+//! security settings: TLS (rustls with the ring provider, trusting a CA file) and the password
+//! (from a file readable by its owner only).
+//!
+//! TLS and broker accounts are defence in depth: every frame is sealed end to end, so the server
+//! accepts only authentic, fresh frames even through a broker that is not trusted. They keep the
+//! topics (which devices exist, when they talk) off the network and strangers off the broker
+//! (docs/broker.md).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ledtemp_tokio::BrokerTls;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
+use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
-use crate::RejectReason;
 use crate::ingest::IncomingFrame;
 use crate::state::{LiveState, now_ms};
+use crate::{Error, RejectReason};
 
 /// Largest MQTT packet the subscriber accepts (announced to the broker in CONNECT as the v5
 /// maximum packet size, so a v5 broker drops bigger ones instead of sending them). A ledtemp frame
@@ -22,6 +33,15 @@ pub const MAX_PACKET_SIZE: u32 = 4 * 1024;
 /// First and longest wait between reconnection attempts (doubling in between).
 pub const RECONNECT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(30));
+
+/// MQTT's port without TLS.
+pub const MQTT_PORT: u16 = 1883;
+
+/// MQTT's port over TLS.
+pub const MQTT_TLS_PORT: u16 = 8883;
+
+/// Longest broker password file read.
+const MAX_PASSWORD_FILE_LEN: u64 = 4096;
 
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
@@ -39,6 +59,8 @@ pub struct SubscriberConfig {
     pub credentials: Option<(String, String)>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// TLS to the broker; `None` for plain TCP. The broker's certificate must be for `host`.
+    pub tls: Option<BrokerTls>,
 }
 
 impl SubscriberConfig {
@@ -60,6 +82,68 @@ fn is_oversize(error: &ConnectionError) -> bool {
     )
 }
 
+/// The TLS settings for a broker at `host`: with `tls` on, trust the CA certificates of
+/// `ca_file` (PEM) and check the broker's certificate against `host`.
+///
+/// # Errors
+/// [`Error::Config`] naming the setting: `broker-ca` without `broker-tls` or the other way round,
+/// a CA file that cannot be read or holds no valid certificate, a host that cannot be checked
+/// against a certificate.
+pub fn broker_tls(
+    tls: bool,
+    ca_file: Option<&Path>,
+    host: &str,
+) -> Result<Option<BrokerTls>, Error> {
+    match (tls, ca_file) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(Error::Config(
+            "broker-ca is set but broker-tls is not: turn TLS on, or drop broker-ca".into(),
+        )),
+        (true, None) => Err(Error::Config(
+            "broker-tls needs broker-ca: the PEM file of the CA that signed the broker's \
+             certificate"
+                .into(),
+        )),
+        (true, Some(ca_file)) => BrokerTls::from_ca_file(ca_file, host)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("broker-ca: {e}"))),
+    }
+}
+
+/// The broker password, given directly (`password`) or as a file (`password_file`, one line;
+/// a trailing newline is dropped). The file must be readable by its owner only, as key files.
+///
+/// # Errors
+/// [`Error::Config`] naming the setting: both given, a file others may read, a file that cannot
+/// be read, is not UTF-8, is over 4 KiB or is empty.
+pub fn broker_password(
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Option<String>, Error> {
+    let path = match (password, password_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "broker-password and broker-password-file are both set: give one".into(),
+            ));
+        }
+        (password, None) => return Ok(password),
+        (None, Some(path)) => path,
+    };
+    let bad =
+        |what: String| Error::Config(format!("broker-password-file {}: {what}", path.display()));
+    ledtemp_keys::check_private(&path).map_err(|e| bad(e.to_string()))?;
+    let len = std::fs::metadata(&path).map_err(|e| bad(e.to_string()))?.len();
+    if len > MAX_PASSWORD_FILE_LEN {
+        return Err(bad("larger than 4 KiB: not a password file".into()));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?);
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    Ok(Some(password.to_owned()))
+}
+
 /// Runs the subscriber until `frames` is closed (the pipeline stopped) or the task is dropped.
 /// Reconnects with backoff after any error and subscribes again on every connection. The link
 /// state goes to `live.stats` (connected means connected *and* subscribed).
@@ -76,6 +160,9 @@ pub async fn run_subscriber(
     options.set_max_packet_size(Some(MAX_PACKET_SIZE));
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user, password);
+    }
+    if let Some(tls) = &config.tls {
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.client_config())));
     }
     let filter = config.filter();
     let (client, mut events) = AsyncClient::new(options, 16);
@@ -147,4 +234,101 @@ pub async fn run_subscriber(
     }
     live.stats.set_broker_connected(false);
     let _ = client.try_disconnect();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::ServeArgs;
+
+    fn file(dir: &Path, name: &str, contents: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn config_error(result: Result<impl std::fmt::Debug, Error>) -> String {
+        match result {
+            Err(Error::Config(message)) => message,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_password_file_must_be_private_and_hold_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = file(dir.path(), "good", "s3cret\n", 0o600);
+        assert_eq!(broker_password(None, Some(good.clone())).unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(broker_password(Some("x".into()), None).unwrap().as_deref(), Some("x"));
+        assert_eq!(broker_password(None, None).unwrap(), None);
+
+        let both = config_error(broker_password(Some("x".into()), Some(good)));
+        assert!(both.contains("both"), "{both}");
+        let open = config_error(broker_password(None, Some(file(dir.path(), "open", "x", 0o644))));
+        assert!(open.contains("broker-password-file") && open.contains("chmod 600"), "{open}");
+        let empty =
+            config_error(broker_password(None, Some(file(dir.path(), "empty", "\n", 0o600))));
+        assert!(empty.contains("empty"), "{empty}");
+        let missing = config_error(broker_password(None, Some(dir.path().join("missing"))));
+        assert!(missing.contains("missing"), "{missing}");
+    }
+
+    #[test]
+    fn tls_needs_a_ca_file_that_holds_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(broker_tls(false, None, "broker").unwrap().is_none());
+        let ca = file(dir.path(), "ca.pem", "not a certificate", 0o644);
+        assert!(config_error(broker_tls(false, Some(&ca), "broker")).contains("broker-tls"));
+        assert!(config_error(broker_tls(true, None, "broker")).contains("broker-ca"));
+        let bad = config_error(broker_tls(true, Some(&ca), "broker"));
+        assert!(bad.contains("broker-ca") && bad.contains("ca.pem"), "{bad}");
+    }
+
+    #[test]
+    fn tls_settings_come_from_flags_or_the_file_and_move_the_default_port_to_8883() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = file(dir.path(), "password", "s3cret\n", 0o600);
+        let config = file(
+            dir.path(),
+            "ledtemp.toml",
+            &format!(
+                "broker = \"mqtt.local\"\nbroker_tls = true\nbroker_ca = \"ca.pem\"\n\
+                 broker_user = \"ledtemp-web\"\nbroker_password_file = {password:?}\n"
+            ),
+            0o644,
+        );
+        // The file's CA is relative to the working directory, which has none: the error names it.
+        let args = ServeArgs { config: Some(config), ..ServeArgs::default() };
+        assert!(config_error(args.clone().resolve()).contains("broker-ca"));
+        // A flag wins over the file.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let ca = file(dir.path(), "real-ca.pem", &ca_pem, 0o644);
+        let resolved = ServeArgs { broker_ca: Some(ca.clone()), ..args }.resolve().unwrap();
+        assert_eq!(
+            (resolved.mqtt.host.as_str(), resolved.mqtt.port),
+            ("mqtt.local", MQTT_TLS_PORT)
+        );
+        let tls = resolved.mqtt.tls.unwrap();
+        assert_eq!((tls.ca_file(), tls.server_name().as_str()), (ca.as_path(), "mqtt.local"));
+        assert_eq!(
+            resolved.mqtt.credentials,
+            Some(("ledtemp-web".to_owned(), "s3cret".to_owned()))
+        );
+        let plain = ServeArgs { broker: Some("mqtt.local".into()), ..ServeArgs::default() };
+        let plain = plain.resolve().unwrap();
+        assert_eq!(plain.mqtt.port, MQTT_PORT);
+        assert!(plain.mqtt.tls.is_none());
+        let embedded = ServeArgs {
+            embedded_broker: Some("127.0.0.1:0".parse().unwrap()),
+            broker_tls: true,
+            ..ServeArgs::default()
+        };
+        assert!(config_error(embedded.resolve()).contains("embedded broker"));
+    }
 }

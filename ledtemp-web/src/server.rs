@@ -13,8 +13,8 @@ use crate::Error;
 use crate::alert_driver::{AlertDriver, run_alert_deliveries, run_alert_timer};
 use crate::broker::{EmbeddedBroker, local_client_addr};
 use crate::config::ServeConfig;
-use crate::http::{AppState, app};
-use crate::ingest::{Ingest, KeyTable, Retention, run_worker};
+use crate::http::{AccessControl, AppState, app};
+use crate::ingest::{Ingest, KeyChanges, KeyTable, Limits, Retention, run_worker};
 use crate::mqtt::run_subscriber;
 use crate::state::{LiveEvent, LiveState, StatusEvent, now_ms, rfc3339};
 use crate::store::{AlertStateStore, HistoryReader, Store};
@@ -29,6 +29,12 @@ const ALERT_FLUSH: Duration = Duration::from_secs(5);
 /// How often the retention prune runs at most.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Printed when a server or demo starts with `--insecure-plaintext`.
+pub const INSECURE_PLAINTEXT_WARNING: &str = "\
+WARNING: INSECURE PLAINTEXT MODE, FOR TEACHING ONLY. Frames are accepted unencrypted and \
+unauthenticated from any device, with no replay protection: anyone on the network can read, \
+forge and replay every reading. Never run this outside a lesson (docs/attacks.md).";
+
 /// The keys of every entry of the keyring file at `path` (see `docs/keys.md`; the file must be
 /// readable by its owner only).
 pub fn load_keys(path: &std::path::Path) -> Result<KeyTable, Error> {
@@ -37,13 +43,39 @@ pub fn load_keys(path: &std::path::Path) -> Result<KeyTable, Error> {
     Ok(keys_from_keyring(&keyring))
 }
 
-/// One codec per keyring entry.
+/// One codec per keyring entry, with its end of grace period; a revoked mark per revoked entry
+/// ([`KeyTable::from_keyring`]).
 pub fn keys_from_keyring(keyring: &ledtemp_keys::Keyring) -> KeyTable {
-    let mut keys = KeyTable::new();
-    for entry in keyring.entries() {
-        keys.insert(entry.device.clone(), entry.codec());
+    KeyTable::from_keyring(keyring)
+}
+
+/// Loads the keyring file at `path` again and swaps it into `keys` as a whole
+/// ([`KeyTable::replace`]): what `ledtemp-web serve` does on SIGHUP. The ingest worker, which
+/// shares `keys`, opens every later frame with the new keys; replay windows are kept (they belong
+/// to the pipeline, per device and key id), so a frame accepted before the reload is still a
+/// replay after it. Logs what changed. A keyring that fails to load leaves `keys` as they were;
+/// the error is logged and counted (`ledtemp_keyring_reload_failures_total` in `/metrics`).
+pub fn reload_keys(
+    keys: &KeyTable,
+    path: &std::path::Path,
+    live: &LiveState,
+) -> Result<KeyChanges, Error> {
+    match load_keys(path) {
+        Ok(new) => {
+            let changes = keys.replace(new);
+            tracing::info!(
+                keyring = %path.display(),
+                keys = keys.len(),
+                "keyring reloaded: {changes}"
+            );
+            Ok(changes)
+        }
+        Err(error) => {
+            live.stats.add_keyring_reload_failure();
+            tracing::error!("keyring reload failed, the keys loaded before stay in use: {error}");
+            Err(error)
+        }
     }
-    keys
 }
 
 /// The alert driver and its two tasks, which stop when this is dropped (also when the server
@@ -72,6 +104,8 @@ pub struct Server {
     alerts: Option<AlertTasks>,
     worker: Option<std::thread::JoinHandle<()>>,
     broker: Option<EmbeddedBroker>,
+    keys: Arc<KeyTable>,
+    keyring: std::path::PathBuf,
 }
 
 impl Server {
@@ -80,8 +114,10 @@ impl Server {
     /// Returns once the HTTP port is bound.
     ///
     /// An embedded broker whose address is taken is [`Error::EmbeddedBroker`], and nothing else
-    /// is started.
+    /// is started. So is HTTP on an address other than loopback without any login configured
+    /// ([`Error::Config`], unless `--insecure-no-auth`).
     pub async fn start(mut config: ServeConfig, keys: KeyTable) -> Result<Server, Error> {
+        config.auth.check_listen(config.listen)?;
         let broker = config.embedded_broker.map(EmbeddedBroker::start).transpose()?;
         if let Some(broker) = &broker {
             let at = local_client_addr(broker.addr());
@@ -95,11 +131,23 @@ impl Server {
                  of the group accepted can be replayed to this one"
             );
         }
+        let devices = keys.devices().len();
+        if devices > config.max_devices {
+            return Err(Error::Config(format!(
+                "the keyring has {devices} devices, more than max-devices {}: raise it",
+                config.max_devices
+            )));
+        }
         let store = Store::open(&config.database)?;
         let history = HistoryReader::open(&config.database)?;
         let snapshot = store.snapshot()?;
         let live = Arc::new(LiveState::new(keys.devices(), &snapshot, config.offline_after));
-        let mut ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live))?;
+        let keys = Arc::new(keys);
+        let mut ingest = Ingest::new(Arc::clone(&keys), store, Arc::clone(&live))?
+            .with_limits(Limits { max_devices: config.max_devices, ..Limits::default() });
+        if config.insecure_plaintext {
+            ingest = ingest.insecure_plaintext();
+        }
         let alerts = if config.alerts.is_empty() {
             None
         } else {
@@ -137,9 +185,10 @@ impl Server {
             live: Arc::clone(&live),
             history,
             alerts: alerts.as_ref().map(|tasks| Arc::clone(&tasks.driver)),
+            access: Arc::new(AccessControl::new(&config.auth)),
         });
         let http = tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })
@@ -157,7 +206,20 @@ impl Server {
             alerts,
             worker: Some(worker),
             broker,
+            keys,
+            keyring: config.keyring.clone(),
         })
+    }
+
+    /// The keys the ingest worker opens frames with.
+    pub fn keys(&self) -> &Arc<KeyTable> {
+        &self.keys
+    }
+
+    /// Reloads the keyring file the server was started with ([`reload_keys`]): what SIGHUP
+    /// does.
+    pub fn reload_keys(&self) -> Result<KeyChanges, Error> {
+        reload_keys(&self.keys, &self.keyring, &self.live)
     }
 
     /// Where the embedded broker listens, when this server runs one.
@@ -257,6 +319,42 @@ async fn stats_ticker(live: Arc<LiveState>) {
     }
 }
 
+/// SIGHUP arrivals: each asks `serve` to reload the keyring.
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Starts listening (must run inside the runtime). If that fails, the error is logged and
+    /// [`next`](Self::next) never resolves.
+    fn new() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|error| {
+                    tracing::error!("cannot listen for SIGHUP, keyring reload disabled: {error}");
+                })
+                .ok();
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    /// Resolves at the next SIGHUP; never on systems without signals. Cancel-safe.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Resolves when Ctrl-C or SIGTERM arrives.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -288,21 +386,41 @@ pub async fn shutdown_signal() {
 /// `ledtemp-web serve`: loads the keyring, starts everything, runs until Ctrl-C or SIGTERM (or
 /// until the embedded broker stops, which is an error), then shuts down gracefully.
 pub async fn serve(config: ServeConfig) -> Result<(), Error> {
-    let keys = load_keys(&config.keyring)?;
-    if keys.is_empty() {
+    if config.insecure_plaintext {
+        eprintln!("{INSECURE_PLAINTEXT_WARNING}");
+    }
+    // The teaching mode accepts any device: it has no use for keys.
+    let keys =
+        if config.insecure_plaintext { KeyTable::new() } else { load_keys(&config.keyring)? };
+    if keys.is_empty() && !config.insecure_plaintext {
         tracing::warn!(
             keyring = %config.keyring.display(),
             "the keyring is empty: every frame will be rejected"
         );
     }
+    let plaintext = config.insecure_plaintext;
+    // Listening before anything is printed: SIGHUP's default action would end the process.
+    let mut hangups = Hangups::new();
     let mut server = Server::start(config, keys).await?;
     if let Some(addr) = server.embedded_broker_addr() {
         println!("ledtemp-web: embedded MQTT v5 broker on {addr}");
     }
     println!("ledtemp-web: dashboard at http://{}/", server.http_addr());
-    let outcome = tokio::select! {
-        () = shutdown_signal() => Ok(()),
-        error = server.embedded_broker_stopped() => Err(error),
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            error = server.embedded_broker_stopped() => break Err(error),
+            () = hangups.next() => {
+                if plaintext {
+                    tracing::warn!("SIGHUP ignored: the insecure plaintext mode uses no keyring");
+                } else {
+                    // Logged and counted inside; the server keeps running on the old keys.
+                    let _ = server.reload_keys();
+                }
+            }
+        }
     };
     tracing::info!("shutting down");
     let shut_down = server.shutdown().await;

@@ -23,8 +23,10 @@ pub struct Stats {
     accepted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     store_errors: AtomicU64,
+    keyring_reload_failures: AtomicU64,
     broker_connected: AtomicBool,
     sse_clients: AtomicUsize,
+    insecure_plaintext: AtomicBool,
 }
 
 /// The rejected-frame counters by reason, as `/api/stats` shows them.
@@ -57,6 +59,10 @@ pub struct StatsSnapshot {
     pub broker_connected: bool,
     /// Open `/api/events` streams.
     pub sse_clients: usize,
+    /// **INSECURE teaching mode** (`--insecure-plaintext`): frames are accepted in the clear
+    /// from any device, without authentication or replay protection. The dashboard shows a
+    /// warning banner while this is true.
+    pub insecure_plaintext: bool,
 }
 
 impl Stats {
@@ -87,6 +93,16 @@ impl Stats {
         self.store_errors.load(Ordering::Relaxed)
     }
 
+    /// Counts a keyring reload (SIGHUP) that failed; the keys loaded before stayed in use.
+    pub fn add_keyring_reload_failure(&self) {
+        self.keyring_reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed keyring reloads so far.
+    pub fn keyring_reload_failures(&self) -> u64 {
+        self.keyring_reload_failures.load(Ordering::Relaxed)
+    }
+
     /// Records the MQTT link state.
     pub fn set_broker_connected(&self, connected: bool) {
         self.broker_connected.store(connected, Ordering::Relaxed);
@@ -95,6 +111,16 @@ impl Stats {
     /// Whether the MQTT link is up.
     pub fn broker_connected(&self) -> bool {
         self.broker_connected.load(Ordering::Relaxed)
+    }
+
+    /// Records that the server runs in the insecure plaintext teaching mode.
+    pub fn set_insecure_plaintext(&self, insecure: bool) {
+        self.insecure_plaintext.store(insecure, Ordering::Relaxed);
+    }
+
+    /// Whether the server runs in the insecure plaintext teaching mode.
+    pub fn insecure_plaintext(&self) -> bool {
+        self.insecure_plaintext.load(Ordering::Relaxed)
     }
 
     pub(crate) fn sse_client_opened(&self) {
@@ -121,6 +147,7 @@ impl Stats {
             },
             broker_connected: self.broker_connected(),
             sse_clients: self.sse_clients.load(Ordering::Relaxed),
+            insecure_plaintext: self.insecure_plaintext(),
         }
     }
 }

@@ -19,14 +19,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use ledtemp_core::AnyCodec;
 use ledtemp_web::alerts::{Condition, DeliveryPolicy, Rule, Secret, Threshold, WebhookConfig};
 use ledtemp_web::{
-    AlertDriver, AlertsConfig, AppState, IncomingFrame, Ingest, LiveEvent, NotifierKind,
-    NotifierSettings, app, run_alert_deliveries,
+    AccessControl, AlertDriver, AlertsConfig, AppState, AuthConfig, IncomingFrame, Ingest,
+    LiveEvent, NotifierKind, NotifierSettings, app, hash_password, run_alert_deliveries,
 };
 use serde_json::{Value, json};
 use support::{GARAGE, KITCHEN, WAIT, garage_codec, kitchen_codec, led, online, seal, temperature};
@@ -558,6 +558,105 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
 
     drop(browser);
     eprintln!("dashboard browser test took {:?}", started.elapsed());
+}
+
+/// Errors the page reported, less the console lines Chromium writes for every HTTP error status
+/// (the wrong password's 401 is expected).
+fn unexpected_errors(browser: &mut Browser) -> Vec<String> {
+    browser
+        .errors()
+        .into_iter()
+        .filter(|e| !(e.contains("\"source\":\"network\"") && e.contains("status of 401")))
+        .collect()
+}
+
+#[test]
+fn behind_a_login_the_browser_logs_in_sees_live_updates_and_logs_out() {
+    let Some(chromium) = chromium_binary() else {
+        assert!(
+            std::env::var("LEDTEMP_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "LEDTEMP_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    const PASSWORD: &str = "correct horse battery staple";
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = support::pipeline(dir.path());
+    // The default settings: Secure cookies, which Chromium keeps on http://127.0.0.1.
+    let auth = AuthConfig {
+        password_hash: Some(hash_password(PASSWORD).unwrap()),
+        ..AuthConfig::default()
+    };
+    assert!(auth.cookie_secure);
+    let state = AppState { access: Arc::new(AccessControl::new(&auth)), ..state };
+    let mut kitchen = Node { name: KITCHEN, codec: kitchen_codec(), sequence: 0 };
+    let now = support::now_ms();
+    accept(&mut ingest, kitchen.frame(&online(&[("red", true)]), now - 3_000));
+    accept(&mut ingest, kitchen.frame(&temperature("cpu", 47_250), now - 2_000));
+
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    runtime.spawn(async move { axum::serve(listener, service).await });
+
+    let mut browser = Browser::launch(&chromium);
+    browser.navigate(&format!("http://{addr}/"));
+    browser.wait_for(
+        "the login page",
+        "location.pathname === '/login' && document.getElementById('password') !== null",
+    );
+    let type_password = |browser: &mut Browser, password: &str| {
+        browser.eval("document.getElementById('password').value = ''");
+        browser.eval("document.getElementById('password').focus()");
+        browser.call("Input.insertText", json!({"text": password}));
+        browser.eval("document.getElementById('submit').click()");
+    };
+    type_password(&mut browser, "not the password");
+    browser.wait_for(
+        "the refusal",
+        "document.getElementById('login-problem').textContent === 'Wrong password.'",
+    );
+    assert_eq!(browser.eval("location.pathname"), "/login");
+
+    type_password(&mut browser, PASSWORD);
+    browser.wait_for(
+        "the dashboard with the kitchen's card",
+        "location.pathname === '/' && document.querySelectorAll('article.card').length === 2",
+    );
+    // The session cookie is HttpOnly: the page's script cannot read it.
+    assert_eq!(browser.eval("document.cookie"), "");
+    browser
+        .wait_for("the live indicator", "document.getElementById('live').dataset.state === 'live'");
+    assert_eq!(browser.eval("document.getElementById('logout').hidden"), json!(false));
+    assert_eq!(
+        browser.eval(&format!("{}.textContent", in_card(KITCHEN, "[data-sensor=cpu] .celsius"))),
+        "47.3 °C"
+    );
+    // Live, through the event stream the session opened.
+    accept(&mut ingest, kitchen.frame(&led("red", false), support::now_ms()));
+    accept(&mut ingest, kitchen.frame(&temperature("cpu", 49_500), support::now_ms()));
+    browser.wait_for(
+        "the red LED to go off",
+        &format!("{}.dataset.on === 'false'", in_card(KITCHEN, "[data-led=red]")),
+    );
+    browser.wait_for(
+        "the new reading",
+        &format!("{}.textContent === '49.5 °C'", in_card(KITCHEN, "[data-sensor=cpu] .celsius")),
+    );
+
+    // Log out: back to the login page, and the old session is worth nothing.
+    browser.eval("document.getElementById('logout').click()");
+    browser.wait_for("the login page again", "location.pathname === '/login'");
+    let status = browser.eval("fetch('/api/devices').then(r => r.status)");
+    assert_eq!(status, 401);
+    let errors = unexpected_errors(&mut browser);
+    assert!(errors.is_empty(), "the pages reported errors: {errors:#?}");
+
+    drop(browser);
+    eprintln!("login browser test took {:?}", started.elapsed());
 }
 
 #[test]

@@ -11,10 +11,13 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_three_live_devices_and_refuses_the_forger() {
-    let demo =
-        Demo::start(DemoArgs { listen: SocketAddr::from(([127, 0, 0, 1], 0)), no_forger: false })
-            .await
-            .unwrap();
+    let demo = Demo::start(DemoArgs {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        no_forger: false,
+        insecure_plaintext: false,
+    })
+    .await
+    .unwrap();
     let addr = demo.http_addr();
     let devices = eventually("three devices online with readings", || async move {
         let (_, devices) = get_json(addr, "/api/devices").await;

@@ -91,12 +91,42 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     );
     let _ = writeln!(out, "# TYPE ledtemp_store_errors_total counter");
     let _ = writeln!(out, "ledtemp_store_errors_total {}", stats.store_errors());
+    let _ = writeln!(
+        out,
+        "# HELP ledtemp_keyring_reload_failures_total Keyring reloads (SIGHUP) that failed; the \
+         keys loaded before stayed in use."
+    );
+    let _ = writeln!(out, "# TYPE ledtemp_keyring_reload_failures_total counter");
+    let _ =
+        writeln!(out, "ledtemp_keyring_reload_failures_total {}", stats.keyring_reload_failures());
     let _ = writeln!(out, "# HELP ledtemp_sse_clients Open /api/events streams.");
     let _ = writeln!(out, "# TYPE ledtemp_sse_clients gauge");
     let _ = writeln!(out, "ledtemp_sse_clients {}", snapshot.sse_clients);
     let _ = writeln!(out, "# HELP ledtemp_broker_connected 1 while subscribed to the MQTT broker.");
     let _ = writeln!(out, "# TYPE ledtemp_broker_connected gauge");
     let _ = writeln!(out, "ledtemp_broker_connected {}", u8::from(snapshot.broker_connected));
+    let auth = state.access.counts();
+    for (name, help, value) in [
+        (
+            "ledtemp_auth_failed_logins_total",
+            "Logins refused for a wrong password.",
+            auth.failed_logins,
+        ),
+        (
+            "ledtemp_auth_rate_limited_logins_total",
+            "Logins refused unchecked because of the rate limit (429).",
+            auth.rate_limited_logins,
+        ),
+        (
+            "ledtemp_auth_csrf_rejections_total",
+            "State-changing requests refused for a foreign origin or a missing or wrong CSRF token.",
+            auth.csrf_rejections,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
     if let Some(alerts) = &state.alerts {
         alert_metrics(&mut out, alerts);
     }

