@@ -217,6 +217,18 @@ impl Rig {
     }
 
     /// Runs the attack example with `args`; returns its summary line, parsed.
+    /// `flood` with the test's numbers; the server must stay healthy and keep taking the
+    /// genuine node's frames.
+    async fn flood(&self) {
+        let (junk, oversize, devices) =
+            (JUNK.to_string(), OVERSIZE.to_string(), INVENTED.to_string());
+        let flood = self
+            .attack(&["flood", "--junk", &junk, "--oversize", &oversize, "--devices", &devices])
+            .await;
+        assert_eq!(flood["healthz"], 200, "{flood}");
+        assert_eq!(flood["genuine_accepted_after"], true, "{flood}");
+    }
+
     async fn attack(&self, args: &[&str]) -> Value {
         let mut command = Command::new(attack_binary());
         command
@@ -382,19 +394,7 @@ async fn every_attack_fails_against_sealed_frames_and_changes_nothing() {
 
     // Flood: junk, oversize, invented devices; the server stays healthy and takes genuine frames.
     let (before, _) = rig.observe().await;
-    let flood = rig
-        .attack(&[
-            "flood",
-            "--junk",
-            &JUNK.to_string(),
-            "--oversize",
-            &OVERSIZE.to_string(),
-            "--devices",
-            &INVENTED.to_string(),
-        ])
-        .await;
-    assert_eq!(flood["healthz"], 200, "{flood}");
-    assert_eq!(flood["genuine_accepted_after"], true, "{flood}");
+    rig.flood().await;
     let grown =
         rejections_after(&rig, &before, &[("malformed", JUNK + INVENTED), ("oversize", OVERSIZE)])
             .await;
@@ -455,19 +455,7 @@ async fn the_same_attacks_succeed_against_the_insecure_plaintext_target() {
     let (before, devices) = rig.observe().await;
     let tracked = ids(&devices).len() as u64;
     let created = INVENTED.min(MAX_DEVICES as u64 - tracked);
-    let flood = rig
-        .attack(&[
-            "flood",
-            "--junk",
-            &JUNK.to_string(),
-            "--oversize",
-            &OVERSIZE.to_string(),
-            "--devices",
-            &INVENTED.to_string(),
-        ])
-        .await;
-    assert_eq!(flood["healthz"], 200, "{flood}");
-    assert_eq!(flood["genuine_accepted_after"], true, "{flood}");
+    rig.flood().await;
     let expected = [("malformed", JUNK), ("oversize", OVERSIZE), ("limit", INVENTED - created)];
     let grown = rejections_after(&rig, &before, &expected).await;
     assert_eq!(grown, expect(&expected));

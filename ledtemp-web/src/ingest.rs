@@ -4,6 +4,8 @@
 //! 1. topic parse (UTF-8, then [`Topic::parse`]);
 //! 2. frame length and version ([`FrameHeader::parse`]), which reads the key id;
 //! 3. key lookup by (device, key id) in the [`KeyTable`]: unknown device or key id, rejected;
+//!    a revoked key, or one past its rotation's `retire_at`, rejected as
+//!    [`RejectReason::Revoked`] before any cryptography;
 //! 4. [`Codec::open`] with the topic in the associated data, which also decodes exactly;
 //! 5. the replay window of (device, key id), including the Last Will rule
 //!    ([`ReplayWindow::state_after_frame`]);

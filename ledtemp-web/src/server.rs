@@ -59,10 +59,17 @@ pub fn reload_keys(
     keys: &KeyTable,
     path: &std::path::Path,
     live: &LiveState,
+    max_devices: usize,
 ) -> Result<KeyChanges, Error> {
-    match load_keys(path) {
-        Ok(new) => {
+    let loaded = load_keys(path).and_then(|new| {
+        let devices = new.devices();
+        check_device_cap(devices.len(), max_devices)?;
+        Ok((new, devices))
+    });
+    match loaded {
+        Ok((new, devices)) => {
             let changes = keys.replace(new);
+            live.add_known(devices);
             tracing::info!(
                 keyring = %path.display(),
                 keys = keys.len(),
@@ -76,6 +83,16 @@ pub fn reload_keys(
             Err(error)
         }
     }
+}
+
+/// A keyring with more devices than the server may track is refused, at start and on reload.
+fn check_device_cap(devices: usize, max_devices: usize) -> Result<(), Error> {
+    if devices > max_devices {
+        return Err(Error::Config(format!(
+            "the keyring has {devices} devices, more than max-devices {max_devices}: raise it"
+        )));
+    }
+    Ok(())
 }
 
 /// The alert driver and its two tasks, which stop when this is dropped (also when the server
@@ -106,6 +123,7 @@ pub struct Server {
     broker: Option<EmbeddedBroker>,
     keys: Arc<KeyTable>,
     keyring: std::path::PathBuf,
+    max_devices: usize,
 }
 
 impl Server {
@@ -131,13 +149,7 @@ impl Server {
                  of the group accepted can be replayed to this one"
             );
         }
-        let devices = keys.devices().len();
-        if devices > config.max_devices {
-            return Err(Error::Config(format!(
-                "the keyring has {devices} devices, more than max-devices {}: raise it",
-                config.max_devices
-            )));
-        }
+        check_device_cap(keys.devices().len(), config.max_devices)?;
         let store = Store::open(&config.database)?;
         let history = HistoryReader::open(&config.database)?;
         let snapshot = store.snapshot()?;
@@ -208,6 +220,7 @@ impl Server {
             broker,
             keys,
             keyring: config.keyring.clone(),
+            max_devices: config.max_devices,
         })
     }
 
@@ -219,7 +232,7 @@ impl Server {
     /// Reloads the keyring file the server was started with ([`reload_keys`]): what SIGHUP
     /// does.
     pub fn reload_keys(&self) -> Result<KeyChanges, Error> {
-        reload_keys(&self.keys, &self.keyring, &self.live)
+        reload_keys(&self.keys, &self.keyring, &self.live, self.max_devices)
     }
 
     /// Where the embedded broker listens, when this server runs one.

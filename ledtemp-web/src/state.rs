@@ -247,7 +247,8 @@ pub struct LiveState {
     /// Counters.
     pub stats: Stats,
     devices: RwLock<BTreeMap<String, DeviceSnapshot>>,
-    known: BTreeSet<String>,
+    /// The keyring's devices, shown before their first frame; grows when a reload adds some.
+    known: RwLock<BTreeSet<String>>,
     events: broadcast::Sender<LiveEvent>,
     offline_after: Duration,
 }
@@ -264,7 +265,7 @@ impl LiveState {
         LiveState {
             stats: Stats::default(),
             devices: RwLock::new(snapshot.devices.clone()),
-            known: devices.into_iter().collect(),
+            known: RwLock::new(devices.into_iter().collect()),
             events,
             offline_after,
         }
@@ -282,14 +283,21 @@ impl LiveState {
 
     /// Whether `device` is in the keyring or has stored data.
     pub fn knows(&self, device: &str) -> bool {
-        self.known.contains(device)
+        self.known.read().unwrap_or_else(PoisonError::into_inner).contains(device)
             || self.devices.read().unwrap_or_else(PoisonError::into_inner).contains_key(device)
+    }
+
+    /// Adds devices of a reloaded keyring, so they are listed before their first frame. A device
+    /// the reload removed stays listed while it has data, as after a restart.
+    pub(crate) fn add_known(&self, devices: impl IntoIterator<Item = String>) {
+        self.known.write().unwrap_or_else(PoisonError::into_inner).extend(devices);
     }
 
     /// Every device (keyring and stored), sorted by id, with its last values.
     pub fn devices(&self) -> Vec<(String, DeviceSnapshot)> {
         let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
-        let mut ids: BTreeSet<&String> = self.known.iter().collect();
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        let mut ids: BTreeSet<&String> = known.iter().collect();
         ids.extend(devices.keys());
         ids.into_iter()
             .map(|id| (id.clone(), devices.get(id).cloned().unwrap_or_default()))

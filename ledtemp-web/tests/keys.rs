@@ -19,8 +19,8 @@ use jiff::Timestamp;
 use ledtemp_core::{Algorithm, AnyCodec, KeyId, Message};
 use ledtemp_keys::{KeyEntry, Keyring};
 use ledtemp_web::{
-    IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable, LiveState, RejectReason, Snapshot,
-    Store, load_keys, reload_keys,
+    DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable, LiveState,
+    RejectReason, Snapshot, Store, load_keys, reload_keys,
 };
 use support::{GARAGE, KITCHEN, RawPublisher, device, get_json, http_get, seal, temperature};
 
@@ -262,7 +262,7 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
         ],
         &[],
     );
-    let changes = reload_keys(&p.keys, &keyring, &p.live).unwrap();
+    let changes = reload_keys(&p.keys, &keyring, &p.live, DEFAULT_MAX_DEVICES).unwrap();
     assert_eq!(
         changes,
         KeyChanges {
@@ -274,6 +274,9 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
     );
     let line = changes.to_string();
     assert!(line.contains("devices added: garage") && line.contains(RETIRE_AT), "{line}");
+    // The dashboard lists the new device before its first frame.
+    let listed: Vec<String> = p.live.devices().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(listed, [GARAGE, KITCHEN]);
 
     // The window of (kitchen-pi, 1) survived: the frame accepted before is still a replay.
     assert_eq!(p.receive(accepted.clone()), Err(RejectReason::Replay));
@@ -292,7 +295,7 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
         ],
         &[(KITCHEN, 1)],
     );
-    let changes = reload_keys(&p.keys, &keyring, &p.live).unwrap();
+    let changes = reload_keys(&p.keys, &keyring, &p.live, DEFAULT_MAX_DEVICES).unwrap();
     assert_eq!(changes.keys_revoked, vec![(KITCHEN.to_owned(), 1)]);
     assert!(changes.devices_added.is_empty() && changes.keys_added.is_empty());
     let stored = p.stored();
@@ -316,12 +319,16 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
     ] {
         std::fs::write(&keyring, broken).unwrap();
         std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(reload_keys(&p.keys, &keyring, &p.live).is_err());
+        assert!(reload_keys(&p.keys, &keyring, &p.live, DEFAULT_MAX_DEVICES).is_err());
     }
     std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = reload_keys(&p.keys, &keyring, &p.live).unwrap_err();
+    let err = reload_keys(&p.keys, &keyring, &p.live, DEFAULT_MAX_DEVICES).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
-    assert_eq!(p.live.stats.keyring_reload_failures(), 3);
+    // More devices than the server may track: refused like at start.
+    save(&keyring, vec![key_entry(KITCHEN, 2, &KEY_2), key_entry(GARAGE, 1, &GARAGE_KEY)], &[]);
+    let err = reload_keys(&p.keys, &keyring, &p.live, 1).unwrap_err();
+    assert!(err.to_string().contains("max-devices 1"), "{err}");
+    assert_eq!(p.live.stats.keyring_reload_failures(), 4);
     assert_eq!(p.keys.status(&device(KITCHEN), KeyId(1)), Some(KeyStatus::Revoked));
     assert_eq!(p.send(&garage, GARAGE, 1, &temperature("bench", 2), now), Ok(()));
     assert_eq!(p.counts(), (5, 2, 1, 1));
