@@ -162,6 +162,12 @@ impl Browser {
 
     /// Sends one command (to the page once attached) and returns its result.
     fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params).unwrap_or_else(|error| panic!("{method}: {error}"))
+    }
+
+    /// [`call`](Self::call), with chromium's error answer as `Err` (a page that is navigating
+    /// answers `Runtime.evaluate` with "Inspected target navigated or closed").
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut command = json!({"id": id, "method": method, "params": params});
@@ -178,8 +184,10 @@ impl Browser {
                 panic!("no reply from chromium to {method}");
             });
             if message["id"] == id {
-                assert!(message.get("error").is_none(), "{method}: {message}");
-                return message["result"].clone();
+                return match message.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(message["result"].clone()),
+                };
             }
             if message.get("method").is_some() {
                 self.events.push_back(message);
@@ -215,10 +223,15 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Polls `expression` until it is `true`; on timeout fails with what the page shows.
+    /// Polls `expression` until it is `true`; on timeout fails with what the page shows. A page
+    /// in the middle of a navigation counts as "not yet".
     fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + WAIT;
-        while self.eval(expression) != json!(true) {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        while self
+            .try_call("Runtime.evaluate", params.clone())
+            .map_or(true, |result| result["result"]["value"] != json!(true))
+        {
             if Instant::now() > deadline {
                 let text = self.eval("document.body.innerText");
                 panic!(
@@ -404,7 +417,9 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
     // the stored history.
     browser.wait_for(
         "both cards with their history",
-        "document.querySelectorAll('article.card[data-history=loaded] .chart canvas').length === 2",
+        "document.querySelectorAll('article.card[data-history=loaded] .chart canvas').length === 2 \
+         && [...document.querySelectorAll('article.card .chart')]\
+            .every(c => Number(c.dataset.points) >= 31)",
     );
     let ids =
         browser.eval("[...document.querySelectorAll('.card .device-id')].map(e => e.textContent)");
