@@ -109,6 +109,8 @@ fn run_server() {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         database: Some(dir.join("ledtemp.db")),
         keyring: Some(dir.join("keyring.toml")),
+        // Every device of both modes is in the keyring, above the default cap of 1,000.
+        max_devices: Some(STEADY_DEVICES + FLOOD_DEVICES),
         ..ledtemp_web::ServeArgs::default()
     }
     .resolve()
