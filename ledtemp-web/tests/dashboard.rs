@@ -45,6 +45,20 @@ fn chromium_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Chromium, or `None` with a note that the test is skipped; a missing chromium fails instead
+/// when `LEDTEMP_REQUIRE_CHROMIUM=1` (as in `.ci/run`).
+fn chromium_or_skip() -> Option<PathBuf> {
+    let chromium = chromium_binary();
+    if chromium.is_none() {
+        assert!(
+            std::env::var("LEDTEMP_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "LEDTEMP_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
+    }
+    chromium
+}
+
 /// A headless Chromium with one page, spoken to over the DevTools protocol.
 struct Browser {
     child: Child,
@@ -348,14 +362,7 @@ fn in_card(device: &str, selector: &str) -> String {
 
 #[test]
 fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
-    let Some(chromium) = chromium_binary() else {
-        assert!(
-            std::env::var("LEDTEMP_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "LEDTEMP_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
-        return;
-    };
+    let Some(chromium) = chromium_or_skip() else { return };
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -587,14 +594,7 @@ fn unexpected_errors(browser: &mut Browser) -> Vec<String> {
 
 #[test]
 fn behind_a_login_the_browser_logs_in_sees_live_updates_and_logs_out() {
-    let Some(chromium) = chromium_binary() else {
-        assert!(
-            std::env::var("LEDTEMP_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "LEDTEMP_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
-        return;
-    };
+    let Some(chromium) = chromium_or_skip() else { return };
     const PASSWORD: &str = "correct horse battery staple";
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new().unwrap();
