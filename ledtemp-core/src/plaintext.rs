@@ -95,12 +95,18 @@ impl<C> SealedOrPlaintext<C> {
     }
 }
 
+impl<C: Codec> SealedOrPlaintext<C> {
+    fn inner(&self) -> &dyn Codec {
+        match self {
+            SealedOrPlaintext::Sealed(c) => c,
+            SealedOrPlaintext::InsecurePlaintext(c) => c,
+        }
+    }
+}
+
 impl<C: Codec> Codec for SealedOrPlaintext<C> {
     fn key_id(&self) -> KeyId {
-        match self {
-            SealedOrPlaintext::Sealed(c) => c.key_id(),
-            SealedOrPlaintext::InsecurePlaintext(c) => c.key_id(),
-        }
+        self.inner().key_id()
     }
 
     fn seal(
@@ -110,17 +116,11 @@ impl<C: Codec> Codec for SealedOrPlaintext<C> {
         message: &Message,
         out: &mut [u8],
     ) -> Result<usize, Error> {
-        match self {
-            SealedOrPlaintext::Sealed(c) => c.seal(device, sequence, message, out),
-            SealedOrPlaintext::InsecurePlaintext(c) => c.seal(device, sequence, message, out),
-        }
+        self.inner().seal(device, sequence, message, out)
     }
 
     fn open(&self, topic: &Topic, frame: &[u8]) -> Result<OpenedFrame, Error> {
-        match self {
-            SealedOrPlaintext::Sealed(c) => c.open(topic, frame),
-            SealedOrPlaintext::InsecurePlaintext(c) => c.open(topic, frame),
-        }
+        self.inner().open(topic, frame)
     }
 }
 
