@@ -69,13 +69,19 @@ impl FrameHeader {
     /// Reads the header of `frame`, checking its length bounds and version. Nothing in it is
     /// authenticated yet: use it only to pick the key, then open the frame.
     pub fn parse(frame: &[u8]) -> Result<Self, Error> {
+        Self::parse_with_min_len(frame, FRAME_OVERHEAD)
+    }
+
+    /// [`parse`](Self::parse) for frames at least `min_len` bytes long (a sealed frame also
+    /// carries its tag; the teaching plaintext frame does not).
+    pub(crate) fn parse_with_min_len(frame: &[u8], min_len: usize) -> Result<Self, Error> {
         if frame.len() > MAX_FRAME_LEN {
             return Err(Error::Oversize);
         }
         let Some((&[version, key_id, s0, s1, s2, s3, s4], _)) = frame.split_first_chunk() else {
             return Err(Error::Truncated);
         };
-        if frame.len() < FRAME_OVERHEAD {
+        if frame.len() < min_len {
             return Err(Error::Truncated);
         }
         if version != FRAME_VERSION {

@@ -2,7 +2,7 @@
 //! ledtemp frame layout, so that an attack suite can show what sealing stops.
 
 use crate::codec::{decode_payload, encode_payload};
-use crate::frame::{FRAME_VERSION, HEADER_LEN, MAX_FRAME_LEN};
+use crate::frame::HEADER_LEN;
 use crate::{
     Codec, DeviceId, Error, FrameHeader, KeyId, Message, OpenedFrame, SequenceNumber, Topic,
 };
@@ -22,7 +22,7 @@ use crate::{
 /// every program that uses it says so loudly when it starts.
 ///
 /// Frame: `version (1) | key id (1) | sequence (5, big-endian) | postcard payload`, at most
-/// [`MAX_FRAME_LEN`] bytes. `open` accepts any key id (there is no key to pick) and decodes the
+/// [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN) bytes. `open` accepts any key id (there is no key to pick) and decodes the
 /// payload exactly as the sealed codecs do, without panicking on any input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InsecurePlaintextCodec {
@@ -36,19 +36,9 @@ impl InsecurePlaintextCodec {
     }
 
     /// Reads the header of a plaintext frame: at least [`HEADER_LEN`] and at most
-    /// [`MAX_FRAME_LEN`] bytes, version [`FRAME_VERSION`].
+    /// [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN) bytes, version [`FRAME_VERSION`](crate::FRAME_VERSION).
     pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, Error> {
-        if frame.len() > MAX_FRAME_LEN {
-            return Err(Error::Oversize);
-        }
-        let Some((&[version, key_id, s0, s1, s2, s3, s4], _)) = frame.split_first_chunk() else {
-            return Err(Error::Truncated);
-        };
-        if version != FRAME_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        let sequence = u64::from_be_bytes([0, 0, 0, s0, s1, s2, s3, s4]);
-        Ok(FrameHeader { key_id: KeyId(key_id), sequence: SequenceNumber::new(sequence)? })
+        FrameHeader::parse_with_min_len(frame, HEADER_LEN)
     }
 }
 
@@ -128,7 +118,8 @@ impl<C: Codec> Codec for SealedOrPlaintext<C> {
 mod tests {
     use super::*;
     use crate::{
-        LedChange, LedName, LedState, MilliCelsius, SensorName, TemperatureReading, Uptime,
+        LedChange, LedName, LedState, MAX_FRAME_LEN, MilliCelsius, SensorName, TemperatureReading,
+        Uptime,
     };
 
     #[test]
