@@ -621,7 +621,9 @@ fn behind_a_login_the_browser_logs_in_sees_live_updates_and_logs_out() {
     browser.navigate(&format!("http://{addr}/"));
     browser.wait_for(
         "the login page",
-        "location.pathname === '/login' && document.getElementById('password') !== null",
+        // login.js is deferred: the form exists before its submit handler does, and a click
+        // before that does nothing (the CSP forbids plain form submission).
+        "location.pathname === '/login' && document.readyState === 'complete'",
     );
     let type_password = |browser: &mut Browser, password: &str| {
         browser.eval("document.getElementById('password').value = ''");
