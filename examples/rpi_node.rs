@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use ledtemp_core::{
-    Backoff, Button, Clock, DeviceId, InsecurePlaintextCodec, Led, LedName, LedState, MilliCelsius,
-    Node, NodeConfig, RunEvent, ScriptedButton, SealedOrPlaintext, SensorName,
-    SimulatedTemperature, TempSensor,
+    Button, Clock, DeviceId, InsecurePlaintextCodec, Led, LedName, LedState, MilliCelsius, Node,
+    NodeConfig, RunEvent, ScriptedButton, SealedOrPlaintext, SensorName, SimulatedTemperature,
+    TempSensor,
 };
-use ledtemp_tokio::{BlockingSensor, BrokerAddress, StdClock, run_node};
+use ledtemp_tokio::{BlockingSensor, BrokerAddress, NodeWorld, StdClock, run_node};
 use serde::Deserialize;
 use tracing::{debug, error, info, warn};
 
@@ -391,16 +391,9 @@ async fn run(args: Args) -> Result<(), StartError> {
         RunEvent::PinFailed { index, error } => warn!("pin {index} failed: {error:?}"),
         other => debug!("{other:?}"),
     };
-    let run = run_node(
-        &mut node,
-        &mut buttons,
-        &mut leds,
-        &mut sensors,
-        &broker,
-        clock,
-        Backoff::default(),
-        &mut on_event,
-    );
+    let world =
+        NodeWorld::new(broker, clock).buttons(&mut buttons).leds(&mut leds).sensors(&mut sensors);
+    let run = run_node(&mut node, world, &mut on_event);
     tokio::select! {
         result = run => match result {
             Err(e) => Err(StartError(format!("the node stopped: {e}"))),

@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use broker::TestBroker;
 use ledtemp_core::{
-    Algorithm, AnyCodec, Backoff, Clock, DeviceId, InsecurePlaintextCodec, KeyId, LedName,
+    Algorithm, AnyCodec, Clock, DeviceId, InsecurePlaintextCodec, KeyId, LedName,
     MemorySequenceStore, MilliCelsius, Node, NodeConfig, ScriptedButton, SealedOrPlaintext,
     SensorName, SimulatedTemperature,
 };
 use ledtemp_keys::{KeyEntry, Keyring};
-use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, StdClock, run_node};
+use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
 use ledtemp_web::{KeyTable, ServeArgs, Server, keys_from_keyring};
 use serde_json::Value;
 
@@ -168,16 +168,11 @@ impl Rig {
                 )];
                 let broker = BrokerAddress::new("127.0.0.1", port, NODE);
                 let mut on_event = |_: ledtemp_core::RunEvent<'_>| {};
-                let run = run_node(
-                    &mut node,
-                    &mut buttons,
-                    &mut leds,
-                    &mut sensors,
-                    &broker,
-                    clock,
-                    Backoff::default(),
-                    &mut on_event,
-                );
+                let world = NodeWorld::new(broker, clock)
+                    .buttons(&mut buttons)
+                    .leds(&mut leds)
+                    .sensors(&mut sensors);
+                let run = run_node(&mut node, world, &mut on_event);
                 tokio::select! {
                     result = run => panic!("the node stopped: {result:?}"),
                     _ = stopped => {}

@@ -15,11 +15,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use ledtemp_core::{
-    Algorithm, AnyCodec, Backoff, Clock, Codec, Connector, DeviceId, KeyId, LedName, MAX_FRAME_LEN,
+    Algorithm, AnyCodec, Clock, Codec, Connector, DeviceId, KeyId, LedName, MAX_FRAME_LEN,
     MemorySequenceStore, Message, MilliCelsius, Node, NodeConfig, ScriptedButton, SensorName,
     SequenceNumber, SimulatedTemperature, TemperatureReading, Uptime,
 };
-use ledtemp_tokio::{BlockingSensor, BrokerAddress, BrokerTls, LoggedLed, StdClock, TlsConnector};
+use ledtemp_tokio::{
+    BlockingSensor, BrokerAddress, BrokerTls, LoggedLed, NodeWorld, StdClock, TlsConnector,
+};
 use ledtemp_web::{KeyTable, ServeArgs, Server};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
@@ -159,17 +161,9 @@ async fn run_kitchen_node(address: BrokerAddress) {
         [ScriptedButton::new(clock, Duration::from_millis(300), Duration::from_millis(100))];
     let mut leds = [LoggedLed::new("red")];
     let mut sensors = [BlockingSensor::new(SimulatedTemperature::new(clock, 7))];
-    let stopped = ledtemp_tokio::run_node(
-        &mut node,
-        &mut buttons,
-        &mut leds,
-        &mut sensors,
-        &address,
-        clock,
-        Backoff::default(),
-        &mut |_| {},
-    )
-    .await;
+    let world =
+        NodeWorld::new(address, clock).buttons(&mut buttons).leds(&mut leds).sensors(&mut sensors);
+    let stopped = ledtemp_tokio::run_node(&mut node, world, &mut |_| {}).await;
     panic!("the node stopped: {stopped:?}");
 }
 

@@ -4,18 +4,20 @@
 //! The node, the codec and the MQTT client are all `ledtemp-core`; this crate adds only what a
 //! std runtime must provide: a clock ([`StdClock`]), a delay ([`TokioDelay`]), a TCP
 //! [`TcpConnector`] and a TLS [`TlsConnector`] (rustls with the ring provider, checking the
-//! broker's certificate against a CA file: [`BrokerTls`]), an adapter that reads a blocking sensor off the executor
-//! ([`BlockingSensor`]), and [`run_node`], which wires them to the driver. The Raspberry Pi node
-//! (`examples/rpi_node.rs`) and the server's demo nodes both run through it.
+//! broker's certificate against a CA file: [`BrokerTls`]), an adapter that reads a blocking sensor
+//! off the executor ([`BlockingSensor`]), and [`run_node`], which wires them to the driver. What a
+//! node runs with (its hardware, [`BrokerAddress`], clock and backoff) is one value,
+//! [`NodeWorld`]. The Raspberry Pi node (`examples/rpi_node.rs`) and the server's demo nodes both
+//! run through it.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use ledtemp_core::{
-//!     AesGcmCodec, Backoff, Clock, DeviceId, KeyId, LedName, MemorySequenceStore, Node,
-//!     NodeConfig, ScriptedButton, SensorName, SimulatedTemperature,
+//!     AesGcmCodec, Clock, DeviceId, KeyId, LedName, MemorySequenceStore, Node, NodeConfig,
+//!     ScriptedButton, SensorName, SimulatedTemperature,
 //! };
-//! use ledtemp_tokio::{BrokerAddress, StdClock, run_node};
+//! use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,39 +33,39 @@
 //!     clock.now(),
 //! )?;
 //! let mut buttons = [ScriptedButton::new(clock, Duration::from_secs(5), Duration::from_millis(200))];
-//! let mut leds = [ledtemp_tokio::LoggedLed::new("red")];
-//! let mut sensors = [ledtemp_tokio::BlockingSensor::new(SimulatedTemperature::new(clock, 1))];
+//! let mut leds = [LoggedLed::new("red")];
+//! let mut sensors = [BlockingSensor::new(SimulatedTemperature::new(clock, 1))];
 //! let mut broker = BrokerAddress::new("127.0.0.1", 1883, "sim-1");
 //! // Over TLS on 8883, with the device's own broker account (user name = device id):
 //! // broker.port = 8883;
 //! // broker.tls = Some(ledtemp_tokio::BrokerTls::from_ca_file("ca.pem", "127.0.0.1")?);
 //! // broker.credentials = Some(("sim-1".into(), "its password".into()));
-//! run_node(&mut node, &mut buttons, &mut leds, &mut sensors, &broker, clock, Backoff::default(), &mut |event| {
-//!     println!("{event:?}");
-//! })
-//! .await?;
+//! let world = NodeWorld::new(broker, clock)
+//!     .buttons(&mut buttons)
+//!     .leds(&mut leds)
+//!     .sensors(&mut sensors);
+//! run_node(&mut node, world, &mut |event| println!("{event:?}")).await?;
 //! # Ok(()) }
 //! ```
 
 use std::convert::Infallible;
 use std::fmt;
 use std::io;
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use ledtemp_core::{
-    AsyncIo, AsyncTempSensor, Backoff, Button, Clock, Codec, Connector, Driver, Instant, Led,
-    LedState, MilliCelsius, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Node, RunEvent,
-    SequenceStore, TempSensor, mqtt_link,
+    AsyncTempSensor, Clock, Connector, Instant, Led, LedState, MilliCelsius, TempSensor,
 };
 use tokio::net::TcpStream;
 
 mod error;
+mod run;
 mod tls;
 
 pub use error::Error;
+pub use run::{Absent, NodeWorld, run_node};
 pub use tls::{BrokerTls, MAX_CA_FILE_LEN, TlsConnector, TlsTransport};
 
 /// Milliseconds since a start shared by every copy: give the same clock to the node and to any
@@ -236,71 +238,4 @@ impl Led for LoggedLed {
         self.state = Some(state);
         Ok(())
     }
-}
-
-/// Runs `node` forever: connects to `broker` over TCP, or TLS when `broker.tls` is set
-/// (retrying with `backoff`; an untrusted certificate is a failed attempt like any other),
-/// publishes its frames
-/// through minimq, and drives the given hardware. `clock` must be the clock the node was created
-/// with. Returns only on an error the node cannot go on from (the sequence store failed, or the
-/// key is used up). Reports what happens through `on_event`.
-#[allow(clippy::too_many_arguments, reason = "each is one part of the node's world")]
-pub async fn run_node<C, S, const Q: usize, B, L, T>(
-    node: &mut Node<C, S, Q>,
-    buttons: &mut [B],
-    leds: &mut [L],
-    sensors: &mut [T],
-    broker: &BrokerAddress,
-    clock: StdClock,
-    backoff: Backoff,
-    on_event: &mut impl FnMut(RunEvent<'_>),
-) -> Result<Infallible, ledtemp_core::Error>
-where
-    C: Codec,
-    S: SequenceStore,
-    B: Button,
-    L: Led,
-    T: AsyncTempSensor,
-{
-    match &broker.tls {
-        None => {
-            let connector = TcpConnector::new(broker.host.clone(), broker.port);
-            drive(node, buttons, leds, sensors, broker, connector, clock, backoff, on_event).await
-        }
-        Some(tls) => {
-            let connector = TlsConnector::new(broker.host.clone(), broker.port, tls.clone());
-            drive(node, buttons, leds, sensors, broker, connector, clock, backoff, on_event).await
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments, reason = "run_node's, plus the connector")]
-async fn drive<C, S, const Q: usize, B, L, T, K>(
-    node: &mut Node<C, S, Q>,
-    buttons: &mut [B],
-    leds: &mut [L],
-    sensors: &mut [T],
-    broker: &BrokerAddress,
-    connector: K,
-    clock: StdClock,
-    backoff: Backoff,
-    on_event: &mut impl FnMut(RunEvent<'_>),
-) -> Result<Infallible, ledtemp_core::Error>
-where
-    C: Codec,
-    S: SequenceStore,
-    B: Button,
-    L: Led,
-    T: AsyncTempSensor,
-    K: Connector,
-{
-    let mailbox = MqttMailbox::new();
-    let mut buffers: MqttBuffers = MqttBuffers::new();
-    let mut config = MqttConfig::new(&broker.client_id);
-    config.credentials =
-        broker.credentials.as_ref().map(|(user, password)| (user.as_str(), password.as_bytes()));
-    let link = pin!(mqtt_link(&mailbox, connector, config, &mut buffers));
-    let publisher = MqttPublisher::new(&mailbox, link);
-    let mut io = AsyncIo { buttons, leds, sensors, publisher, clock, delay: TokioDelay };
-    Driver::new(backoff).run(node, &mut io, on_event).await
 }

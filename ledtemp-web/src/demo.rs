@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use clap::Args;
 use ledtemp_core::{
-    Algorithm, AnyCodec, Backoff, Clock, Codec, DeviceId, InsecurePlaintextCodec, KeyId, LedName,
+    Algorithm, AnyCodec, Clock, Codec, DeviceId, InsecurePlaintextCodec, KeyId, LedName,
     MAX_FRAME_LEN, MemorySequenceStore, MilliCelsius, Node, NodeConfig, ScriptedButton,
     SealedOrPlaintext, SensorName, SequenceNumber, SimulatedTemperature, TemperatureReading,
     Uptime,
 };
 use ledtemp_keys::{KeyEntry, Keyring};
-use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, StdClock, run_node};
+use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -114,18 +114,13 @@ async fn run_sim_node(device: &'static SimDevice, codec: DemoCodec, port: u16, s
         let mut on_event = |event: ledtemp_core::RunEvent<'_>| {
             tracing::debug!(device = device.name, "{event:?}");
         };
-        run_node(
-            &mut node,
-            &mut buttons,
-            &mut leds,
-            &mut sensors,
-            &broker,
-            clock,
-            Backoff::default(),
-            &mut on_event,
-        )
-        .await
-        .map_err(|e| Error::TaskFailed(format!("node {}: {e}", device.name)))?;
+        let world = NodeWorld::new(broker, clock)
+            .buttons(&mut buttons)
+            .leds(&mut leds)
+            .sensors(&mut sensors);
+        run_node(&mut node, world, &mut on_event)
+            .await
+            .map_err(|e| Error::TaskFailed(format!("node {}: {e}", device.name)))?;
         Ok(())
     }
     .await;

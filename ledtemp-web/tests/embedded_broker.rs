@@ -37,18 +37,12 @@ async fn run_kitchen_node(port: u16) {
     let mut sensors =
         [BlockingSensor::new(SimulatedTemperature::new(clock, 1).with_base(MilliCelsius(21_000)))];
     let broker = BrokerAddress::new("127.0.0.1", port, KITCHEN);
-    run_node(
-        &mut node,
-        &mut buttons,
-        &mut leds,
-        &mut sensors,
-        &broker,
-        clock,
-        Backoff::default(),
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
+    let world = ledtemp_tokio::NodeWorld::new(broker, clock)
+        .buttons(&mut buttons)
+        .leds(&mut leds)
+        .sensors(&mut sensors)
+        .backoff(Backoff::default());
+    run_node(&mut node, world, &mut |_| {}).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
