@@ -26,7 +26,7 @@ use ledtemp_core::{
 };
 use ledtemp_keys::{KeyEntry, Keyring};
 use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
-use ledtemp_web::{KeyTable, ServeArgs, Server, keys_from_keyring};
+use ledtemp_web::{KeyTable, ServeArgs, Server};
 use serde_json::Value;
 
 /// The genuine node.
@@ -119,7 +119,7 @@ impl Rig {
         }
         .resolve()
         .unwrap();
-        let keys = self.keyring.as_ref().map_or_else(KeyTable::new, keys_from_keyring);
+        let keys = self.keyring.as_ref().map_or_else(KeyTable::new, KeyTable::from_keyring);
         self.server = Some(Server::start(config, keys).await.unwrap());
         self.wait_until("the server's subscription", |stats, _| {
             stats["broker_connected"].as_bool() == Some(true)

@@ -13,10 +13,12 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::Error;
-use crate::alert_config::{AlertSection, AlertsConfig};
+use crate::alerts::AlertSection;
 use crate::broker::local_client_addr;
 use crate::http::{AuthArgs, AuthConfig, AuthSection};
+use crate::ingest::Limits;
 use crate::mqtt::SubscriberConfig;
+use crate::server::PipelineOptions;
 
 /// Options of `ledtemp-web serve`. Every option is optional here; [`ServeArgs::resolve`] fills
 /// the gaps from the file and the defaults.
@@ -120,7 +122,7 @@ struct FileConfig {
     retention_days: Option<u32>,
     offline_after_secs: Option<u64>,
     max_devices: Option<usize>,
-    /// `[[alert.rule]]` and `[alert.notifier.NAME]`: see [`crate::alert_config`].
+    /// `[[alert.rule]]` and `[alert.notifier.NAME]`: see [`crate::alerts::AlertsConfig`].
     #[serde(default)]
     alert: AlertSection,
     /// `[auth]`: see [`crate::http::AuthConfig`].
@@ -139,23 +141,12 @@ pub struct ServeConfig {
     pub embedded_broker: Option<SocketAddr>,
     /// HTTP listen address (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// SQLite file.
-    pub database: PathBuf,
     /// Keyring file.
     pub keyring: PathBuf,
-    /// How long history is kept; `None` for ever.
-    pub retention: Option<Duration>,
-    /// Silence after which a device is shown offline.
-    pub offline_after: Duration,
-    /// Alert rules and notifiers (only from the TOML file); empty: no alerting.
-    pub alerts: AlertsConfig,
+    /// The database, caps, offline timeout, retention, alerts and the plaintext teaching mode.
+    pub pipeline: PipelineOptions,
     /// Login: required when configured, and off loopback (checked by `Server::start`).
     pub auth: AuthConfig,
-    /// Most devices tracked (a bigger keyring is an error at start).
-    pub max_devices: usize,
-    /// **INSECURE, teaching only**: accept plaintext frames from any device, no replay
-    /// protection (`--insecure-plaintext`).
-    pub insecure_plaintext: bool,
 }
 
 /// Splits `HOST:PORT` (a bare host gets `default_port`; `[v6]:port` works).
@@ -261,15 +252,17 @@ impl ServeArgs {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            database: self.database.or(file.database).unwrap_or_else(|| "ledtemp.db".into()),
             keyring: self.keyring.or(file.keyring).unwrap_or_else(|| "keyring.toml".into()),
-            retention: (retention_days > 0)
-                .then(|| Duration::from_secs(u64::from(retention_days) * 24 * 3600)),
-            offline_after: Duration::from_secs(offline_after),
-            alerts,
+            pipeline: PipelineOptions {
+                database: self.database.or(file.database).unwrap_or_else(|| "ledtemp.db".into()),
+                retention: (retention_days > 0)
+                    .then(|| Duration::from_secs(u64::from(retention_days) * 24 * 3600)),
+                offline_after: Duration::from_secs(offline_after),
+                alerts,
+                limits: Limits { max_devices, ..Limits::default() },
+                insecure_plaintext: self.insecure_plaintext,
+            },
             auth: self.auth.resolve(file.auth)?,
-            max_devices,
-            insecure_plaintext: self.insecure_plaintext,
         })
     }
 }
@@ -283,9 +276,9 @@ mod tests {
         let config = ServeArgs::default().resolve().unwrap();
         assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("127.0.0.1", 1883));
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
-        assert_eq!(config.database, PathBuf::from("ledtemp.db"));
+        assert_eq!(config.pipeline.database, PathBuf::from("ledtemp.db"));
         assert_eq!(config.keyring, PathBuf::from("keyring.toml"));
-        assert_eq!(config.retention, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(config.pipeline.retention, Some(Duration::from_secs(30 * 24 * 3600)));
         assert_eq!(config.mqtt.filter(), "ledtemp/+/#");
         assert_eq!(config.embedded_broker, None);
     }
@@ -346,7 +339,7 @@ mod tests {
             ServeArgs { config: Some(path), database: Some("y.db".into()), ..ServeArgs::default() };
         let config = args.resolve().unwrap();
         assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("mqtt.local", 1884));
-        assert_eq!(config.database, PathBuf::from("y.db"));
+        assert_eq!(config.pipeline.database, PathBuf::from("y.db"));
         assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
     }
 

@@ -143,11 +143,17 @@ const ASSETS: &[Asset] = &[
     ),
 ];
 
-/// The dashboard's routes: `GET /` (the page) and `GET /assets/{file}` (its script, style sheet
-/// and the vendored chart library, with its licence at `/assets/uplot-LICENSE.txt`). Any other
-/// file under `/assets/` is a 404. Merge into the application's router; the routes need no state.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/", get(index)).route("/assets/{file}", get(asset))
+/// The dashboard page, `GET /`. Merge into the application's router behind the login; the route
+/// needs no state.
+pub fn page_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/", get(index))
+}
+
+/// The dashboard's static files, `GET /assets/{file}` (its script, style sheet and the vendored
+/// chart library, with its licence at `/assets/uplot-LICENSE.txt`), public. Any other file
+/// under `/assets/` is a 404.
+pub fn asset_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/assets/{file}", get(asset))
 }
 
 async fn index(request_headers: HeaderMap) -> Response {
@@ -174,7 +180,8 @@ mod tests {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = routes::<()>().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let routes = page_routes::<()>().merge(asset_routes());
+        let response = routes.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();

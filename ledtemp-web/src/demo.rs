@@ -24,7 +24,8 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 use crate::Error;
 use crate::config::ServeArgs;
-use crate::server::{Server, load_keys, shutdown_signal};
+use crate::keys::load_keys;
+use crate::server::{Server, shutdown_signal};
 
 /// Options of `ledtemp-web demo`.
 #[derive(Debug, Clone, Args)]

@@ -102,8 +102,9 @@ pub enum Error {
     Config(String),
     /// The keyring could not be loaded; the message names the file and the entry.
     Keyring(String),
-    /// The database failed; nothing of the operation was written.
-    Store(rusqlite::Error),
+    /// The database failed; nothing of the operation was written. The source is the database
+    /// driver's error.
+    Store(Box<dyn std::error::Error + Send + Sync>),
     /// The database file was written by a newer `ledtemp-web` (its schema version is higher than
     /// this build knows): upgrade, or point `--database` at another file.
     SchemaTooNew(i64),
@@ -183,15 +184,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Rejected { cause, .. } => Some(cause),
-            Error::Store(error) => Some(error),
+            Error::Store(error) => Some(error.as_ref()),
             Error::Io { source, .. } | Error::EmbeddedBroker { source, .. } => Some(source),
             _ => None,
         }
-    }
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(error: rusqlite::Error) -> Self {
-        Error::Store(error)
     }
 }

@@ -1,13 +1,20 @@
 //! `ledtemp-web`: the ledtemp server.
 //!
 //! It subscribes to the broker (`ledtemp/+/#`, or an MQTT v5 shared subscription), opens every
-//! frame with the sending device's key from the keyring, checks it against that key's replay
-//! window, stores the reading and the window's new state in one SQLite transaction, and only then
-//! shows it: a JSON API, Server-Sent Events, `/healthz`, Prometheus `/metrics` and the dashboard.
-//! Every rejected frame is counted by reason ([`RejectReason`]) and changes nothing else.
-//! Alert rules from the configuration file ([`alerts`], run by an [`AlertDriver`]) watch the
-//! verified frames and text through Twilio, post a webhook or log; `GET /api/alerts` and the
-//! dashboard show active and recent alerts.
+//! frame with the sending device's key from the keyring ([`KeyTable`]), checks it against that
+//! key's replay window, turns it into the server's one model of a device ([`DeviceUpdate`],
+//! [`DeviceState`]), and stores the reading, the window's new state, the device's new state and
+//! the alert engine's state in one transaction through the [`Store`] seam (SQLite:
+//! [`SqliteStore`]). Only then it shows it: a JSON API, Server-Sent Events, `/healthz`,
+//! Prometheus `/metrics` and the dashboard. Every rejected frame is counted by reason
+//! ([`RejectReason`]) and changes nothing else. Alert rules from the configuration file
+//! ([`alerts`]) watch the verified frames and text through Twilio, post a webhook or log;
+//! `GET /api/alerts` and the dashboard show active and recent alerts.
+//!
+//! The data path, one owner per step: [`run_subscriber`] -> [`WorkerInput`] queue ->
+//! [`run_worker`] -> [`Ingest`] (keys, verify, caps, model, alert engine) -> [`Store::commit`]
+//! -> [`LiveState`] (cache, events) -> HTTP ([`app`]). [`Pipeline::open`] builds it;
+//! [`Server::start`] runs it.
 //!
 //! Access ([`AuthConfig`], the `[auth]` section): open on loopback when nothing is configured;
 //! otherwise a password login (Argon2id hash, server-side sessions, CSRF-checked POSTs, a rate
@@ -20,16 +27,15 @@
 //!
 //! # Example
 //!
-//! The pipeline without a broker: a frame sealed with a device's key is accepted once.
+//! The pipeline without a broker: a frame sealed with a device's key is accepted once, and the
+//! device's state shows its reading.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use std::time::Duration;
 //! use ledtemp_core::{
 //!     Algorithm, AnyCodec, Codec, DeviceId, KeyId, MAX_FRAME_LEN, Message, MilliCelsius,
 //!     SensorName, SequenceNumber, TemperatureReading, Uptime,
 //! };
-//! use ledtemp_web::{IncomingFrame, Ingest, KeyTable, LiveState, RejectReason, Store};
+//! use ledtemp_web::{IncomingFrame, KeyTable, Pipeline, PipelineOptions, RejectReason, UnixMillis};
 //!
 //! let device = DeviceId::new("kitchen-pi")?;
 //! let key = [7u8; 16];
@@ -37,10 +43,8 @@
 //! keys.insert(device.clone(), AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &key)?);
 //!
 //! let dir = tempfile::tempdir()?;
-//! let store = Store::open(&dir.path().join("ledtemp.db"))?;
-//! let snapshot = store.snapshot()?;
-//! let live = Arc::new(LiveState::new(keys.devices(), &snapshot, Duration::from_secs(120)));
-//! let mut ingest = Ingest::new(Arc::new(keys), store, live.clone())?;
+//! let options = PipelineOptions { database: dir.path().join("ledtemp.db"), ..Default::default() };
+//! let Pipeline { mut ingest, state, .. } = Pipeline::open(&options, keys)?;
 //!
 //! let node = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &key)?;
 //! let reading = Message::Temperature(TemperatureReading {
@@ -53,18 +57,18 @@
 //! let frame = IncomingFrame {
 //!     topic: b"ledtemp/kitchen-pi/temp/cpu".to_vec(),
 //!     payload: buf[..len].to_vec(),
-//!     received_ms: 1_700_000_000_000,
+//!     received: UnixMillis(1_700_000_000_000),
 //! };
 //! assert!(ingest.handle(frame.clone()).is_ok());
 //! let again = ingest.handle(frame).unwrap_err();
 //! assert_eq!(again.reject_reason(), Some(RejectReason::Replay));
-//! assert_eq!(live.stats.snapshot().accepted, 1);
+//! assert_eq!(state.live.stats.snapshot().accepted, 1);
+//! let kitchen = state.live.device(&device).unwrap();
+//! assert_eq!(kitchen.temperatures[&SensorName::new("cpu")?].temperature, MilliCelsius(21_375));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
 
-mod alert_config;
-mod alert_driver;
 pub mod alerts;
 mod broker;
 mod config;
@@ -74,16 +78,13 @@ mod demo;
 mod error;
 mod http;
 mod ingest;
+mod keys;
+mod live;
+mod model;
 mod mqtt;
 mod server;
-mod state;
 mod store;
 
-pub use alert_config::{AlertsConfig, NotifierKind, NotifierSettings};
-pub use alert_driver::{
-    ALERT_QUEUE, AlertDriver, AlertQueue, AlertsSnapshot, NotifierStatus, run_alert_deliveries,
-    run_alert_timer,
-};
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
@@ -93,18 +94,20 @@ pub use http::{
     hash_password_command, new_api_token, new_token_command,
 };
 pub use ingest::{
-    DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable, Limits, MAX_BATCH,
-    MAX_LEDS_PER_DEVICE, MAX_SENSORS_PER_DEVICE, Retention, run_worker,
+    DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, Limits, MAX_BATCH, MAX_LEDS_PER_DEVICE,
+    MAX_SENSORS_PER_DEVICE, Retention, WorkerInput, run_worker,
+};
+pub use keys::{KeyChanges, KeyStatus, KeyTable, load_keys, reload_keys};
+pub use live::{LiveEvent, LiveState, RejectedCounts, Stats, StatsSnapshot, StatusChange};
+pub use model::{
+    DeviceState, DeviceSummary, DeviceUpdate, LedPoint, Observation, TemperaturePoint, UnixMillis,
 };
 pub use mqtt::{MAX_PACKET_SIZE, SubscriberConfig, run_subscriber};
 pub use server::{
-    INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Server, keys_from_keyring, load_keys, reload_keys,
+    INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Pipeline, PipelineOptions, Server, ServerState,
     serve, shutdown_signal,
 };
-pub use state::{
-    LedEvent, LiveEvent, LiveState, RejectedCounts, Stats, StatsSnapshot, StatusEvent,
-    TemperatureEvent,
-};
 pub use store::{
-    AcceptedFrame, DeviceSnapshot, HistoryPoint, HistoryReader, SCHEMA_VERSION, Snapshot, Store,
+    AcceptedFrame, Commit, HistoryQuery, HistoryStore, SCHEMA_VERSION, Snapshot, SqliteHistory,
+    SqliteStore, Store,
 };

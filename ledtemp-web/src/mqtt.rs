@@ -20,8 +20,9 @@ use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::ingest::IncomingFrame;
-use crate::state::{LiveState, now_ms};
+use crate::ingest::{IncomingFrame, WorkerInput};
+use crate::live::LiveState;
+use crate::model::UnixMillis;
 use crate::{Error, RejectReason};
 
 /// Largest MQTT packet the subscriber accepts (announced to the broker in CONNECT as the v5
@@ -152,7 +153,7 @@ pub fn broker_password(
 pub async fn run_subscriber(
     config: SubscriberConfig,
     live: Arc<LiveState>,
-    frames: mpsc::Sender<IncomingFrame>,
+    frames: mpsc::Sender<WorkerInput>,
 ) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options.set_keep_alive(config.keep_alive);
@@ -202,10 +203,10 @@ pub async fn run_subscriber(
                 let frame = IncomingFrame {
                     topic: publish.topic.to_vec(),
                     payload: publish.payload.to_vec(),
-                    received_ms: now_ms(),
+                    received: UnixMillis::now(),
                 };
                 // Bounded: when the pipeline falls behind, this waits, and the broker holds back.
-                if frames.send(frame).await.is_err() {
+                if frames.send(WorkerInput::Frame(frame)).await.is_err() {
                     break;
                 }
             }

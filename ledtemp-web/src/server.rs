@@ -1,8 +1,10 @@
-//! Wiring: the embedded broker (if asked for), keyring, store, ingest worker, MQTT subscriber,
-//! stats ticker and the HTTP server, with graceful shutdown.
+//! Building and running the server: [`Pipeline::open`] assembles the store, the caches, the
+//! replay windows, the alert engine and the ingest pipeline (every caller: `serve`, the demo, the
+//! tests, the crate example); [`Server::start`] runs a pipeline with the embedded broker (if
+//! asked for), the MQTT subscriber, the ingest worker, the clock and the HTTP server.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,17 +12,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::Error;
-use crate::alert_driver::{AlertDriver, run_alert_deliveries, run_alert_timer};
+use crate::alerts::{AlertBoard, AlertRunner, AlertsConfig, DeliveryQueue, run_alert_deliveries};
 use crate::broker::{EmbeddedBroker, local_client_addr};
 use crate::config::ServeConfig;
 use crate::http::{AccessControl, AppState, app};
-use crate::ingest::{Ingest, KeyChanges, KeyTable, Limits, Retention, run_worker};
+use crate::ingest::{Ingest, Limits, Retention, WorkerInput, run_worker};
+use crate::keys::{KeyChanges, KeyTable, check_device_cap, load_keys, reload_keys};
+use crate::live::LiveState;
+use crate::model::UnixMillis;
 use crate::mqtt::run_subscriber;
-use crate::state::{LiveEvent, LiveState, StatusEvent, now_ms, rfc3339};
-use crate::store::{AlertStateStore, HistoryReader, Store};
+use crate::store::{HistoryStore, SqliteHistory, SqliteStore, Store};
 
-/// Frames buffered between the MQTT subscriber and the ingest worker; when full, the subscriber
-/// waits (and the broker holds back).
+/// Inputs buffered for the ingest worker (frames from the MQTT subscriber, ticks, notifier
+/// caps); when full, the subscriber waits (and the broker holds back).
 pub const INGEST_QUEUE: usize = 4096;
 
 /// How long shutdown waits for queued alert notifications to be delivered.
@@ -29,107 +33,174 @@ const ALERT_FLUSH: Duration = Duration::from_secs(5);
 /// How often the retention prune runs at most.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// How often the ingest worker is ticked (offline alerts, silent devices, the counters' event).
+const TICK_EVERY: Duration = Duration::from_secs(1);
+
 /// Printed when a server or demo starts with `--insecure-plaintext`.
 pub const INSECURE_PLAINTEXT_WARNING: &str = "\
 WARNING: INSECURE PLAINTEXT MODE, FOR TEACHING ONLY. Frames are accepted unencrypted and \
 unauthenticated from any device, with no replay protection: anyone on the network can read, \
 forge and replay every reading. Never run this outside a lesson (docs/attacks.md).";
 
-/// The keys of every entry of the keyring file at `path` (see `docs/keys.md`; the file must be
-/// readable by its owner only).
-pub fn load_keys(path: &std::path::Path) -> Result<KeyTable, Error> {
-    let keyring = ledtemp_keys::Keyring::load(path)
-        .map_err(|e| Error::Keyring(format!("{}: {e}", path.display())))?;
-    Ok(keys_from_keyring(&keyring))
+/// How the pipeline is built: where its data lives and the rules it applies.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// The SQLite database file (created if missing).
+    pub database: PathBuf,
+    /// How long history is kept; `None` for ever.
+    pub retention: Option<Duration>,
+    /// Silence after which a device is shown offline.
+    pub offline_after: Duration,
+    /// Alert rules and notifiers (only from the TOML file); empty: no alerting.
+    pub alerts: AlertsConfig,
+    /// Caps on devices, and on LEDs and sensors per device (a bigger keyring is an error).
+    pub limits: Limits,
+    /// **INSECURE, teaching only**: accept plaintext frames from any device, no replay
+    /// protection (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
-/// One codec per keyring entry, with its end of grace period; a revoked mark per revoked entry
-/// ([`KeyTable::from_keyring`]).
-pub fn keys_from_keyring(keyring: &ledtemp_keys::Keyring) -> KeyTable {
-    KeyTable::from_keyring(keyring)
-}
-
-/// Loads the keyring file at `path` again and swaps it into `keys` as a whole
-/// ([`KeyTable::replace`]): what `ledtemp-web serve` does on SIGHUP. The ingest worker, which
-/// shares `keys`, opens every later frame with the new keys; replay windows are kept (they belong
-/// to the pipeline, per device and key id), so a frame accepted before the reload is still a
-/// replay after it. Logs what changed. A keyring that fails to load leaves `keys` as they were;
-/// the error is logged and counted (`ledtemp_keyring_reload_failures_total` in `/metrics`).
-pub fn reload_keys(
-    keys: &KeyTable,
-    path: &std::path::Path,
-    live: &LiveState,
-    max_devices: usize,
-) -> Result<KeyChanges, Error> {
-    let loaded = load_keys(path).and_then(|new| {
-        let devices = new.devices();
-        check_device_cap(devices.len(), max_devices)?;
-        Ok((new, devices))
-    });
-    match loaded {
-        Ok((new, devices)) => {
-            let changes = keys.replace(new);
-            live.add_known(devices);
-            tracing::info!(
-                keyring = %path.display(),
-                keys = keys.len(),
-                "keyring reloaded: {changes}"
-            );
-            Ok(changes)
-        }
-        Err(error) => {
-            live.stats.add_keyring_reload_failure();
-            tracing::error!("keyring reload failed, the keys loaded before stay in use: {error}");
-            Err(error)
+impl Default for PipelineOptions {
+    /// `ledtemp.db` in the working directory, history kept for ever, offline after 120 s, no
+    /// alerts, the default caps, sealed frames.
+    fn default() -> PipelineOptions {
+        PipelineOptions {
+            database: PathBuf::from("ledtemp.db"),
+            retention: None,
+            offline_after: Duration::from_secs(120),
+            alerts: AlertsConfig::default(),
+            limits: Limits::default(),
+            insecure_plaintext: false,
         }
     }
 }
 
-/// A keyring with more devices than the server may track is refused, at start and on reload.
-fn check_device_cap(devices: usize, max_devices: usize) -> Result<(), Error> {
-    if devices > max_devices {
-        return Err(Error::Config(format!(
-            "the keyring has {devices} devices, more than max-devices {max_devices}: raise it"
-        )));
+/// What the HTTP side and the server's owner read: counters and device states, history, alerts,
+/// keys. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerState {
+    /// Counters, the device cache and the event channel.
+    pub live: Arc<LiveState>,
+    /// History queries (read-only, on their own connection).
+    pub history: Arc<dyn HistoryStore>,
+    /// Alerts as of the last commit, and the notifiers; `None` when no rule is configured.
+    pub alerts: Option<Arc<AlertBoard>>,
+    /// The keys the pipeline opens frames with (a keyring reload swaps them in place).
+    pub keys: Arc<KeyTable>,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState").finish_non_exhaustive()
     }
-    Ok(())
 }
 
-/// The alert driver and its two tasks, which stop when this is dropped (also when the server
-/// fails to start after spawning them).
-struct AlertTasks {
-    driver: Arc<AlertDriver>,
-    timer: JoinHandle<()>,
-    deliveries: JoinHandle<()>,
+impl ServerState {
+    /// The state the HTTP application serves, with `access` deciding who may read it.
+    pub fn app_state(&self, access: AccessControl) -> AppState {
+        AppState {
+            live: Arc::clone(&self.live),
+            history: Arc::clone(&self.history),
+            alerts: self.alerts.clone(),
+            access: Arc::new(access),
+        }
+    }
 }
 
-impl Drop for AlertTasks {
-    fn drop(&mut self) {
-        self.timer.abort();
-        self.deliveries.abort();
+/// The server without the network: the ingest pipeline over its store, and what everyone else
+/// reads. Feed it frames directly ([`Ingest::handle`]), or let [`Server::start`] run it.
+pub struct Pipeline {
+    /// The pipeline: the one writer of the server's state.
+    pub ingest: Ingest,
+    /// What the HTTP side reads.
+    pub state: ServerState,
+    deliveries: Option<DeliveryQueue>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("ingest", &self.ingest).finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Opens the database of `options` (creating and migrating it), rebuilds the device cache,
+    /// the replay windows and the alert engine from it, and builds the pipeline with `keys`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a keyring with more devices than `options.limits.max_devices` or an
+    /// alert notifier that cannot be built; [`Error::Store`] or [`Error::SchemaTooNew`] for the
+    /// database.
+    pub fn open(options: &PipelineOptions, keys: KeyTable) -> Result<Pipeline, Error> {
+        let known = keys.devices();
+        check_device_cap(known.len(), options.limits.max_devices)?;
+        let mut store = SqliteStore::open(&options.database)?;
+        let history: Arc<dyn HistoryStore> = Arc::new(SqliteHistory::open(&options.database)?);
+        let snapshot = store.load()?;
+        let live = Arc::new(LiveState::new(known, snapshot.devices, options.offline_after));
+        let (alerts, board, deliveries) = if options.alerts.is_empty() {
+            (None, None, None)
+        } else {
+            let (runner, board, queue) = AlertRunner::new(
+                &options.alerts,
+                snapshot.alerts,
+                &snapshot.notifier_caps,
+                UnixMillis::now(),
+                &*live,
+            )?;
+            (Some(runner), Some(board), Some(queue))
+        };
+        let keys = Arc::new(keys);
+        let mut ingest = Ingest::new(
+            Arc::clone(&keys),
+            Box::new(store),
+            snapshot.windows,
+            Arc::clone(&live),
+            options.limits,
+            alerts,
+        );
+        if options.insecure_plaintext {
+            ingest = ingest.insecure_plaintext();
+        }
+        Ok(Pipeline {
+            ingest,
+            state: ServerState { live, history, alerts: board, keys },
+            deliveries,
+        })
+    }
+
+    /// The alert delivery task, to spawn on a tokio runtime; `None` without alert rules, or when
+    /// it was taken already. Each notifier's daily cap goes to `caps` (the ingest worker's queue)
+    /// to be stored; without one (a pipeline fed directly), the caps hold only in memory.
+    pub fn alert_deliveries(
+        &mut self,
+        caps: Option<mpsc::Sender<WorkerInput>>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+        let queue = self.deliveries.take()?;
+        let board = Arc::clone(self.state.alerts.as_ref()?);
+        Some(run_alert_deliveries(board, queue, caps, Arc::clone(&self.state.live)))
     }
 }
 
 /// A running server. Drop it or call [`Server::shutdown`] to stop.
 pub struct Server {
     http_addr: SocketAddr,
-    live: Arc<LiveState>,
+    state: ServerState,
     stop: watch::Sender<bool>,
     http: JoinHandle<Result<(), Error>>,
     mqtt: JoinHandle<()>,
-    ticker: JoinHandle<()>,
-    alerts: Option<AlertTasks>,
+    clock: JoinHandle<()>,
+    deliveries: Option<JoinHandle<()>>,
     worker: Option<std::thread::JoinHandle<()>>,
     broker: Option<EmbeddedBroker>,
-    keys: Arc<KeyTable>,
-    keyring: std::path::PathBuf,
+    keyring: PathBuf,
     max_devices: usize,
 }
 
 impl Server {
-    /// Starts the embedded broker if `config` asks for one, opens the store, restores the replay
-    /// windows and caches, and starts the ingest worker, the MQTT subscriber and the HTTP server.
-    /// Returns once the HTTP port is bound.
+    /// Starts the embedded broker if `config` asks for one, opens the pipeline
+    /// ([`Pipeline::open`]), and starts the ingest worker, its clock, the MQTT subscriber, the
+    /// alert deliveries and the HTTP server. Returns once the HTTP port is bound.
     ///
     /// An embedded broker whose address is taken is [`Error::EmbeddedBroker`], and nothing else
     /// is started. So is HTTP on an address other than loopback without any login configured
@@ -149,43 +220,29 @@ impl Server {
                  of the group accepted can be replayed to this one"
             );
         }
-        check_device_cap(keys.devices().len(), config.max_devices)?;
-        let store = Store::open(&config.database)?;
-        let history = HistoryReader::open(&config.database)?;
-        let snapshot = store.snapshot()?;
-        let live = Arc::new(LiveState::new(keys.devices(), &snapshot, config.offline_after));
-        let keys = Arc::new(keys);
-        let mut ingest = Ingest::new(Arc::clone(&keys), store, Arc::clone(&live))?
-            .with_limits(Limits { max_devices: config.max_devices, ..Limits::default() });
-        if config.insecure_plaintext {
-            ingest = ingest.insecure_plaintext();
-        }
-        let alerts = if config.alerts.is_empty() {
-            None
-        } else {
-            let state = AlertStateStore::open(&config.database)?;
-            let (driver, queue) =
-                AlertDriver::start(&config.alerts, state, Arc::clone(&live), now_ms())?;
-            ingest = ingest.with_alerts(Arc::clone(&driver));
+        let mut pipeline = Pipeline::open(&config.pipeline, keys)?;
+        let alerts = &config.pipeline.alerts;
+        if !alerts.is_empty() {
             tracing::info!(
-                rules = config.alerts.rules.len(),
-                notifiers = config.alerts.notifiers.len(),
+                rules = alerts.rules.len(),
+                notifiers = alerts.notifiers.len(),
                 "alerting on"
             );
-            Some(AlertTasks {
-                timer: tokio::spawn(run_alert_timer(Arc::clone(&driver), Arc::clone(&live))),
-                deliveries: tokio::spawn(run_alert_deliveries(Arc::clone(&driver), queue)),
-                driver,
-            })
-        };
-        let (frames_tx, frames_rx) = mpsc::channel(INGEST_QUEUE);
-        let retention = Retention { keep: config.retention, every: PRUNE_EVERY };
+        }
+        let (inputs, worker_inputs) = mpsc::channel(INGEST_QUEUE);
+        let deliveries = pipeline.alert_deliveries(Some(inputs.clone())).map(tokio::spawn);
+        let Pipeline { ingest, state, .. } = pipeline;
+        let retention = Retention { keep: config.pipeline.retention, every: PRUNE_EVERY };
         let worker = std::thread::Builder::new()
             .name("ledtemp-ingest".into())
-            .spawn(move || run_worker(ingest, frames_rx, retention))
+            .spawn(move || run_worker(ingest, worker_inputs, retention))
             .map_err(|e| Error::io("starting the ingest thread", e))?;
-        let mqtt = tokio::spawn(run_subscriber(config.mqtt.clone(), Arc::clone(&live), frames_tx));
-        let ticker = tokio::spawn(stats_ticker(Arc::clone(&live)));
+        let mqtt = tokio::spawn(run_subscriber(
+            config.mqtt.clone(),
+            Arc::clone(&state.live),
+            inputs.clone(),
+        ));
+        let clock = tokio::spawn(run_clock(inputs));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -193,12 +250,7 @@ impl Server {
         let http_addr =
             listener.local_addr().map_err(|e| Error::io("reading the HTTP address", e))?;
         let (stop, mut stopped) = watch::channel(false);
-        let router = app(AppState {
-            live: Arc::clone(&live),
-            history,
-            alerts: alerts.as_ref().map(|tasks| Arc::clone(&tasks.driver)),
-            access: Arc::new(AccessControl::new(&config.auth)),
-        });
+        let router = app(state.app_state(AccessControl::new(&config.auth)));
         let http = tokio::spawn(async move {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
@@ -207,32 +259,35 @@ impl Server {
                 .await
                 .map_err(|e| Error::io("serving HTTP", e))
         });
-        tracing::info!(%http_addr, database = %config.database.display(), "ledtemp-web running");
+        tracing::info!(
+            %http_addr,
+            database = %config.pipeline.database.display(),
+            "ledtemp-web running"
+        );
         Ok(Server {
             http_addr,
-            live,
+            state,
             stop,
             http,
             mqtt,
-            ticker,
-            alerts,
+            clock,
+            deliveries,
             worker: Some(worker),
             broker,
-            keys,
             keyring: config.keyring.clone(),
-            max_devices: config.max_devices,
+            max_devices: config.pipeline.limits.max_devices,
         })
     }
 
     /// The keys the ingest worker opens frames with.
     pub fn keys(&self) -> &Arc<KeyTable> {
-        &self.keys
+        &self.state.keys
     }
 
     /// Reloads the keyring file the server was started with ([`reload_keys`]): what SIGHUP
     /// does.
     pub fn reload_keys(&self) -> Result<KeyChanges, Error> {
-        reload_keys(&self.keys, &self.keyring, &self.live, self.max_devices)
+        reload_keys(&self.state.keys, &self.keyring, &self.state.live, self.max_devices)
     }
 
     /// Where the embedded broker listens, when this server runs one.
@@ -256,32 +311,41 @@ impl Server {
 
     /// The live state (counters, caches).
     pub fn live(&self) -> &Arc<LiveState> {
-        &self.live
+        &self.state.live
     }
 
-    /// Stops taking frames, lets the ingest worker commit what it has, waits (at most 5 s) for
-    /// queued alert notifications to be delivered, closes the event streams and stops the HTTP
-    /// server. Frames still queued are committed; none is half written. A notification still
-    /// undelivered after the wait is lost (its alert stays firing, and is not sent again after a
-    /// restart). An embedded broker keeps running until the process exits (rumqttd cannot be
-    /// stopped).
+    /// Everything the HTTP side reads.
+    pub fn state(&self) -> &ServerState {
+        &self.state
+    }
+
+    /// Stops taking frames, waits (at most 5 s) for queued alert notifications to be delivered,
+    /// lets the ingest worker commit what it has and close the database, closes the event
+    /// streams and stops the HTTP server. Frames still queued are committed; none is half
+    /// written. A notification still undelivered after the wait is lost (its alert stays firing,
+    /// and is not sent again after a restart). An embedded broker keeps running until the
+    /// process exits (rumqttd cannot be stopped).
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.mqtt.abort();
         let _ = (&mut self.mqtt).await;
-        self.ticker.abort();
+        self.clock.abort();
+        let _ = (&mut self.clock).await;
         let _ = self.stop.send(true);
+        if let Some(deliveries) = self.deliveries.take() {
+            if let Some(board) = &self.state.alerts
+                && !board.flush(ALERT_FLUSH).await
+            {
+                tracing::warn!("alert notifications still queued at shutdown were dropped");
+            }
+            deliveries.abort();
+            let _ = deliveries.await;
+        }
+        // Every sender of the worker's queue is gone now: it drains it and returns.
         if let Some(worker) = self.worker.take() {
             tokio::task::spawn_blocking(move || worker.join())
                 .await
                 .map_err(|e| Error::TaskFailed(e.to_string()))?
                 .map_err(|_| Error::TaskFailed("the ingest worker panicked".into()))?;
-        }
-        if let Some(alerts) = &self.alerts {
-            alerts.timer.abort();
-            if !alerts.driver.flush(ALERT_FLUSH).await {
-                tracing::warn!("alert notifications still queued at shutdown were dropped");
-            }
-            alerts.deliveries.abort();
         }
         // Open event streams never end on their own: give HTTP a moment, then stop it.
         match tokio::time::timeout(Duration::from_secs(2), &mut self.http).await {
@@ -297,37 +361,22 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.mqtt.abort();
-        self.ticker.abort();
+        self.clock.abort();
+        if let Some(deliveries) = &self.deliveries {
+            deliveries.abort();
+        }
         self.http.abort();
     }
 }
 
-/// Once a second: broadcasts the counters to SSE clients if they changed, and a `status` event
-/// for each device whose shown online state flipped (also when it went silent for longer than
-/// the offline timeout, which no frame announces; a flip a status frame caused was already
-/// announced by the pipeline and is announced again, harmlessly). Reads state, writes none.
-async fn stats_ticker(live: Arc<LiveState>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
+/// The ingest worker's clock: a tick every second, until the worker is gone.
+async fn run_clock(inputs: mpsc::Sender<WorkerInput>) {
+    let mut interval = tokio::time::interval(TICK_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = None;
-    let mut shown_online: HashMap<String, bool> = HashMap::new();
     loop {
         interval.tick().await;
-        let stats = live.stats.snapshot();
-        if last != Some(stats) {
-            last = Some(stats);
-            live.broadcast(LiveEvent::Stats(stats));
-        }
-        let now = now_ms();
-        for (id, device) in live.devices() {
-            let online = live.is_online(&device, now);
-            if shown_online.insert(id.clone(), online).is_some_and(|before| before != online) {
-                live.broadcast(LiveEvent::Status(StatusEvent {
-                    device: id,
-                    online,
-                    at: rfc3339(now),
-                }));
-            }
+        if inputs.send(WorkerInput::Tick(UnixMillis::now())).await.is_err() {
+            return;
         }
     }
 }
@@ -399,19 +448,18 @@ pub async fn shutdown_signal() {
 /// `ledtemp-web serve`: loads the keyring, starts everything, runs until Ctrl-C or SIGTERM (or
 /// until the embedded broker stops, which is an error), then shuts down gracefully.
 pub async fn serve(config: ServeConfig) -> Result<(), Error> {
-    if config.insecure_plaintext {
+    if config.pipeline.insecure_plaintext {
         eprintln!("{INSECURE_PLAINTEXT_WARNING}");
     }
     // The teaching mode accepts any device: it has no use for keys.
-    let keys =
-        if config.insecure_plaintext { KeyTable::new() } else { load_keys(&config.keyring)? };
-    if keys.is_empty() && !config.insecure_plaintext {
+    let plaintext = config.pipeline.insecure_plaintext;
+    let keys = if plaintext { KeyTable::new() } else { load_keys(&config.keyring)? };
+    if keys.is_empty() && !plaintext {
         tracing::warn!(
             keyring = %config.keyring.display(),
             "the keyring is empty: every frame will be rejected"
         );
     }
-    let plaintext = config.insecure_plaintext;
     // Listening before anything is printed: SIGHUP's default action would end the process.
     let mut hangups = Hangups::new();
     let mut server = Server::start(config, keys).await?;

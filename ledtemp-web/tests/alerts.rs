@@ -12,11 +12,16 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use ledtemp_web::alerts::{
-    AlertError, AlertInput, AlertKey, AlertState, Condition, Delivery, DeliveryPolicy, Engine,
-    LogNotifier, Notification, NotificationKind, Notifier, Rule, Secret, Sleeper, Threshold,
-    TwilioAuth, TwilioConfig, TwilioError, TwilioSender, TwilioSms, Webhook, WebhookConfig,
+use ledtemp_core::{
+    DeviceId, LedChange, LedName, LedState, LedStatus, Message, MilliCelsius, NodeStatus,
+    SensorName, StatusReport, TemperatureReading, Uptime,
 };
+use ledtemp_web::alerts::{
+    AlertError, AlertKey, AlertState, Condition, Delivery, DeliveryPolicy, Engine, LogNotifier,
+    Notification, NotificationKind, Notifier, Rule, Secret, Sleeper, Threshold, TwilioAuth,
+    TwilioConfig, TwilioError, TwilioSender, TwilioSms, Webhook, WebhookConfig,
+};
+use ledtemp_web::{DeviceState, DeviceUpdate, UnixMillis};
 use proptest::prelude::*;
 
 const T0: i64 = 1_700_000_000_000;
@@ -378,13 +383,85 @@ async fn log_notifier_never_fails() {
 // ---------------------------------------------------------------------------------------------
 // The engine on a fake clock
 
-fn room(milli_celsius: i32, at_ms: i64) -> AlertInput {
-    AlertInput::Temperature {
-        device: "kitchen-pi".into(),
-        sensor: "room".into(),
-        milli_celsius,
-        at_ms,
+/// The engine with the device states it asks, fed as the pipeline feeds it.
+struct World {
+    engine: Engine,
+    devices: BTreeMap<DeviceId, DeviceState>,
+}
+
+impl World {
+    fn new(rules: Vec<Rule>) -> World {
+        World { engine: Engine::new(rules).unwrap(), devices: BTreeMap::new() }
     }
+
+    /// One verified update: the engine sees the device's state before it, then it is applied.
+    fn feed(&mut self, update: DeviceUpdate) {
+        let state = self.devices.entry(update.device.clone()).or_default();
+        self.engine.handle(&update, state);
+        state.apply(&update);
+    }
+
+    fn tick(&mut self, now_ms: i64) {
+        self.engine.handle_tick(now_ms, &self.devices);
+    }
+
+    fn timeout(&self) -> Option<i64> {
+        self.engine.poll_timeout(&self.devices)
+    }
+
+    /// The engine stored and restored at `now_ms`, with the same device states.
+    fn restarted(&self, now_ms: i64) -> World {
+        World { engine: restart(&self.engine, now_ms), devices: self.devices.clone() }
+    }
+}
+
+impl std::ops::Deref for World {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+}
+
+fn update(device: &str, message: &Message, at_ms: i64) -> DeviceUpdate {
+    DeviceUpdate::from_message(DeviceId::new(device).unwrap(), UnixMillis(at_ms), message)
+}
+
+fn reading(device: &str, sensor: &str, milli_celsius: i32, at_ms: i64) -> DeviceUpdate {
+    let reading = TemperatureReading {
+        sensor: SensorName::new(sensor).unwrap(),
+        temperature: MilliCelsius(milli_celsius),
+        uptime: Uptime(0),
+    };
+    update(device, &Message::Temperature(reading), at_ms)
+}
+
+fn room(milli_celsius: i32, at_ms: i64) -> DeviceUpdate {
+    reading("kitchen-pi", "room", milli_celsius, at_ms)
+}
+
+fn led_at(device: &str, led: &str, on: bool, at_ms: i64) -> DeviceUpdate {
+    let change =
+        LedChange { led: LedName::new(led).unwrap(), state: LedState::from(on), uptime: Uptime(0) };
+    update(device, &Message::Led(change), at_ms)
+}
+
+/// An online status listing one LED, off.
+fn online_at(device: &str, at_ms: i64) -> DeviceUpdate {
+    let leds = [LedStatus { led: LedName::new("red").unwrap(), state: LedState::Off }];
+    let status = NodeStatus::Online { leds: leds.into_iter().collect() };
+    update(device, &Message::Status(StatusReport { status, uptime: Uptime(0) }), at_ms)
+}
+
+/// The sealed Last Will.
+fn will_at(device: &str, at_ms: i64) -> DeviceUpdate {
+    let status = StatusReport { status: NodeStatus::Offline, uptime: Uptime(0) };
+    update(device, &Message::Status(status), at_ms)
 }
 
 fn drain(engine: &mut Engine) -> Vec<(NotificationKind, i64)> {
@@ -413,16 +490,16 @@ fn restart(engine: &Engine, now_ms: i64) -> Engine {
 
 #[test]
 fn hysteresis_keeps_a_hovering_value_from_flapping() {
-    let mut engine = Engine::new(vec![hot(Duration::ZERO, Duration::ZERO)]).unwrap();
-    engine.handle(&room(29_999, T0));
+    let mut engine = World::new(vec![hot(Duration::ZERO, Duration::ZERO)]);
+    engine.feed(room(29_999, T0));
     assert_eq!(drain(&mut engine), []);
-    engine.handle(&room(30_000, T0 + 1));
+    engine.feed(room(30_000, T0 + 1));
     assert_eq!(drain(&mut engine), [(NotificationKind::Firing, T0 + 1)]);
     for (i, value) in [29_000, 30_500, 28_000, 31_000, 28_001].into_iter().enumerate() {
-        engine.handle(&room(value, T0 + 2 + i as i64));
+        engine.feed(room(value, T0 + 2 + i as i64));
     }
     assert_eq!(drain(&mut engine), [], "nothing below 28.0 °C, nothing again above 30.0 °C");
-    engine.handle(&room(27_999, T0 + 10));
+    engine.feed(room(27_999, T0 + 10));
     assert_eq!(drain(&mut engine), [(NotificationKind::Resolved, T0 + 10)]);
     let resolved: Vec<_> = engine.recent().collect();
     assert_eq!(resolved.len(), 1);
@@ -435,18 +512,18 @@ fn hysteresis_keeps_a_hovering_value_from_flapping() {
 
 #[test]
 fn minimum_duration_must_be_seen_to_hold() {
-    let mut engine = Engine::new(vec![hot(Duration::from_secs(60), Duration::ZERO)]).unwrap();
-    engine.handle(&room(31_000, T0));
-    engine.handle(&room(31_000, T0 + 30_000));
+    let mut engine = World::new(vec![hot(Duration::from_secs(60), Duration::ZERO)]);
+    engine.feed(room(31_000, T0));
+    engine.feed(room(31_000, T0 + 30_000));
     let pending: Vec<_> = engine.active().map(|a| (a.state, a.since_ms)).collect();
     assert_eq!(pending, [(AlertState::Pending, T0)]);
     // Back under the threshold (though inside the hysteresis): the pending alert is dropped.
-    engine.handle(&room(29_500, T0 + 45_000));
+    engine.feed(room(29_500, T0 + 45_000));
     assert_eq!(engine.active().count(), 0);
-    engine.handle(&room(31_000, T0 + 50_000));
-    engine.handle(&room(31_000, T0 + 109_999));
+    engine.feed(room(31_000, T0 + 50_000));
+    engine.feed(room(31_000, T0 + 109_999));
     assert_eq!(drain(&mut engine), []);
-    engine.handle(&room(31_200, T0 + 110_000));
+    engine.feed(room(31_200, T0 + 110_000));
     assert_eq!(drain(&mut engine), [(NotificationKind::Firing, T0 + 110_000)]);
     let firing: Vec<_> = engine.active().map(|a| (a.state, a.since_ms, a.fired_ms)).collect();
     assert_eq!(firing, [(AlertState::Firing, T0 + 50_000, Some(T0 + 110_000))]);
@@ -455,23 +532,23 @@ fn minimum_duration_must_be_seen_to_hold() {
 
 #[test]
 fn cooldown_suppresses_and_counts_refiring() {
-    let mut engine = Engine::new(vec![hot(Duration::ZERO, Duration::from_secs(10 * 60))]).unwrap();
-    engine.handle(&room(31_000, T0));
-    engine.handle(&room(27_000, T0 + MINUTE));
+    let mut engine = World::new(vec![hot(Duration::ZERO, Duration::from_secs(10 * 60))]);
+    engine.feed(room(31_000, T0));
+    engine.feed(room(27_000, T0 + MINUTE));
     assert_eq!(
         drain(&mut engine),
         [(NotificationKind::Firing, T0), (NotificationKind::Resolved, T0 + MINUTE)]
     );
     // Fires again within ten minutes of the notified firing: shown, not sent.
-    engine.handle(&room(31_000, T0 + 2 * MINUTE));
+    engine.feed(room(31_000, T0 + 2 * MINUTE));
     assert_eq!(
         engine.active().next().map(|a| (a.state, a.notified)),
         Some((AlertState::Firing, false))
     );
-    engine.handle(&room(27_000, T0 + 3 * MINUTE));
+    engine.feed(room(27_000, T0 + 3 * MINUTE));
     assert_eq!(drain(&mut engine), [], "neither the firing nor its resolution");
     assert_eq!(engine.counters().suppressed, 1);
-    engine.handle(&room(31_000, T0 + 10 * MINUTE));
+    engine.feed(room(31_000, T0 + 10 * MINUTE));
     assert_eq!(drain(&mut engine), [(NotificationKind::Firing, T0 + 10 * MINUTE)]);
     let counters = engine.counters();
     assert_eq!((counters.fired, counters.resolved, counters.notifications), (3, 2, 3));
@@ -479,57 +556,57 @@ fn cooldown_suppresses_and_counts_refiring() {
 
 #[test]
 fn offline_by_silence_or_last_will_and_back() {
-    let mut engine = Engine::new(vec![offline(120)]).unwrap();
-    engine.handle(&AlertInput::Online { device: "kitchen-pi".into(), at_ms: T0 });
-    engine.handle_tick(T0);
-    assert_eq!(engine.poll_timeout(), Some(T0 + 120_000));
-    engine.handle(&room(20_000, T0 + 60_000));
-    assert_eq!(engine.poll_timeout(), Some(T0 + 180_000), "any frame restarts the countdown");
-    engine.handle_tick(T0 + 179_999);
+    let mut engine = World::new(vec![offline(120)]);
+    engine.feed(online_at("kitchen-pi", T0));
+    engine.tick(T0);
+    assert_eq!(engine.timeout(), Some(T0 + 120_000));
+    engine.feed(room(20_000, T0 + 60_000));
+    assert_eq!(engine.timeout(), Some(T0 + 180_000), "any frame restarts the countdown");
+    engine.tick(T0 + 179_999);
     assert_eq!(drain(&mut engine), []);
-    engine.handle_tick(T0 + 180_000);
+    engine.tick(T0 + 180_000);
     assert_eq!(drain(&mut engine), [(NotificationKind::Firing, T0 + 180_000)]);
-    engine.handle(&AlertInput::Offline { device: "kitchen-pi".into(), at_ms: T0 + 181_000 });
+    engine.feed(will_at("kitchen-pi", T0 + 181_000));
     assert_eq!(drain(&mut engine), [], "already firing");
-    engine.handle(&AlertInput::Online { device: "kitchen-pi".into(), at_ms: T0 + 200_000 });
+    engine.feed(online_at("kitchen-pi", T0 + 200_000));
     assert_eq!(drain(&mut engine), [(NotificationKind::Resolved, T0 + 200_000)]);
 
     // The sealed Last Will fires at once.
-    engine.handle(&AlertInput::Offline { device: "kitchen-pi".into(), at_ms: T0 + 210_000 });
+    engine.feed(will_at("kitchen-pi", T0 + 210_000));
     let sent = engine.poll_notification().unwrap();
     assert_eq!((sent.kind, sent.at_ms), (NotificationKind::Firing, T0 + 210_000));
     assert!(sent.text.contains("last will"), "{}", sent.text);
     // Other devices do not resolve it.
-    engine.handle(&AlertInput::Online { device: "garage-pi".into(), at_ms: T0 + 220_000 });
+    engine.feed(online_at("garage-pi", T0 + 220_000));
     assert_eq!(engine.active().count(), 1);
 }
 
 #[test]
 fn restart_neither_forgets_nor_repeats() {
     let rules = vec![hot(Duration::ZERO, Duration::from_secs(2 * 3600)), offline(120)];
-    let mut engine = Engine::new(rules).unwrap();
-    engine.handle_tick(T0);
-    engine.handle(&room(31_000, T0));
-    engine.handle(&AlertInput::Offline { device: "kitchen-pi".into(), at_ms: T0 + 1 });
+    let mut engine = World::new(rules);
+    engine.tick(T0);
+    engine.feed(room(31_000, T0));
+    engine.feed(will_at("kitchen-pi", T0 + 1));
     assert_eq!(drain(&mut engine).len(), 2);
     let ids: Vec<_> = engine.active().map(|a| a.id).collect();
 
     // Down for an hour.
     let back = T0 + 60 * MINUTE;
-    let mut engine = restart(&engine, back);
+    let mut engine = engine.restarted(back);
     assert_eq!(engine.active().map(|a| a.id).collect::<Vec<_>>(), ids);
     assert!(engine.active().all(|a| a.state == AlertState::Firing && a.notified));
-    engine.handle_tick(back);
-    engine.handle(&AlertInput::Offline { device: "kitchen-pi".into(), at_ms: back });
+    engine.tick(back);
+    engine.feed(will_at("kitchen-pi", back));
     assert_eq!(drain(&mut engine), [], "still firing: not sent again");
-    engine.handle(&room(31_500, back + 1));
+    engine.feed(room(31_500, back + 1));
     assert_eq!(drain(&mut engine), [(NotificationKind::Resolved, back + 1)], "the device is back");
-    engine.handle(&room(27_000, back + 2));
+    engine.feed(room(27_000, back + 2));
     assert_eq!(drain(&mut engine), [(NotificationKind::Resolved, back + 2)]);
 
     // The cooldown of the temperature alert survives a restart too.
-    let mut engine = restart(&engine, back + 3);
-    engine.handle(&room(31_000, back + 4));
+    let mut engine = engine.restarted(back + 3);
+    engine.feed(room(31_000, back + 4));
     assert_eq!(drain(&mut engine), [], "within two hours of the first firing");
     assert_eq!(engine.counters().suppressed, 1);
     let new_id = engine.active().find(|a| a.key.subject.is_some()).unwrap().id;
@@ -538,21 +615,21 @@ fn restart_neither_forgets_nor_repeats() {
 
 #[test]
 fn after_a_restart_silent_devices_get_a_full_countdown() {
-    let mut engine = Engine::new(vec![offline(120)]).unwrap();
-    engine.handle(&AlertInput::Online { device: "kitchen-pi".into(), at_ms: T0 });
+    let mut engine = World::new(vec![offline(120)]);
+    engine.feed(online_at("kitchen-pi", T0));
     let back = T0 + 24 * 60 * MINUTE;
-    let mut engine = restart(&engine, back);
-    engine.handle_tick(back);
+    let mut engine = engine.restarted(back);
+    engine.tick(back);
     assert_eq!(drain(&mut engine), [], "the server was away, not necessarily the device");
-    assert_eq!(engine.poll_timeout(), Some(back + 120_000));
-    engine.handle_tick(back + 120_000);
+    assert_eq!(engine.timeout(), Some(back + 120_000));
+    engine.tick(back + 120_000);
     assert_eq!(drain(&mut engine), [(NotificationKind::Firing, back + 120_000)]);
 }
 
 #[test]
 fn a_changed_rule_drops_its_old_state() {
-    let mut engine = Engine::new(vec![hot(Duration::ZERO, Duration::ZERO)]).unwrap();
-    engine.handle(&room(31_000, T0));
+    let mut engine = World::new(vec![hot(Duration::ZERO, Duration::ZERO)]);
+    engine.feed(room(31_000, T0));
     assert_eq!(engine.active().count(), 1);
     let state = engine.export();
     let moved = Rule::new(
@@ -569,10 +646,10 @@ fn a_changed_rule_drops_its_old_state() {
 async fn engine_to_twilio_end_to_end() {
     let (mock, addr) = start_mock().await;
     let delivery = Delivery::new(twilio(addr), policy(Some(10)), FakeSleeper::default());
-    let mut engine = Engine::new(vec![hot(Duration::ZERO, Duration::ZERO)]).unwrap();
+    let mut engine = World::new(vec![hot(Duration::ZERO, Duration::ZERO)]);
     mock.script([created("SM0123456789abcdef0123456789abcdef"), created("SM1")]);
-    engine.handle(&room(35_000, T0));
-    engine.handle(&room(20_000, T0 + MINUTE));
+    engine.feed(room(35_000, T0));
+    engine.feed(room(20_000, T0 + MINUTE));
     while let Some(note) = engine.poll_notification() {
         delivery.deliver(note.at_ms, &note).await.unwrap();
     }
@@ -591,7 +668,7 @@ async fn engine_to_twilio_end_to_end() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Input(AlertInput),
+    Input(DeviceUpdate),
     Tick(i64),
     Restart(i64),
 }
@@ -609,14 +686,14 @@ fn op() -> impl Strategy<Value = Op> {
     let value = prop_oneof![any::<i32>(), 25_000..35_000i32];
     prop_oneof![
         4 => (device(), name(&["room", "cpu"]), value, time()).prop_map(
-            |(device, sensor, milli_celsius, at_ms)| Op::Input(AlertInput::Temperature {
-                device, sensor, milli_celsius, at_ms
-            })
+            |(device, sensor, milli_celsius, at_ms)| {
+                Op::Input(reading(&device, &sensor, milli_celsius, at_ms))
+            }
         ),
         2 => (device(), name(&["red", "green"]), any::<bool>(), time())
-            .prop_map(|(device, led, on, at_ms)| Op::Input(AlertInput::Led { device, led, on, at_ms })),
-        1 => (device(), time()).prop_map(|(device, at_ms)| Op::Input(AlertInput::Online { device, at_ms })),
-        1 => (device(), time()).prop_map(|(device, at_ms)| Op::Input(AlertInput::Offline { device, at_ms })),
+            .prop_map(|(device, led, on, at_ms)| Op::Input(led_at(&device, &led, on, at_ms))),
+        1 => (device(), time()).prop_map(|(device, at_ms)| Op::Input(online_at(&device, at_ms))),
+        1 => (device(), time()).prop_map(|(device, at_ms)| Op::Input(will_at(&device, at_ms))),
         2 => time().prop_map(Op::Tick),
         1 => time().prop_map(Op::Restart),
     ]
@@ -678,19 +755,19 @@ proptest! {
         rules in rules(),
         ops in proptest::collection::vec(op(), 0..80),
     ) {
-        let mut engine = Engine::new(rules).unwrap();
+        let mut engine = World::new(rules);
         // Per key: whether a notified firing is open (not yet resolved).
         let mut open: BTreeMap<AlertKey, bool> = BTreeMap::new();
         for op in ops {
             match op {
-                Op::Input(input) => engine.handle(&input),
+                Op::Input(input) => engine.feed(input),
                 Op::Tick(now) => {
-                    engine.handle_tick(now);
-                    let _ = engine.poll_timeout();
+                    engine.tick(now);
+                    let _ = engine.timeout();
                 }
                 Op::Restart(now) => {
                     let state = engine.export();
-                    let restored = restart(&engine, now);
+                    let restored = engine.restarted(now);
                     prop_assert_eq!(restored.export(), state);
                     engine = restored;
                 }

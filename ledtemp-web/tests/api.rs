@@ -90,7 +90,7 @@ async fn temperature_history_defaults_to_the_last_hour_and_filters() {
     // A reading from two hours ago: only in an explicit range.
     let (topic, frame) = seal(&kitchen_codec(), KITCHEN, 6, &temperature("cpu", 10_000));
     let mut old = incoming(&topic, &frame);
-    old.received_ms = now_ms() - 2 * 3600 * 1000;
+    old.received = ledtemp_web::UnixMillis(now_ms() - 2 * 3600 * 1000);
     ingest.handle(old).unwrap();
 
     let (status, body) = get_json(&state, "/api/devices/kitchen-pi/temperature").await;

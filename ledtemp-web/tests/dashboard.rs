@@ -23,10 +23,13 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use ledtemp_core::AnyCodec;
-use ledtemp_web::alerts::{Condition, DeliveryPolicy, Rule, Secret, Threshold, WebhookConfig};
+use ledtemp_web::alerts::{
+    AlertsConfig, Condition, DeliveryPolicy, NotifierKind, NotifierSettings, Rule, Secret,
+    Threshold, WebhookConfig,
+};
 use ledtemp_web::{
-    AccessControl, AlertDriver, AlertsConfig, AppState, AuthConfig, IncomingFrame, Ingest,
-    LiveEvent, NotifierKind, NotifierSettings, app, hash_password, run_alert_deliveries,
+    AccessControl, AppState, AuthConfig, IncomingFrame, Ingest, LiveEvent, Pipeline,
+    PipelineOptions, UnixMillis, app, hash_password,
 };
 use serde_json::{Value, json};
 use support::{GARAGE, KITCHEN, WAIT, garage_codec, kitchen_codec, led, online, seal, temperature};
@@ -323,7 +326,7 @@ impl Node {
     fn frame(&mut self, message: &ledtemp_core::Message, received_ms: i64) -> IncomingFrame {
         let (topic, payload) = seal(&self.codec, self.name, self.sequence, message);
         self.sequence += 1;
-        IncomingFrame { topic: topic.into_bytes(), payload, received_ms }
+        IncomingFrame { topic: topic.into_bytes(), payload, received: UnixMillis(received_ms) }
     }
 }
 
@@ -366,7 +369,6 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (ingest, state) = support::pipeline(dir.path());
     // An alert rule the kitchen's CPU breaks, to a webhook that cannot be reached: the Alerts
     // panel shows the firing alert and the notifier's failure.
     let alerts = AlertsConfig {
@@ -384,16 +386,11 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
         }],
         routes: [("cpu-hot".to_owned(), vec![0])].into(),
     };
-    let (driver, queue) = AlertDriver::open(
-        &alerts,
-        &dir.path().join("ledtemp.db"),
-        state.live.clone(),
-        support::now_ms(),
-    )
-    .unwrap();
-    runtime.spawn(run_alert_deliveries(driver.clone(), queue));
-    let mut ingest = ingest.with_alerts(driver.clone());
-    let state = AppState { alerts: Some(driver), ..state };
+    let options = PipelineOptions { alerts, ..PipelineOptions::default() };
+    let mut pipeline = support::open_pipeline(dir.path(), options);
+    runtime.spawn(pipeline.alert_deliveries(None).unwrap());
+    let Pipeline { mut ingest, state, .. } = pipeline;
+    let state = state.app_state(AccessControl::open());
     let live = state.live.clone();
 
     let mut kitchen = Node { name: KITCHEN, codec: kitchen_codec(), sequence: 0 };

@@ -5,8 +5,8 @@
 
 mod support;
 
-use ledtemp_core::{Algorithm, AnyCodec, KeyId, MAX_FRAME_LEN};
-use ledtemp_web::{Ingest, RejectReason, StatsSnapshot};
+use ledtemp_core::{Algorithm, AnyCodec, DeviceId, KeyId, MAX_FRAME_LEN, MilliCelsius};
+use ledtemp_web::{DeviceState, Ingest, RejectReason, StatsSnapshot, UnixMillis};
 use proptest::prelude::*;
 use support::*;
 
@@ -15,7 +15,7 @@ fn rejected(ingest: &mut Ingest, topic: &str, payload: &[u8]) -> RejectReason {
     error.reject_reason().unwrap_or_else(|| panic!("not a rejection: {error}"))
 }
 
-fn devices_json(state: &ledtemp_web::AppState) -> Vec<(String, ledtemp_web::DeviceSnapshot)> {
+fn devices_json(state: &ledtemp_web::AppState) -> Vec<(DeviceId, DeviceState)> {
     state.live.devices()
 }
 
@@ -58,7 +58,7 @@ fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
         .handle(ledtemp_web::IncomingFrame {
             topic: vec![0xff, 0xfe],
             payload: frame.clone(),
-            received_ms: 0,
+            received: UnixMillis(0),
         })
         .unwrap_err();
     assert_eq!(error.reject_reason(), Some(RejectReason::Malformed));
@@ -76,9 +76,9 @@ fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
     );
     assert_eq!((stats.rejected.oversize, stats.rejected.malformed), (1, 7));
     assert_eq!(devices_json(&state), before, "a rejected frame changed the device state");
-    let history = state.history.temperatures(KITCHEN, None, 0, i64::MAX, 100).unwrap();
+    let history = history(&state, KITCHEN);
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].milli_celsius, 21_375);
+    assert_eq!(history[0].temperature, MilliCelsius(21_375));
 }
 
 #[test]
@@ -96,10 +96,9 @@ fn a_frame_accepted_before_a_restart_is_rejected_after_it() {
     }
     let (mut ingest, state) = pipeline(dir.path());
     // Restored: history, LED state, and the window (incl. the expected will).
-    let devices = state.live.devices();
-    let kitchen_state = &devices.iter().find(|(id, _)| id == KITCHEN).unwrap().1;
-    assert_eq!(kitchen_state.temperatures["cpu"].0, 20_000);
-    assert!(kitchen_state.leds["red"].0);
+    let kitchen_state = device_state(&state, KITCHEN);
+    assert_eq!(kitchen_state.temperatures[&sensor("cpu")].temperature, MilliCelsius(20_000));
+    assert!(kitchen_state.leds[&led_name("red")].state.is_on());
     assert!(kitchen_state.online);
     assert_eq!(rejected(&mut ingest, &first.0, &first.1), RejectReason::Replay);
     assert_eq!(rejected(&mut ingest, &online.0, &online.1), RejectReason::Replay);
@@ -109,8 +108,7 @@ fn a_frame_accepted_before_a_restart_is_rejected_after_it() {
     // The will of the connection before the restart is accepted once, then marks it offline.
     ingest.handle(incoming(&will.0, &will.1)).unwrap();
     assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::Replay);
-    let devices = state.live.devices();
-    assert!(!devices.iter().find(|(id, _)| id == KITCHEN).unwrap().1.online);
+    assert!(!device_state(&state, KITCHEN).online);
     drop(ingest);
     let (mut ingest, _) = pipeline(dir.path());
     assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::Replay);
@@ -146,13 +144,12 @@ fn retention_prunes_old_readings_but_keeps_state_and_windows() {
     let kitchen = kitchen_codec();
     let (topic, frame) = seal(&kitchen, KITCHEN, 1, &temperature("cpu", 1_000));
     let mut old = incoming(&topic, &frame);
-    old.received_ms = 1_000;
+    old.received = UnixMillis(1_000);
     ingest.handle(old).unwrap();
     let (topic2, frame2) = seal(&kitchen, KITCHEN, 2, &temperature("cpu", 2_000));
     ingest.handle(incoming(&topic2, &frame2)).unwrap();
-    assert_eq!(ingest.prune(now_ms() - 60_000).unwrap(), 1);
-    let history = state.history.temperatures(KITCHEN, None, 0, i64::MAX, 100).unwrap();
-    assert_eq!(history.len(), 1);
+    assert_eq!(ingest.prune(UnixMillis(now_ms() - 60_000)).unwrap(), 1);
+    assert_eq!(history(&state, KITCHEN).len(), 1);
     assert_eq!(rejected(&mut ingest, &topic, &frame), RejectReason::Replay);
 }
 
@@ -182,12 +179,98 @@ fn ingest_never_panics_on_arbitrary_topic_and_payload() {
     });
     runner
         .run(&(topic, payload), |(topic, payload)| {
-            let frame = ledtemp_web::IncomingFrame { topic, payload, received_ms: 0 };
+            let frame = ledtemp_web::IncomingFrame { topic, payload, received: UnixMillis(0) };
             let result = ingest.borrow_mut().handle(frame);
             prop_assert!(result.is_err(), "random bytes were accepted");
             prop_assert_eq!(state.live.stats.snapshot().accepted, 0);
-            prop_assert!(state.live.devices().iter().all(|(_, d)| d.last_seen_ms.is_none()));
+            prop_assert!(state.live.devices().iter().all(|(_, d)| d.last_seen.is_none()));
             Ok(())
         })
         .unwrap();
+}
+
+/// An offline rule on the kitchen with a log notifier.
+fn kitchen_offline_alerts() -> ledtemp_web::PipelineOptions {
+    use ledtemp_web::alerts::{
+        AlertsConfig, Condition, DeliveryPolicy, NotifierKind, NotifierSettings, Rule,
+    };
+    let rule = Rule::new(
+        "kitchen-offline",
+        Condition::Offline { device: KITCHEN.into(), after: std::time::Duration::from_secs(60) },
+    );
+    let alerts = AlertsConfig {
+        rules: vec![rule],
+        notifiers: vec![NotifierSettings {
+            name: "log".into(),
+            kind: NotifierKind::Log,
+            policy: DeliveryPolicy::default(),
+        }],
+        routes: [("kitchen-offline".to_owned(), vec![0])].into(),
+    };
+    ledtemp_web::PipelineOptions { alerts, ..ledtemp_web::PipelineOptions::default() }
+}
+
+/// The alert engine's state is committed with the frames that changed it: a restart neither
+/// forgets a firing alert nor fires it again, and a failed commit (a real database error) takes
+/// the frames and the alert decisions back together.
+#[test]
+fn alert_state_is_committed_with_the_frames_that_changed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let kitchen = kitchen_codec();
+    let first_online = seal(&kitchen, KITCHEN, 1, &online(&[]));
+    let will = seal(&kitchen, KITCHEN, 2, &offline());
+    let online_frame = seal(&kitchen, KITCHEN, 3, &online(&[]));
+    {
+        let ledtemp_web::Pipeline { mut ingest, state, .. } =
+            open_pipeline(dir.path(), kitchen_offline_alerts());
+        ingest.handle(incoming(&first_online.0, &first_online.1)).unwrap();
+        // The sealed Last Will fires the alert at once, in the will's own transaction.
+        ingest.handle(incoming(&will.0, &will.1)).unwrap();
+        let alerts = state.alerts.as_ref().unwrap().snapshot();
+        assert_eq!((alerts.active.len(), alerts.counters.fired), (1, 1));
+    }
+    // Restarted: still firing, not fired again by the silence that follows.
+    let ledtemp_web::Pipeline { mut ingest, state, .. } =
+        open_pipeline(dir.path(), kitchen_offline_alerts());
+    let board = state.alerts.clone().unwrap();
+    ingest.tick(UnixMillis(now_ms() + 3_600_000));
+    let alerts = board.snapshot();
+    assert_eq!((alerts.active.len(), alerts.counters.fired), (1, 1), "{alerts:?}");
+
+    // The database refuses the next commit: the frame is dropped and the alert it would have
+    // resolved stays firing.
+    let database = dir.path().join("ledtemp.db");
+    let saboteur = rusqlite::Connection::open(&database).unwrap();
+    saboteur.execute_batch("ALTER TABLE alert_engine RENAME TO alert_engine_away").unwrap();
+    let error = ingest.handle(incoming(&online_frame.0, &online_frame.1)).unwrap_err();
+    assert!(error.reject_reason().is_none(), "a database failure, not a rejection: {error}");
+    assert_eq!(state.live.stats.store_errors(), 1);
+    assert_eq!(board.snapshot().active.len(), 1, "the failed batch changed the alerts");
+    let kitchen_state = state.live.device(&device(KITCHEN)).unwrap();
+    assert!(!kitchen_state.online, "the failed batch changed the device");
+
+    // Back: the same frame (never stored, so not a replay) resolves it, once.
+    saboteur.execute_batch("ALTER TABLE alert_engine_away RENAME TO alert_engine").unwrap();
+    ingest.handle(incoming(&online_frame.0, &online_frame.1)).unwrap();
+    let alerts = board.snapshot();
+    assert_eq!((alerts.active.len(), alerts.counters.resolved), (0, 1));
+    assert_eq!(alerts.recent.len(), 1);
+    drop(ingest);
+    let ledtemp_web::Pipeline { state, .. } = open_pipeline(dir.path(), kitchen_offline_alerts());
+    let alerts = state.alerts.unwrap().snapshot();
+    assert_eq!((alerts.active.len(), alerts.counters.resolved), (0, 1), "{alerts:?}");
+}
+
+/// A stored alert state that does not parse is logged and replaced, not a start-up failure.
+#[test]
+fn unreadable_alert_state_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_pipeline(dir.path(), kitchen_offline_alerts()));
+    let database = dir.path().join("ledtemp.db");
+    rusqlite::Connection::open(&database)
+        .unwrap()
+        .execute("INSERT INTO alert_engine (id, state) VALUES (1, '{not json')", [])
+        .unwrap();
+    let ledtemp_web::Pipeline { state, .. } = open_pipeline(dir.path(), kitchen_offline_alerts());
+    assert!(state.alerts.unwrap().snapshot().active.is_empty());
 }

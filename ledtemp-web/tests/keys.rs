@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use ledtemp_core::{Algorithm, AnyCodec, KeyId, Message};
 use ledtemp_keys::{KeyEntry, Keyring};
 use ledtemp_web::{
     DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable, LiveState,
-    RejectReason, Snapshot, Store, load_keys, reload_keys,
+    PipelineOptions, RejectReason, Snapshot, SqliteStore, Store, UnixMillis, load_keys,
+    reload_keys,
 };
 use support::{GARAGE, KITCHEN, RawPublisher, device, get_json, http_get, seal, temperature};
 
@@ -70,15 +70,10 @@ struct Pipeline {
 impl Pipeline {
     fn new(dir: &Path, keyring: &Path) -> Pipeline {
         let database = dir.join("ledtemp.db");
-        let store = Store::open(&database).unwrap();
-        let keys = Arc::new(load_keys(keyring).unwrap());
-        let live = Arc::new(LiveState::new(
-            keys.devices(),
-            &store.snapshot().unwrap(),
-            Duration::from_secs(120),
-        ));
-        let ingest = Ingest::new(Arc::clone(&keys), store, Arc::clone(&live)).unwrap();
-        Pipeline { ingest, keys, live, database }
+        let options = PipelineOptions { database: database.clone(), ..PipelineOptions::default() };
+        let pipeline = ledtemp_web::Pipeline::open(&options, load_keys(keyring).unwrap()).unwrap();
+        let (keys, live) = (pipeline.state.keys, pipeline.state.live);
+        Pipeline { ingest: pipeline.ingest, keys, live, database }
     }
 
     /// Seals `message` as `name` with `codec` and runs it through the pipeline, received at
@@ -92,7 +87,8 @@ impl Pipeline {
         received_ms: i64,
     ) -> Result<(), RejectReason> {
         let (topic, payload) = seal(codec, name, sequence, message);
-        self.receive(IncomingFrame { topic: topic.into_bytes(), payload, received_ms })
+        let received = UnixMillis(received_ms);
+        self.receive(IncomingFrame { topic: topic.into_bytes(), payload, received })
     }
 
     fn receive(&mut self, frame: IncomingFrame) -> Result<(), RejectReason> {
@@ -104,7 +100,7 @@ impl Pipeline {
 
     /// What is stored, read through a connection of its own.
     fn stored(&self) -> Snapshot {
-        Store::open(&self.database).unwrap().snapshot().unwrap()
+        SqliteStore::open(&self.database).unwrap().load().unwrap()
     }
 
     fn counts(&self) -> (u64, u64, u64, u64) {
@@ -165,17 +161,18 @@ fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it() {
     let (topic, mut payload) = seal(&old, KITCHEN, 7, &temperature("room", 1));
     let last = payload.len() - 1;
     payload[last] ^= 1;
-    let forged =
-        IncomingFrame { topic: topic.into_bytes(), payload, received_ms: retire_at_ms() + 1 };
+    let forged = IncomingFrame {
+        topic: topic.into_bytes(),
+        payload,
+        received: UnixMillis(retire_at_ms() + 1),
+    };
     assert_eq!(p.receive(forged), Err(RejectReason::Revoked));
     assert_eq!(p.counts(), (2, 3, 0, 0));
     // Nothing changed: no reading, no window, no cache.
     assert_same(&p.stored(), &stored);
-    let cached = p.live.devices();
-    assert_eq!(
-        cached.iter().find(|(id, _)| id == KITCHEN).unwrap().1.temperatures["room"].0,
-        20_500
-    );
+    let kitchen = p.live.device(&device(KITCHEN)).unwrap();
+    let room = ledtemp_core::SensorName::new("room").unwrap();
+    assert_eq!(kitchen.temperatures[&room].temperature.0, 20_500);
 
     // The new key keeps working; an unknown key id stays an unknown device.
     assert_eq!(p.send(&new, KITCHEN, 1, &temperature("room", 21_000), retire_at_ms() + 1), Ok(()));
@@ -205,7 +202,7 @@ fn a_revoked_key_is_refused_and_changes_nothing() {
     let mut p = Pipeline::new(dir.path(), &keyring);
     assert_eq!(p.keys.status(&device(KITCHEN), KeyId(1)), Some(KeyStatus::Revoked));
     // A device whose keys are all revoked is still known (listed), not unknown.
-    assert!(p.keys.devices().contains(&GARAGE.to_owned()));
+    assert!(p.keys.devices().contains(&device(GARAGE)));
     let stored = p.stored();
     let now = support::now_ms();
 
@@ -230,8 +227,8 @@ fn a_revoked_key_is_refused_and_changes_nothing() {
     );
     assert_eq!(p.counts(), (1, 2, 2, 0));
     let after = p.stored();
-    assert_eq!(after.windows.keys().collect::<Vec<_>>(), vec![&(KITCHEN.to_owned(), 2)]);
-    assert!(!after.devices.contains_key(GARAGE) && stored.windows.is_empty());
+    assert_eq!(after.windows.keys().collect::<Vec<_>>(), vec![&(device(KITCHEN), KeyId(2))]);
+    assert!(!after.devices.contains_key(&device(GARAGE)) && stored.windows.is_empty());
 }
 
 #[test]
@@ -244,7 +241,7 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
     let (old, new, garage) = (codec(1, &KEY_1), codec(2, &KEY_2), codec(1, &GARAGE_KEY));
 
     let (topic, payload) = seal(&old, KITCHEN, 5, &temperature("room", 20_000));
-    let accepted = IncomingFrame { topic: topic.into_bytes(), payload, received_ms: now };
+    let accepted = IncomingFrame { topic: topic.into_bytes(), payload, received: UnixMillis(now) };
     assert_eq!(p.receive(accepted.clone()), Ok(()));
     assert_eq!(
         p.send(&garage, GARAGE, 0, &temperature("bench", 1), now),
@@ -275,7 +272,8 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
     let line = changes.to_string();
     assert!(line.contains("devices added: garage") && line.contains(RETIRE_AT), "{line}");
     // The dashboard lists the new device before its first frame.
-    let listed: Vec<String> = p.live.devices().into_iter().map(|(id, _)| id).collect();
+    let listed: Vec<String> =
+        p.live.devices().into_iter().map(|(id, _)| id.as_str().to_owned()).collect();
     assert_eq!(listed, [GARAGE, KITCHEN]);
 
     // The window of (kitchen-pi, 1) survived: the frame accepted before is still a replay.

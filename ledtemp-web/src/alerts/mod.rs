@@ -26,8 +26,10 @@
 //! fires (it shows as firing) but is not sent, nor is its resolution; it is counted in
 //! [`EngineCounters::suppressed`].
 //!
-//! The [`Engine`] is sans-IO: it never reads a clock. Every [`AlertInput`] carries its receive
-//! time, [`Engine::handle_tick`] advances time for offline rules and
+//! The [`Engine`] is sans-IO: it never reads a clock. It takes the server's model of a verified
+//! frame (a [`DeviceUpdate`](crate::DeviceUpdate), which carries its receive time, with the
+//! device's state before it), [`Engine::handle_tick`] advances time for offline rules (asking
+//! the device states when each device was last heard from, through [`LastSeen`]) and
 //! [`Engine::poll_timeout`] says when that is next needed; notifications come out of
 //! [`Engine::poll_notification`]. [`Engine::export`] gives the whole state as plain serde
 //! data, and [`Engine::restore`] goes on from it: after a restart a firing alert stays firing
@@ -56,9 +58,9 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use ledtemp_web::alerts::{
-//!     AlertInput, Condition, Engine, NotificationKind, Rule, Threshold,
-//! };
+//! use ledtemp_core::{DeviceId, Message, MilliCelsius, SensorName, TemperatureReading, Uptime};
+//! use ledtemp_web::alerts::{Condition, Engine, NotificationKind, Rule, Threshold};
+//! use ledtemp_web::{DeviceState, DeviceUpdate, UnixMillis};
 //!
 //! let hot = Threshold::new("kitchen-pi", 30_000) // 30 °C
 //!     .sensor("room")
@@ -69,30 +71,34 @@
 //! let mut engine = Engine::new(vec![rule])?;
 //!
 //! let t0 = 1_700_000_000_000; // milliseconds since the Unix epoch
-//! let room = |milli_celsius, at_ms| AlertInput::Temperature {
-//!     device: "kitchen-pi".into(),
-//!     sensor: "room".into(),
-//!     milli_celsius,
-//!     at_ms,
+//! let kitchen = DeviceId::new("kitchen-pi")?;
+//! let room = |milli_celsius, at_ms| {
+//!     let reading = Message::Temperature(TemperatureReading {
+//!         sensor: SensorName::new("room").unwrap(),
+//!         temperature: MilliCelsius(milli_celsius),
+//!         uptime: Uptime(0),
+//!     });
+//!     DeviceUpdate::from_message(kitchen.clone(), UnixMillis(at_ms), &reading)
 //! };
-//! engine.handle(&room(31_000, t0));
+//! let before = DeviceState::default(); // the device's state before each update
+//! engine.handle(&room(31_000, t0), &before);
 //! assert!(engine.poll_notification().is_none()); // pending: not a minute yet
-//! engine.handle(&room(31_500, t0 + 60_000));
+//! engine.handle(&room(31_500, t0 + 60_000), &before);
 //! let alert = engine.poll_notification().unwrap();
 //! assert_eq!(alert.kind, NotificationKind::Firing);
 //! assert!(alert.text.starts_with("ALERT kitchen-pi/room 31.5 °C, at or above 30.0 °C"));
 //!
-//! engine.handle(&room(29_000, t0 + 120_000)); // inside the hysteresis: still firing
+//! engine.handle(&room(29_000, t0 + 120_000), &before); // inside the hysteresis: still firing
 //! assert!(engine.poll_notification().is_none());
 //!
 //! // A restart: the state goes to the database and comes back; nothing is sent again.
 //! let saved = serde_json::to_string(&engine.export())?;
 //! let rules = engine.rules().to_vec();
 //! let mut engine = Engine::restore(rules, serde_json::from_str(&saved)?, t0 + 180_000)?;
-//! engine.handle(&room(31_000, t0 + 180_000));
+//! engine.handle(&room(31_000, t0 + 180_000), &before);
 //! assert!(engine.poll_notification().is_none());
 //!
-//! engine.handle(&room(27_900, t0 + 240_000));
+//! engine.handle(&room(27_900, t0 + 240_000), &before);
 //! assert_eq!(engine.poll_notification().unwrap().kind, NotificationKind::Resolved);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -103,17 +109,24 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+mod config;
+mod driver;
 mod notify;
 mod rules;
 mod twilio;
 mod webhook;
+
+pub(crate) use config::AlertSection;
+pub use config::{AlertsConfig, NotifierKind, NotifierSettings};
+pub use driver::{ALERT_QUEUE, AlertBoard, AlertsSnapshot, NotifierStatus};
+pub(crate) use driver::{AlertRunner, DeliveryQueue, run_alert_deliveries};
 
 pub use notify::{
     AnyNotifier, CapState, DEFAULT_DAILY_CAP, Delivery, DeliveryCounters, DeliveryPolicy,
     LogNotifier, MAX_RESPONSE_BODY, Notifier, Sent, Sleeper, TokioSleeper,
 };
 pub use rules::{
-    Alert, AlertInput, AlertKey, AlertState, Condition, Engine, EngineCounters, EngineState,
+    Alert, AlertKey, AlertState, Condition, Engine, EngineCounters, EngineState, LastSeen,
     MAX_RECENT, MAX_RULE_ID_LEN, MAX_TRACKED, Notification, NotificationKind, Rule, Threshold,
 };
 pub use twilio::{

@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledtemp_core::{Message, NodeStatus, StatusReport};
+use ledtemp_core::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use super::AlertError;
-use crate::state::rfc3339;
-use crate::store::AcceptedFrame;
+use crate::model::{DeviceState, DeviceUpdate, LedPoint, Observation, UnixMillis, duration_ms};
 
 /// How many resolved alerts and LED notices [`Engine::recent`] keeps (oldest dropped first).
 pub const MAX_RECENT: usize = 100;
@@ -181,100 +180,17 @@ impl Threshold {
     }
 }
 
-/// One input: something the server verified. Each carries its receive time, milliseconds since
-/// the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AlertInput {
-    /// A temperature reading.
-    Temperature {
-        /// Device id.
-        device: String,
-        /// Sensor name.
-        sensor: String,
-        /// Thousandths of a degree Celsius.
-        milli_celsius: i32,
-        /// Receive time.
-        at_ms: i64,
-    },
-    /// An LED state (a change, or a state listed in an online status).
-    Led {
-        /// Device id.
-        device: String,
-        /// LED name.
-        led: String,
-        /// Lit or not.
-        on: bool,
-        /// Receive time.
-        at_ms: i64,
-    },
-    /// An online status, or any other sign of life.
-    Online {
-        /// Device id.
-        device: String,
-        /// Receive time.
-        at_ms: i64,
-    },
-    /// The device's sealed Last Will: it went away.
-    Offline {
-        /// Device id.
-        device: String,
-        /// Receive time.
-        at_ms: i64,
-    },
+/// Where the engine asks when a device was last heard from (its offline countdowns): the
+/// server's device states, which the engine does not keep a copy of.
+pub trait LastSeen {
+    /// When any accepted frame of `device` last arrived, milliseconds since the Unix epoch.
+    fn last_seen(&self, device: &str) -> Option<i64>;
 }
 
-impl AlertInput {
-    /// The inputs an accepted frame stands for, in the order to handle them: a reading or LED
-    /// change gives one; an online status gives `Online` and then each LED it lists; the Last
-    /// Will gives `Offline`.
-    pub fn from_frame(frame: &AcceptedFrame) -> Vec<AlertInput> {
-        let device = frame.device.as_str().to_owned();
-        let at_ms = frame.received_ms;
-        match &frame.message {
-            Message::Temperature(reading) => vec![AlertInput::Temperature {
-                device,
-                sensor: reading.sensor.as_str().to_owned(),
-                milli_celsius: reading.temperature.0,
-                at_ms,
-            }],
-            Message::Led(change) => vec![AlertInput::Led {
-                device,
-                led: change.led.as_str().to_owned(),
-                on: change.state.is_on(),
-                at_ms,
-            }],
-            Message::Status(StatusReport { status: NodeStatus::Online { leds }, .. }) => {
-                let mut inputs = vec![AlertInput::Online { device: device.clone(), at_ms }];
-                inputs.extend(leds.iter().map(|status| AlertInput::Led {
-                    device: device.clone(),
-                    led: status.led.as_str().to_owned(),
-                    on: status.state.is_on(),
-                    at_ms,
-                }));
-                inputs
-            }
-            Message::Status(StatusReport { status: NodeStatus::Offline, .. }) => {
-                vec![AlertInput::Offline { device, at_ms }]
-            }
-        }
-    }
-
-    fn device(&self) -> &str {
-        match self {
-            AlertInput::Temperature { device, .. }
-            | AlertInput::Led { device, .. }
-            | AlertInput::Online { device, .. }
-            | AlertInput::Offline { device, .. } => device,
-        }
-    }
-
-    fn at_ms(&self) -> i64 {
-        match self {
-            AlertInput::Temperature { at_ms, .. }
-            | AlertInput::Led { at_ms, .. }
-            | AlertInput::Online { at_ms, .. }
-            | AlertInput::Offline { at_ms, .. } => *at_ms,
-        }
+impl LastSeen for BTreeMap<DeviceId, DeviceState> {
+    fn last_seen(&self, device: &str) -> Option<i64> {
+        let device = DeviceId::new(device).ok()?;
+        self.get(&device).and_then(|state| state.last_seen).map(UnixMillis::as_millis)
     }
 }
 
@@ -388,8 +304,6 @@ pub struct EngineState {
     active: Vec<Alert>,
     recent: Vec<Alert>,
     last_notified: Vec<Cooldown>,
-    devices: Vec<DeviceSeen>,
-    leds: Vec<LedSeen>,
     counters: EngineCounters,
 }
 
@@ -397,19 +311,6 @@ pub struct EngineState {
 struct Cooldown {
     key: AlertKey,
     at_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct DeviceSeen {
-    device: String,
-    last_seen_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LedSeen {
-    device: String,
-    led: String,
-    on: bool,
 }
 
 /// The alert rules engine.
@@ -426,8 +327,6 @@ pub struct Engine {
     active: BTreeMap<AlertKey, Alert>,
     recent: VecDeque<Alert>,
     last_notified: BTreeMap<AlertKey, i64>,
-    last_seen: BTreeMap<String, i64>,
-    leds: BTreeMap<(String, String), bool>,
     watch_from_ms: Option<i64>,
     counters: EngineCounters,
     outbox: VecDeque<Notification>,
@@ -452,8 +351,6 @@ impl Engine {
             active: BTreeMap::new(),
             recent: VecDeque::new(),
             last_notified: BTreeMap::new(),
-            last_seen: BTreeMap::new(),
-            leds: BTreeMap::new(),
             watch_from_ms: None,
             counters: EngineCounters::default(),
             outbox: VecDeque::new(),
@@ -504,14 +401,6 @@ impl Engine {
         engine.active = active;
         engine.last_notified = last_notified;
         engine.recent = state.recent.into_iter().take(MAX_RECENT).collect();
-        engine.last_seen = state
-            .devices
-            .into_iter()
-            .take(MAX_TRACKED)
-            .map(|d| (d.device, d.last_seen_ms))
-            .collect();
-        engine.leds =
-            state.leds.into_iter().take(MAX_TRACKED).map(|l| ((l.device, l.led), l.on)).collect();
         engine.next_id = state.next_id.max(max_id.saturating_add(1)).max(1);
         engine.counters = state.counters;
         engine.watch_from_ms = Some(now_ms);
@@ -531,22 +420,18 @@ impl Engine {
                 .iter()
                 .map(|(key, at_ms)| Cooldown { key: key.clone(), at_ms: *at_ms })
                 .collect(),
-            devices: self
-                .last_seen
-                .iter()
-                .map(|(device, at)| DeviceSeen { device: device.clone(), last_seen_ms: *at })
-                .collect(),
-            leds: self
-                .leds
-                .iter()
-                .map(|((device, led), on)| LedSeen {
-                    device: device.clone(),
-                    led: led.clone(),
-                    on: *on,
-                })
-                .collect(),
             counters: self.counters,
         }
+    }
+
+    /// Whether `other` holds the same state as this engine: what [`Engine::export`] would
+    /// write (the pipeline uses it to store the state only when a batch changed it).
+    pub fn same_state(&self, other: &Engine) -> bool {
+        self.next_id == other.next_id
+            && self.counters == other.counters
+            && self.active == other.active
+            && self.recent == other.recent
+            && self.last_notified == other.last_notified
     }
 
     /// The rules, as given.
@@ -577,7 +462,7 @@ impl Engine {
     /// When [`Engine::handle_tick`] should be called next (milliseconds since the Unix epoch):
     /// the earliest time a watched device would count as offline. `None` when no offline rule
     /// waits on a deadline (call `handle_tick` at least once at start so watching begins).
-    pub fn poll_timeout(&self) -> Option<i64> {
+    pub fn poll_timeout(&self, devices: &impl LastSeen) -> Option<i64> {
         self.rules
             .iter()
             .filter_map(|rule| match &rule.condition {
@@ -586,7 +471,7 @@ impl Engine {
                     if self.active.contains_key(&key) {
                         None
                     } else {
-                        self.offline_deadline(device, *after)
+                        self.offline_deadline(devices, device, *after)
                     }
                 }
                 _ => None,
@@ -601,8 +486,9 @@ impl Engine {
         self.watch_from_ms = Some(now_ms);
     }
 
-    /// Advances time to `now_ms`: devices silent for their rule's `after` go offline.
-    pub fn handle_tick(&mut self, now_ms: i64) {
+    /// Advances time to `now_ms`: devices silent for their rule's `after` go offline. When a
+    /// device was last heard from comes from `devices`.
+    pub fn handle_tick(&mut self, now_ms: i64, devices: &impl LastSeen) {
         if self.watch_from_ms.is_none() {
             self.watch_from_ms = Some(now_ms);
         }
@@ -613,9 +499,11 @@ impl Engine {
                 if self.active.contains_key(&key) {
                     continue;
                 }
-                let Some(deadline) = self.offline_deadline(device, *after) else { continue };
+                let Some(deadline) = self.offline_deadline(devices, device, *after) else {
+                    continue;
+                };
                 if now_ms >= deadline {
-                    let since = self.last_seen.get(device.as_str()).copied().or(self.watch_from_ms);
+                    let since = devices.last_seen(device).or(self.watch_from_ms);
                     let text = format!(
                         "ALERT {device} offline: no frame for {} s (rule {})",
                         after.as_secs(),
@@ -634,16 +522,18 @@ impl Engine {
         });
     }
 
-    /// Handles one verified input.
-    pub fn handle(&mut self, input: &AlertInput) {
-        let device = input.device();
-        let at_ms = input.at_ms();
+    /// Handles one verified update; `before` is its device's state before it (the previous LED
+    /// states, against which a change is detected).
+    pub fn handle(&mut self, update: &DeviceUpdate, before: &DeviceState) {
+        let device = update.device.as_str();
+        let at_ms = update.at.as_millis();
         let rules = Arc::clone(&self.rules);
-        if !matches!(input, AlertInput::Offline { .. }) {
+        if update.says_online() {
             self.seen(&rules, device, at_ms);
         }
-        match input {
-            AlertInput::Temperature { sensor, milli_celsius, .. } => {
+        match &update.observation {
+            Observation::Temperature(point) => {
+                let sensor = point.sensor.as_str();
                 for rule in rules.iter() {
                     let (threshold, above) = match &rule.condition {
                         Condition::TemperatureAbove(t) => (t, true),
@@ -651,13 +541,17 @@ impl Engine {
                         _ => continue,
                     };
                     if threshold.applies_to(device, sensor) {
-                        self.temperature(rule, threshold, above, sensor, *milli_celsius, at_ms);
+                        let value = point.temperature.0;
+                        self.temperature(rule, threshold, above, sensor, value, at_ms);
                     }
                 }
             }
-            AlertInput::Led { led, on, .. } => self.led(&rules, device, led, *on, at_ms),
-            AlertInput::Online { .. } => {}
-            AlertInput::Offline { .. } => {
+            Observation::Led(_) | Observation::Online { .. } => {
+                for point in update.leds() {
+                    self.led(&rules, device, point, before, at_ms);
+                }
+            }
+            Observation::Offline => {
                 for rule in rules.iter() {
                     if let Condition::Offline { device: watched, .. } = &rule.condition
                         && watched == device
@@ -676,8 +570,13 @@ impl Engine {
         }
     }
 
-    fn offline_deadline(&self, device: &str, after: Duration) -> Option<i64> {
-        let seen = self.last_seen.get(device).copied();
+    fn offline_deadline(
+        &self,
+        devices: &impl LastSeen,
+        device: &str,
+        after: Duration,
+    ) -> Option<i64> {
+        let seen = devices.last_seen(device);
         let from = match (seen, self.watch_from_ms) {
             (Some(seen), Some(watch)) => seen.max(watch),
             (Some(at), None) | (None, Some(at)) => at,
@@ -686,15 +585,15 @@ impl Engine {
         Some(from.saturating_add(duration_ms(after)))
     }
 
-    /// A sign of life from `device`: restarts its offline countdown, resolves its offline alert.
+    /// A sign of life from `device`: resolves its offline alert (its countdown restarts by
+    /// itself: it counts from the device's last frame).
     fn seen(&mut self, rules: &[Rule], device: &str, at_ms: i64) {
-        let mut watched = false;
         for rule in rules {
             if let Condition::Offline { device: d, .. } = &rule.condition
                 && d == device
             {
-                watched = true;
                 let key = offline_key(rule, device);
+                // A frame older than the firing (out of order) does not prove it is back.
                 let back = self
                     .active
                     .get(&key)
@@ -702,16 +601,6 @@ impl Engine {
                 if back {
                     self.resolve(rule, &key, at_ms, format!("RESOLVED {device} is back online"));
                 }
-            }
-        }
-        if watched {
-            let room = self.last_seen.len() < MAX_TRACKED;
-            match self.last_seen.get_mut(device) {
-                Some(seen) => *seen = (*seen).max(at_ms),
-                None if room => {
-                    self.last_seen.insert(device.to_owned(), at_ms);
-                }
-                None => self.counters.untracked += 1,
             }
         }
     }
@@ -789,28 +678,22 @@ impl Engine {
         }
     }
 
-    fn led(&mut self, rules: &[Rule], device: &str, led: &str, on: bool, at_ms: i64) {
+    fn led(
+        &mut self,
+        rules: &[Rule],
+        device: &str,
+        point: &LedPoint,
+        before: &DeviceState,
+        at_ms: i64,
+    ) {
+        let (led, on) = (point.led.as_str(), point.state.is_on());
         let watched = |rule: &&Rule| {
             matches!(&rule.condition, Condition::LedChange { device: d, led: l }
                 if d == device && l.as_deref().is_none_or(|l| l == led))
         };
-        if !rules.iter().any(|rule| watched(&rule)) {
-            return;
-        }
-        let id = (device.to_owned(), led.to_owned());
-        let room = self.leds.len() < MAX_TRACKED;
-        let previous = match self.leds.get_mut(&id) {
-            Some(state) => Some(std::mem::replace(state, on)),
-            None if room => {
-                self.leds.insert(id, on);
-                None
-            }
-            None => {
-                self.counters.untracked += 1;
-                return;
-            }
-        };
-        if previous != Some(!on) {
+        // The first state seen of an LED is not a change.
+        let previous = before.leds.get(&point.led).map(|p| p.state.is_on());
+        if previous != Some(!on) || !rules.iter().any(|rule| watched(&rule)) {
             return;
         }
         for rule in rules.iter().filter(watched) {
@@ -923,7 +806,7 @@ impl Engine {
             at_ms,
             milli_celsius: alert.milli_celsius,
             led_on: alert.led_on,
-            text: format!("{text} at {}", rfc3339(at_ms)),
+            text: format!("{text} at {}", UnixMillis(at_ms)),
         });
     }
 
@@ -960,24 +843,37 @@ fn celsius(milli: i64) -> String {
     format!("{sign}{}.{}", tenths / 10, tenths % 10)
 }
 
-/// A duration in whole milliseconds, saturating at `i64::MAX`.
-fn duration_ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use ledtemp_core::{
+        LedChange, LedName, LedState, Message, MilliCelsius, SensorName, TemperatureReading, Uptime,
+    };
+
     const T0: i64 = 1_700_000_000_000;
 
-    fn reading(sensor: &str, milli_celsius: i32, at_ms: i64) -> AlertInput {
-        AlertInput::Temperature {
-            device: "kitchen-pi".into(),
-            sensor: sensor.into(),
-            milli_celsius,
-            at_ms,
-        }
+    type Devices = BTreeMap<DeviceId, DeviceState>;
+
+    fn update(message: &Message, at_ms: i64) -> DeviceUpdate {
+        let device = DeviceId::new("kitchen-pi").unwrap();
+        DeviceUpdate::from_message(device, UnixMillis(at_ms), message)
+    }
+
+    fn reading(sensor: &str, milli_celsius: i32, at_ms: i64) -> DeviceUpdate {
+        let message = Message::Temperature(TemperatureReading {
+            sensor: SensorName::new(sensor).unwrap(),
+            temperature: MilliCelsius(milli_celsius),
+            uptime: Uptime(0),
+        });
+        update(&message, at_ms)
+    }
+
+    /// Feeds `update` as the pipeline does: with its device's state before it, then applied.
+    fn feed(engine: &mut Engine, devices: &mut Devices, update: &DeviceUpdate) {
+        let state = devices.entry(update.device.clone()).or_default();
+        engine.handle(update, state);
+        state.apply(update);
     }
 
     fn drain(engine: &mut Engine) -> Vec<Notification> {
@@ -1012,16 +908,17 @@ mod tests {
             Condition::TemperatureBelow(Threshold::new("kitchen-pi", 5_000).hysteresis(1_000)),
         );
         let mut engine = Engine::new(vec![rule]).unwrap();
-        engine.handle(&reading("cpu", 5_001, T0));
+        let mut devices = Devices::new();
+        feed(&mut engine, &mut devices, &reading("cpu", 5_001, T0));
         assert!(drain(&mut engine).is_empty());
-        engine.handle(&reading("cpu", 5_000, T0 + 1));
+        feed(&mut engine, &mut devices, &reading("cpu", 5_000, T0 + 1));
         let fired = drain(&mut engine);
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].kind, NotificationKind::Firing);
         assert!(fired[0].text.starts_with("ALERT kitchen-pi/cpu 5.0 °C, at or below 5.0 °C"));
-        engine.handle(&reading("cpu", 6_000, T0 + 2));
+        feed(&mut engine, &mut devices, &reading("cpu", 6_000, T0 + 2));
         assert!(drain(&mut engine).is_empty(), "6.0 is not above 5.0 + 1.0");
-        engine.handle(&reading("cpu", 6_001, T0 + 3));
+        feed(&mut engine, &mut devices, &reading("cpu", 6_001, T0 + 3));
         assert_eq!(drain(&mut engine)[0].kind, NotificationKind::Resolved);
     }
 
@@ -1029,9 +926,10 @@ mod tests {
     fn sensorless_rule_tracks_each_sensor() {
         let rule = Rule::new("hot", Condition::TemperatureAbove(Threshold::new("kitchen-pi", 0)));
         let mut engine = Engine::new(vec![rule]).unwrap();
-        engine.handle(&reading("cpu", 1, T0));
-        engine.handle(&reading("room", 1, T0));
-        engine.handle(&reading("cpu", 1, T0 + 1));
+        let mut devices = Devices::new();
+        feed(&mut engine, &mut devices, &reading("cpu", 1, T0));
+        feed(&mut engine, &mut devices, &reading("room", 1, T0));
+        feed(&mut engine, &mut devices, &reading("cpu", 1, T0 + 1));
         let subjects: Vec<_> =
             drain(&mut engine).into_iter().map(|n| n.subject.unwrap_or_default()).collect();
         assert_eq!(subjects, ["cpu", "room"]);
@@ -1046,22 +944,25 @@ mod tests {
         )
         .with_cooldown(Duration::from_secs(60));
         let mut engine = Engine::new(vec![rule]).unwrap();
-        let led = |name: &str, on, at_ms| AlertInput::Led {
-            device: "kitchen-pi".into(),
-            led: name.into(),
-            on,
-            at_ms,
+        let mut devices = Devices::new();
+        let led = |name: &str, on: bool, at_ms| {
+            let change = LedChange {
+                led: LedName::new(name).unwrap(),
+                state: LedState::from(on),
+                uptime: Uptime(0),
+            };
+            update(&Message::Led(change), at_ms)
         };
-        engine.handle(&led("red", false, T0));
-        engine.handle(&led("red", false, T0 + 1));
-        engine.handle(&led("green", true, T0 + 1));
-        engine.handle(&led("green", false, T0 + 1));
+        feed(&mut engine, &mut devices, &led("red", false, T0));
+        feed(&mut engine, &mut devices, &led("red", false, T0 + 1));
+        feed(&mut engine, &mut devices, &led("green", true, T0 + 1));
+        feed(&mut engine, &mut devices, &led("green", false, T0 + 1));
         assert!(drain(&mut engine).is_empty());
-        engine.handle(&led("red", true, T0 + 2));
+        feed(&mut engine, &mut devices, &led("red", true, T0 + 2));
         let sent = drain(&mut engine);
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].kind, sent[0].led_on), (NotificationKind::LedChanged, Some(true)));
-        engine.handle(&led("red", false, T0 + 3));
+        feed(&mut engine, &mut devices, &led("red", false, T0 + 3));
         assert!(drain(&mut engine).is_empty(), "within the cooldown");
         assert_eq!(engine.counters().suppressed, 1);
         assert_eq!(engine.recent().map(|a| a.state).collect::<Vec<_>>(), [AlertState::Notice; 2]);
@@ -1074,20 +975,21 @@ mod tests {
             Condition::Offline { device: "kitchen-pi".into(), after: Duration::from_secs(60) },
         );
         let mut engine = Engine::new(vec![rule]).unwrap();
-        assert_eq!(engine.poll_timeout(), None);
-        engine.handle_tick(T0);
-        assert_eq!(engine.poll_timeout(), Some(T0 + 60_000));
-        engine.handle_tick(T0 + 59_999);
+        let mut devices = Devices::new();
+        assert_eq!(engine.poll_timeout(&devices), None);
+        engine.handle_tick(T0, &devices);
+        assert_eq!(engine.poll_timeout(&devices), Some(T0 + 60_000));
+        engine.handle_tick(T0 + 59_999, &devices);
         assert!(drain(&mut engine).is_empty());
-        engine.handle_tick(T0 + 60_000);
+        engine.handle_tick(T0 + 60_000, &devices);
         let sent = drain(&mut engine);
         assert_eq!(sent.len(), 1);
         assert!(sent[0].text.contains("no frame for 60 s"), "{}", sent[0].text);
-        assert_eq!(engine.poll_timeout(), None, "already firing");
-        engine.handle_tick(T0 + 120_000);
+        assert_eq!(engine.poll_timeout(&devices), None, "already firing");
+        engine.handle_tick(T0 + 120_000, &devices);
         assert!(drain(&mut engine).is_empty(), "not sent twice while firing");
-        engine.handle(&reading("cpu", 20_000, T0 + 130_000));
+        feed(&mut engine, &mut devices, &reading("cpu", 20_000, T0 + 130_000));
         assert_eq!(drain(&mut engine)[0].kind, NotificationKind::Resolved);
-        assert_eq!(engine.poll_timeout(), Some(T0 + 190_000));
+        assert_eq!(engine.poll_timeout(&devices), Some(T0 + 190_000));
     }
 }

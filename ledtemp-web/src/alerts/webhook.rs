@@ -63,7 +63,8 @@ impl Webhook {
 
 impl Notifier for Webhook {
     async fn send(&self, notification: &Notification) -> Result<Sent, AlertError> {
-        let payload = Payload { notification, at: crate::state::rfc3339(notification.at_ms) };
+        let payload =
+            Payload { notification, at: crate::model::UnixMillis(notification.at_ms).to_rfc3339() };
         let mut request = self.client.post(self.url.clone()).json(&payload);
         if let Some(token) = &self.bearer {
             request = request.bearer_auth(token.expose());

@@ -1,75 +1,30 @@
-//! `GET /api/devices`, `GET /api/devices/{id}/temperature`, `GET /api/stats`.
+//! `GET /api/devices`, `GET /api/devices/{id}/temperature`, `GET /api/stats`, `GET /api/alerts`.
+//! The JSON of devices and readings is the model's (`crate::model`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use jiff::Timestamp;
+use ledtemp_core::{DeviceId, SensorName};
 use serde::{Deserialize, Serialize};
 
 use super::{AppError, AppState};
-use crate::alert_driver::AlertsSnapshot;
-use crate::state::{StatsSnapshot, now_ms, rfc3339};
+use crate::alerts::AlertsSnapshot;
+use crate::live::StatsSnapshot;
+use crate::model::{TemperaturePoint, UnixMillis};
+use crate::store::HistoryQuery;
 
 /// Most points one history request returns (the most recent ones in the range).
 pub const MAX_HISTORY_POINTS: usize = 10_000;
 
 /// The default history range: the last hour.
-const DEFAULT_RANGE_MS: i64 = 60 * 60 * 1000;
+const DEFAULT_RANGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
-#[derive(Debug, Serialize)]
-pub(crate) struct DeviceJson {
-    id: String,
-    online: bool,
-    /// `null` for a keyring device never heard from.
-    last_seen: Option<String>,
-    leds: Vec<LedJson>,
-    temperatures: Vec<TemperatureJson>,
-}
-
-#[derive(Debug, Serialize)]
-struct LedJson {
-    led: String,
-    on: bool,
-    at: String,
-}
-
-#[derive(Debug, Serialize)]
-struct TemperatureJson {
-    sensor: String,
-    celsius: f64,
-    at: String,
-}
-
-pub(crate) async fn devices(State(state): State<AppState>) -> Json<Vec<DeviceJson>> {
-    let now = now_ms();
-    let devices = state
-        .live
-        .devices()
-        .into_iter()
-        .map(|(id, device)| DeviceJson {
-            online: state.live.is_online(&device, now),
-            last_seen: device.last_seen_ms.map(rfc3339),
-            leds: device
-                .leds
-                .iter()
-                .map(|(led, &(on, at))| LedJson { led: led.clone(), on, at: rfc3339(at) })
-                .collect(),
-            temperatures: device
-                .temperatures
-                .iter()
-                .map(|(sensor, &(milli, at))| TemperatureJson {
-                    sensor: sensor.clone(),
-                    celsius: f64::from(milli) / 1000.0,
-                    at: rfc3339(at),
-                })
-                .collect(),
-            id,
-        })
-        .collect();
-    Json(devices)
+/// Every device: `[{"id", "online", "last_seen", "leds": [..], "temperatures": [..]}]`.
+pub(crate) async fn devices(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.live.summaries(UnixMillis::now()))
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct HistoryQuery {
+pub(crate) struct HistoryParams {
     since: Option<String>,
     until: Option<String>,
     sensor: Option<String>,
@@ -77,64 +32,55 @@ pub(crate) struct HistoryQuery {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct HistoryJson {
-    device: String,
-    points: Vec<PointJson>,
+    device: DeviceId,
+    points: Vec<TemperaturePoint>,
 }
 
-#[derive(Debug, Serialize)]
-struct PointJson {
-    sensor: String,
-    at: String,
-    celsius: f64,
-}
-
-fn parse_time(name: &str, value: Option<&str>, default: i64) -> Result<i64, AppError> {
+fn parse_time(
+    name: &str,
+    value: Option<&str>,
+    default: UnixMillis,
+) -> Result<UnixMillis, AppError> {
     match value {
         None => Ok(default),
-        Some(text) => text
-            .parse::<Timestamp>()
-            .map(|t| t.as_millisecond())
+        Some(text) => UnixMillis::parse_rfc3339(text)
             .map_err(|e| AppError::BadRequest(format!("{name}={text:?}: {e}"))),
     }
 }
 
+/// `{"device", "points": [{"sensor", "celsius", "at"}, ..]}`, oldest first; `since` and `until`
+/// (RFC 3339) default to the last hour, `sensor` to every sensor.
 pub(crate) async fn temperature(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<HistoryJson>, AppError> {
-    let Query(query) = query.map_err(|e| AppError::BadRequest(e.to_string()))?;
-    if ledtemp_core::DeviceId::new(&id).is_err() || !state.live.knows(&id) {
+    let Query(params) = params.map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let device = DeviceId::new(&id).map_err(|_| AppError::NotFound)?;
+    if !state.live.knows(&device) {
         return Err(AppError::NotFound);
     }
-    if let Some(sensor) = &query.sensor {
-        ledtemp_core::SensorName::new(sensor)
-            .map_err(|_| AppError::BadRequest(format!("sensor={sensor:?}")))?;
-    }
-    let now = now_ms();
-    let until = parse_time("until", query.until.as_deref(), now)?;
-    let since =
-        parse_time("since", query.since.as_deref(), until.saturating_sub(DEFAULT_RANGE_MS))?;
+    let sensor = params
+        .sensor
+        .as_deref()
+        .map(SensorName::new)
+        .transpose()
+        .map_err(|_| AppError::BadRequest(format!("sensor={:?}", params.sensor)))?;
+    let until = parse_time("until", params.until.as_deref(), UnixMillis::now())?;
+    let since = parse_time("since", params.since.as_deref(), until.saturating_sub(DEFAULT_RANGE))?;
     if since > until {
         return Err(AppError::BadRequest(format!("since {since} after until {until}")));
     }
-    let reader = state.history.clone();
-    let device = id.clone();
-    let points = tokio::task::spawn_blocking(move || {
-        reader.temperatures(&device, query.sensor.as_deref(), since, until, MAX_HISTORY_POINTS)
+    let query = HistoryQuery { device, sensor, since, until, limit: MAX_HISTORY_POINTS };
+    let history = std::sync::Arc::clone(&state.history);
+    let (query, points) = tokio::task::spawn_blocking(move || {
+        let points = history.temperatures(&query);
+        (query, points)
     })
     .await
-    .map_err(|e| AppError::Internal(e.to_string()))?
     .map_err(|e| AppError::Internal(e.to_string()))?;
-    let points = points
-        .into_iter()
-        .map(|p| PointJson {
-            sensor: p.sensor,
-            at: rfc3339(p.at_ms),
-            celsius: f64::from(p.milli_celsius) / 1000.0,
-        })
-        .collect();
-    Ok(Json(HistoryJson { device: id, points }))
+    let points = points.map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(Json(HistoryJson { device: query.device, points }))
 }
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<StatsSnapshot> {

@@ -238,18 +238,13 @@ fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Paths anyone may request: the probe, the login page and endpoints, the static assets.
-fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/login" | "/auth/login" | "/auth/login-token")
-        || path.starts_with("/assets/")
-}
+/// Marks a request that presented a valid API token or an open session.
+#[derive(Debug, Clone, Copy)]
+struct Authenticated;
 
-/// Paths a program reads (401 without login), unlike pages (sent to the login page).
-fn is_api(path: &str) -> bool {
-    path.starts_with("/api/") || path == "/metrics" || path.starts_with("/auth/")
-}
-
-/// The checks every request passes before its handler; see the module documentation.
+/// The checks every request passes before routing; see the module documentation. It finds out
+/// who is asking (a valid token or session is marked on the request); whether a route needs that
+/// is the router's structure ([`require_login`], [`require_login_page`]).
 pub(crate) async fn guard(
     State(state): State<AppState>,
     mut request: Request,
@@ -264,11 +259,10 @@ pub(crate) async fn guard(
     if declared.is_some_and(|len| len > MAX_REQUEST_BODY as u64) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
     }
-    let path = request.uri().path().to_owned();
     if !matches!(*request.method(), Method::GET | Method::HEAD)
         && let Err(why) = same_origin(request.headers())
     {
-        return access.csrf_rejected(why, &path);
+        return access.csrf_rejected(why, request.uri().path());
     }
     let ip = request
         .extensions()
@@ -280,25 +274,46 @@ pub(crate) async fn guard(
     }
     if let Some(value) = request.headers().get(AUTHORIZATION) {
         let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-        if token.is_some_and(|token| access.token_valid(token.trim())) {
-            return next.run(request).await;
+        if !token.is_some_and(|token| access.token_valid(token.trim())) {
+            return unauthorized();
         }
-        return unauthorized();
+        request.extensions_mut().insert(Authenticated);
+        return next.run(request).await;
     }
     let session = cookie(request.headers(), access.session_cookie_name()).and_then(|id| {
         let key = SessionKey::of(id);
         let csrf = lock(&access.sessions).touch(&key, Instant::now())?;
         Some(SessionContext { key, csrf })
     });
-    match session {
-        Some(session) => {
-            request.extensions_mut().insert(session);
-            next.run(request).await
-        }
-        None if is_public(&path) => next.run(request).await,
-        None if is_api(&path) => unauthorized(),
-        None => see_other("/login"),
+    if let Some(session) = session {
+        request.extensions_mut().insert(session);
+        request.extensions_mut().insert(Authenticated);
     }
+    next.run(request).await
+}
+
+/// Whether the request may reach a protected route.
+fn admitted(access: &AccessControl, request: &Request) -> bool {
+    !access.required || request.extensions().get::<Authenticated>().is_some()
+}
+
+/// The layer of the routes a program reads (API, events, metrics, session): without a login,
+/// 401.
+pub(crate) async fn require_login(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if admitted(&state.access, &request) { next.run(request).await } else { unauthorized() }
+}
+
+/// The layer of the pages: without a login, sent to the login page (303).
+pub(crate) async fn require_login_page(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if admitted(&state.access, &request) { next.run(request).await } else { see_other("/login") }
 }
 
 fn unauthorized() -> Response {

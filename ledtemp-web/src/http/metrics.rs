@@ -8,11 +8,11 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::RejectReason;
-use crate::alert_driver::AlertDriver;
+use crate::alerts::AlertBoard;
 
 /// The alert engine's counters and each notifier's deliveries. Notifier names come from the
 /// server's own configuration, but are escaped as Prometheus label values all the same.
-fn alert_metrics(out: &mut String, alerts: &AlertDriver) {
+fn alert_metrics(out: &mut String, alerts: &AlertBoard) {
     let engine = alerts.engine_counters();
     for (name, help, value) in [
         ("ledtemp_alerts_fired_total", "Alerts that fired (notified or suppressed).", engine.fired),

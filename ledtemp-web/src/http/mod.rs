@@ -30,9 +30,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::alert_driver::AlertDriver;
-use crate::state::LiveState;
-use crate::store::HistoryReader;
+use crate::alerts::AlertBoard;
+use crate::live::LiveState;
+use crate::store::HistoryStore;
 
 /// The policy on every response: only this origin, no inline script or style, no framing.
 pub const CONTENT_SECURITY_POLICY_VALUE: &str =
@@ -43,10 +43,10 @@ pub const CONTENT_SECURITY_POLICY_VALUE: &str =
 pub struct AppState {
     /// Counters, device caches and the event channel.
     pub live: Arc<LiveState>,
-    /// The database, read-only, for history.
-    pub history: HistoryReader,
-    /// The alert engine and notifiers; `None` when no rule is configured.
-    pub alerts: Option<Arc<AlertDriver>>,
+    /// History queries.
+    pub history: Arc<dyn HistoryStore>,
+    /// Alerts and notifiers; `None` when no rule is configured.
+    pub alerts: Option<Arc<AlertBoard>>,
     /// Login, sessions, API tokens ([`AccessControl::open`]: no login).
     pub access: Arc<AccessControl>,
 }
@@ -55,11 +55,18 @@ pub struct AppState {
 /// the access checks, a body limit of [`MAX_REQUEST_BODY`] and security headers on every
 /// request. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that the
 /// login rate limit sees client addresses (without, all clients share one limit).
+///
+/// Which routes need a login is the router's structure: the public routes (health probe, login
+/// page and endpoints, static assets), the API routes behind a layer that answers 401 without a
+/// login, and the dashboard page behind one that sends the browser to `/login`.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let public = Router::new()
+        .route("/healthz", get(health::healthz))
         .route("/login", get(auth::login_page))
         .route("/auth/login-token", get(auth::login_token))
         .route("/auth/login", post(auth::login))
+        .merge(crate::dashboard::asset_routes());
+    let api = Router::new()
         .route("/auth/logout", post(auth::logout))
         .route("/auth/session", get(auth::session_info))
         .route("/api/devices", get(api::devices))
@@ -67,9 +74,14 @@ pub fn app(state: AppState) -> Router {
         .route("/api/stats", get(api::stats))
         .route("/api/alerts", get(api::alerts))
         .route("/api/events", get(sse::events))
-        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
-        .merge(crate::dashboard::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_login));
+    let pages = crate::dashboard::page_routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_login_page));
+    Router::new()
+        .merge(public)
+        .merge(api)
+        .merge(pages)
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))

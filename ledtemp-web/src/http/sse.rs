@@ -13,7 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
 use super::auth::{AccessControl, SESSION_RECHECK, SessionContext};
-use crate::state::{LiveEvent, LiveState};
+use crate::live::{LiveEvent, LiveState};
 
 /// Counts an open stream; the count drops when the client goes away and axum drops the stream.
 struct ClientGuard(Arc<LiveState>);

@@ -7,7 +7,6 @@ pub mod broker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ledtemp_core::{
@@ -16,8 +15,8 @@ use ledtemp_core::{
     TemperatureReading, Uptime,
 };
 use ledtemp_web::{
-    AccessControl, AppState, HistoryReader, IncomingFrame, Ingest, KeyTable, LiveState, ServeArgs,
-    ServeConfig, Store,
+    AccessControl, AppState, DeviceState, HistoryQuery, IncomingFrame, Ingest, KeyTable, Pipeline,
+    PipelineOptions, ServeArgs, ServeConfig, TemperaturePoint, UnixMillis,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -102,7 +101,7 @@ pub fn incoming(topic: &str, payload: &[u8]) -> IncomingFrame {
     IncomingFrame {
         topic: topic.as_bytes().to_vec(),
         payload: payload.to_vec(),
-        received_ms: now_ms(),
+        received: UnixMillis::now(),
     }
 }
 
@@ -112,17 +111,39 @@ pub fn now_ms() -> i64 {
 
 /// A pipeline on a database file in `dir`, and the HTTP state reading the same file.
 pub fn pipeline(dir: &Path) -> (Ingest, AppState) {
-    let path = dir.join("ledtemp.db");
-    let store = Store::open(&path).unwrap();
-    let history = HistoryReader::open(&path).unwrap();
-    let keys = keys();
-    let live = Arc::new(LiveState::new(
-        keys.devices(),
-        &store.snapshot().unwrap(),
-        Duration::from_secs(120),
-    ));
-    let ingest = Ingest::new(Arc::new(keys), store, Arc::clone(&live)).unwrap();
-    (ingest, AppState { live, history, alerts: None, access: Arc::new(AccessControl::open()) })
+    let Pipeline { ingest, state, .. } = open_pipeline(dir, PipelineOptions::default());
+    (ingest, state.app_state(AccessControl::open()))
+}
+
+/// A pipeline with the tests' keys and `options`, its database in `dir`.
+pub fn open_pipeline(dir: &Path, options: PipelineOptions) -> Pipeline {
+    let options = PipelineOptions { database: dir.join("ledtemp.db"), ..options };
+    Pipeline::open(&options, keys()).unwrap()
+}
+
+/// Every stored reading of `device`.
+pub fn history(state: &AppState, device_name: &str) -> Vec<TemperaturePoint> {
+    let query = HistoryQuery {
+        device: device(device_name),
+        sensor: None,
+        since: UnixMillis(0),
+        until: UnixMillis(i64::MAX),
+        limit: 100,
+    };
+    state.history.temperatures(&query).unwrap()
+}
+
+/// The cached state of `device`.
+pub fn device_state(state: &AppState, device_name: &str) -> DeviceState {
+    state.live.device(&device(device_name)).unwrap()
+}
+
+pub fn sensor(name: &str) -> SensorName {
+    SensorName::new(name).unwrap()
+}
+
+pub fn led_name(name: &str) -> LedName {
+    LedName::new(name).unwrap()
 }
 
 /// A server configuration for a broker on `port`, HTTP on a free port, the database in `dir`.

@@ -1,0 +1,520 @@
+//! The ingest pipeline: every received MQTT message goes through [`Ingest`], in the order of
+//! `docs/protocol.md` ("Receiving, in this order"):
+//!
+//! 1. topic parse (UTF-8, then [`Topic::parse`]);
+//! 2. frame length and version ([`FrameHeader::parse`]), which reads the key id;
+//! 3. key lookup by (device, key id) in the [`KeyTable`](crate::KeyTable): unknown device or key
+//!    id, rejected; a revoked key, or one past its rotation's `retire_at`, rejected as
+//!    [`RejectReason::Revoked`](crate::RejectReason::Revoked) before any cryptography;
+//! 4. [`Codec::open`] with the topic in the associated data, which also decodes exactly;
+//! 5. the replay window of (device, key id), including the Last Will rule
+//!    ([`ReplayWindow::state_after_frame`]);
+//! 6. the caps ([`Limits`]): a frame that would make the server track more devices, or one
+//!    device more LEDs or sensors, than allowed is rejected ([`RejectReason::Limit`](crate::RejectReason::Limit));
+//! 7. the frame becomes the model's [`DeviceUpdate`], applied to its device's state
+//!    ([`DeviceState::apply`]) and fed to the alert engine;
+//! 8. one transaction ([`Store::commit`]): the history rows, the replay windows, the devices' new
+//!    states and the alert state;
+//! 9. only then the live cache, the event stream and the alert notifications.
+//!
+//! **For teaching only**, [`Ingest::insecure_plaintext`] replaces steps 2 to 5 with the
+//! [`InsecurePlaintextCodec`]: any device, no key, no replay window (the project's "before").
+//!
+//! A rejected frame changes nothing but a counter (and maybe a rate-limited log line). Frames that
+//! arrive together are committed in one transaction ([`Ingest::handle_batch`]).
+
+mod limits;
+mod reject_log;
+
+pub use limits::{DEFAULT_MAX_DEVICES, Limits, MAX_LEDS_PER_DEVICE, MAX_SENSORS_PER_DEVICE};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledtemp_core::{
+    Codec, DeviceId, FrameHeader, InsecurePlaintextCodec, KeyId, ReplayWindow, Topic,
+};
+use tokio::sync::mpsc;
+
+use crate::Error;
+use crate::alerts::{AlertRunner, CapState};
+use crate::keys::KeyTable;
+use crate::live::{LiveEvent, LiveState, StatsSnapshot};
+use crate::model::{DeviceState, DeviceUpdate, UnixMillis};
+use crate::store::{AcceptedFrame, Commit, Store};
+use reject_log::RejectLog;
+
+/// Most frames committed in one transaction. Larger batches make a backlog drain faster (each
+/// commit writes every page it touched to the WAL again, so fewer, bigger commits write less per
+/// frame: see `docs/performance.md`); no larger than the event channel, so that the events of one
+/// batch never make a live SSE client that keeps up skip any.
+pub const MAX_BATCH: usize = 1024;
+const _: () = assert!(MAX_BATCH <= crate::live::EVENT_CHANNEL_CAPACITY);
+
+/// One MQTT PUBLISH as received, before any check.
+#[derive(Debug, Clone)]
+pub struct IncomingFrame {
+    /// The raw topic bytes.
+    pub topic: Vec<u8>,
+    /// The raw payload.
+    pub payload: Vec<u8>,
+    /// When it was received.
+    pub received: UnixMillis,
+}
+
+/// What the ingest worker is given: the one queue through which every change of the server's
+/// state passes.
+#[derive(Debug)]
+pub enum WorkerInput {
+    /// A received frame.
+    Frame(IncomingFrame),
+    /// Time passed: offline rules, silent devices, the counters' event.
+    Tick(UnixMillis),
+    /// A notifier's daily cap after a delivery, to store.
+    NotifierCap(String, CapState),
+}
+
+/// How frames are opened: with the keyring, or (teaching only) in the clear.
+#[derive(Debug)]
+enum Opener {
+    /// Sealed frames, opened with the device's key, then checked against the replay window.
+    Sealed(Arc<KeyTable>),
+    /// **INSECURE**: plaintext frames from any device, no replay window.
+    InsecurePlaintext,
+}
+
+/// A frame that passed the checks of steps 1 to 5, before the caps.
+struct Verified {
+    update: DeviceUpdate,
+    key_id: KeyId,
+    sequence: u64,
+    uptime: ledtemp_core::Uptime,
+    window: ReplayWindow,
+}
+
+/// What a batch changed so far, before its commit.
+#[derive(Default)]
+struct Batch {
+    windows: HashMap<(DeviceId, KeyId), ReplayWindow>,
+    /// Devices the batch touched, with every accepted frame so far applied.
+    devices: BTreeMap<DeviceId, DeviceState>,
+    /// How many of them the server did not track before.
+    new_devices: usize,
+    accepted: Vec<AcceptedFrame>,
+}
+
+/// The pipeline. Owns the store's writer, the replay windows and the alert engine; publishes to
+/// a [`LiveState`]. Build it with [`Pipeline::open`](crate::Pipeline::open).
+pub struct Ingest {
+    opener: Opener,
+    limits: Limits,
+    store: Box<dyn Store>,
+    windows: HashMap<(DeviceId, KeyId), ReplayWindow>,
+    live: Arc<LiveState>,
+    log: RejectLog,
+    alerts: Option<AlertRunner>,
+    last_stats: Option<StatsSnapshot>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").field("opener", &self.opener).finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// A pipeline over `store` (whose replay windows are `windows`), publishing to `live`.
+    pub(crate) fn new(
+        keys: Arc<KeyTable>,
+        store: Box<dyn Store>,
+        windows: HashMap<(DeviceId, KeyId), ledtemp_core::ReplayState>,
+        live: Arc<LiveState>,
+        limits: Limits,
+        alerts: Option<AlertRunner>,
+    ) -> Ingest {
+        let windows =
+            windows.into_iter().map(|(key, state)| (key, ReplayWindow::restore(state))).collect();
+        Ingest {
+            opener: Opener::Sealed(keys),
+            limits,
+            store,
+            windows,
+            live,
+            log: RejectLog::new(),
+            alerts,
+            last_stats: None,
+        }
+    }
+
+    /// **INSECURE, for teaching only**: the same pipeline, but accepting plaintext frames
+    /// ([`InsecurePlaintextCodec`]) from any device, without a key and without replay
+    /// protection, as the teaching project did. The caps still hold. Also sets the flag that
+    /// `/api/stats` and the dashboard's warning banner show.
+    pub(crate) fn insecure_plaintext(mut self) -> Ingest {
+        tracing::warn!(
+            "INSECURE PLAINTEXT MODE: frames are accepted unencrypted and unauthenticated from \
+             any device, with no replay protection; for teaching only"
+        );
+        self.opener = Opener::InsecurePlaintext;
+        self.live.stats.set_insecure_plaintext(true);
+        self
+    }
+
+    /// The shared state this pipeline publishes to.
+    pub fn live(&self) -> &Arc<LiveState> {
+        &self.live
+    }
+
+    /// Steps 1 to 5: checks one frame against the keys and the windows (`batch` overrides the
+    /// committed windows for frames of the current batch). Changes nothing.
+    fn verify(
+        &self,
+        batch: &Batch,
+        frame: &IncomingFrame,
+    ) -> Result<Verified, (Option<DeviceId>, Error)> {
+        let topic = std::str::from_utf8(&frame.topic)
+            .map_err(|_| ledtemp_core::Error::InvalidTopic)
+            .and_then(Topic::parse)
+            .map_err(|e| (None, Error::rejected(e)))?;
+        let device = topic.device().clone();
+        let fail = |e: ledtemp_core::Error| (Some(device.clone()), Error::rejected(e));
+        let window_of = |key_id: KeyId| {
+            let key = (device.clone(), key_id);
+            batch.windows.get(&key).or_else(|| self.windows.get(&key)).copied().unwrap_or_default()
+        };
+        let (opened, window) = match &self.opener {
+            Opener::Sealed(keys) => {
+                let header = FrameHeader::parse(&frame.payload).map_err(fail)?;
+                let opened = keys
+                    .open(&topic, header.key_id, &frame.payload, frame.received.as_millis())
+                    .map_err(|e| (Some(device.clone()), e))?;
+                let state = window_of(header.key_id).state_after_frame(&opened).map_err(fail)?;
+                (opened, ReplayWindow::restore(state))
+            }
+            Opener::InsecurePlaintext => {
+                let opened = InsecurePlaintextCodec::new(KeyId(0))
+                    .open(&topic, &frame.payload)
+                    .map_err(fail)?;
+                // No replay window: the stored window state is written back unchanged.
+                let window = window_of(opened.header.key_id);
+                (opened, window)
+            }
+        };
+        Ok(Verified {
+            update: DeviceUpdate::from_message(device, frame.received, &opened.message),
+            key_id: opened.header.key_id,
+            sequence: opened.header.sequence.get(),
+            uptime: opened.message.uptime(),
+            window,
+        })
+    }
+
+    /// Steps 6 and 7 for a verified frame: the caps, then its device's new state and the alert
+    /// engine. Rejected: nothing changed.
+    fn admit(&mut self, batch: &mut Batch, verified: Verified) -> Result<(), (DeviceId, Error)> {
+        let device = verified.update.device.clone();
+        // A device's first frame in the batch starts from its cached state (`None`: untracked).
+        let first = (!batch.devices.contains_key(&device)).then(|| self.live.device(&device));
+        let state = match &first {
+            Some(tracked) => tracked.as_ref(),
+            None => batch.devices.get(&device),
+        };
+        let tracked = self.live.device_count() + batch.new_devices;
+        if let Err(error) = self.limits.admit(state, tracked, &verified.update) {
+            return Err((device, error));
+        }
+        if let Some(tracked) = first {
+            batch.new_devices += usize::from(tracked.is_none());
+            batch.devices.insert(device.clone(), tracked.unwrap_or_default());
+        }
+        let state = batch.devices.entry(device.clone()).or_default();
+        if let Some(alerts) = &mut self.alerts {
+            alerts.handle(&verified.update, state);
+        }
+        state.apply(&verified.update);
+        batch.windows.insert((device, verified.key_id), verified.window);
+        batch.accepted.push(AcceptedFrame {
+            update: verified.update,
+            key_id: verified.key_id,
+            sequence: verified.sequence,
+            uptime: verified.uptime,
+            window: verified.window.state(),
+        });
+        Ok(())
+    }
+
+    /// Runs one frame through the whole pipeline. `Err` is either a rejection
+    /// ([`Error::Rejected`], counted and logged) or a database failure (counted; the frame is
+    /// dropped and nothing changed). Never panics, whatever the bytes.
+    pub fn handle(&mut self, frame: IncomingFrame) -> Result<AcceptedFrame, Error> {
+        let mut results = self.handle_batch(vec![frame]);
+        results.pop().unwrap_or_else(|| Err(Error::Dropped("empty batch".into())))
+    }
+
+    /// Runs `frames` through the pipeline and commits every accepted one in one transaction;
+    /// returns one result per frame, in order. If the commit fails, every frame that had passed
+    /// the checks is reported as [`Error::Dropped`] and nothing changed.
+    pub fn handle_batch(
+        &mut self,
+        frames: Vec<IncomingFrame>,
+    ) -> Vec<Result<AcceptedFrame, Error>> {
+        let mut batch = Batch::default();
+        // `None`: accepted (the next of `batch.accepted`); `Some`: rejected.
+        let mut rejections: Vec<Option<Error>> = Vec::with_capacity(frames.len());
+        for frame in &frames {
+            let checked = self.verify(&batch, frame).and_then(|verified| {
+                self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
+            });
+            match checked {
+                Ok(()) => rejections.push(None),
+                Err((device, error)) => {
+                    if let Some(reason) = error.reject_reason() {
+                        self.live.stats.add_rejected(reason);
+                    }
+                    self.log.record(device.as_ref().map(|d| d.as_str()), &error);
+                    rejections.push(Some(error));
+                }
+            }
+        }
+        self.log.maybe_summarise();
+        let stored = if batch.accepted.is_empty() { Ok(()) } else { self.commit(&batch) };
+        let mut accepted = batch.accepted.into_iter();
+        rejections
+            .into_iter()
+            .map(|rejection| match (rejection, &stored) {
+                (Some(error), _) => Err(error),
+                (None, Err(error)) => Err(Error::Dropped(error.clone())),
+                (None, Ok(())) => {
+                    accepted.next().ok_or_else(|| Error::Dropped("batch bookkeeping".into()))
+                }
+            })
+            .collect()
+    }
+
+    /// Steps 8 and 9.
+    fn commit(&mut self, batch: &Batch) -> Result<(), String> {
+        let devices: Vec<(&DeviceId, &DeviceState)> = batch.devices.iter().collect();
+        let alert_state = self.alerts.as_ref().and_then(AlertRunner::changed_state);
+        let commit =
+            Commit { frames: &batch.accepted, devices: &devices, alerts: alert_state.as_ref() };
+        if let Err(error) = self.store.commit(&commit) {
+            if let Some(alerts) = &mut self.alerts {
+                alerts.rolled_back();
+            }
+            self.live.stats.add_store_error();
+            tracing::error!(frames = batch.accepted.len(), "dropping frames: {error}");
+            return Err(error.to_string());
+        }
+        self.windows.extend(batch.windows.iter().map(|(key, window)| (key.clone(), *window)));
+        let updates: Vec<&DeviceUpdate> = batch.accepted.iter().map(|f| &f.update).collect();
+        let states = batch.devices.iter().map(|(id, state)| (id.clone(), state.clone())).collect();
+        self.live.publish(states, &updates);
+        // Counted after the caches changed: whoever sees the count sees the data too.
+        self.live.stats.add_accepted(batch.accepted.len() as u64);
+        if let Some(alerts) = &mut self.alerts {
+            alerts.committed(&self.live);
+        }
+        Ok(())
+    }
+
+    /// Time passed: ticks the alert engine (committing its state if that changed), announces
+    /// devices that fell silent and the counters if they changed.
+    pub fn tick(&mut self, now: UnixMillis) {
+        let stats = self.live.stats.snapshot();
+        if self.last_stats != Some(stats) {
+            self.last_stats = Some(stats);
+            self.live.broadcast(LiveEvent::Stats(stats));
+        }
+        self.live.announce_silences(now);
+        let Some(alerts) = &mut self.alerts else { return };
+        alerts.tick(now, self.live.stats.broker_connected(), &*self.live);
+        let Some(state) = alerts.changed_state() else {
+            alerts.committed(&self.live);
+            return;
+        };
+        let commit = Commit { frames: &[], devices: &[], alerts: Some(&state) };
+        match self.store.commit(&commit) {
+            Ok(()) => alerts.committed(&self.live),
+            Err(error) => {
+                alerts.rolled_back();
+                self.live.stats.add_store_error();
+                tracing::error!("storing the alert state failed: {error}");
+            }
+        }
+    }
+
+    /// Stores a notifier's daily cap.
+    fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) {
+        if let Err(error) = self.store.save_notifier_cap(notifier, cap) {
+            self.live.stats.add_store_error();
+            tracing::error!(notifier, "storing the daily cap failed: {error}");
+        }
+    }
+
+    /// Deletes readings and LED changes received before `cutoff`.
+    pub fn prune(&mut self, cutoff: UnixMillis) -> Result<usize, Error> {
+        self.store.prune(cutoff)
+    }
+
+    /// Closes the store (for SQLite: checkpoints its write-ahead log into the file).
+    pub fn close(self) -> Result<(), Error> {
+        self.store.close()
+    }
+}
+
+/// How the ingest worker prunes old history.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Keep readings and LED changes this long; `None` keeps everything.
+    pub keep: Option<Duration>,
+    /// How often to prune.
+    pub every: Duration,
+}
+
+/// The ingest worker: takes inputs until every sender is gone, committing frames that arrived
+/// together in one transaction (up to [`MAX_BATCH`]), ticking, storing notifier caps, and pruning
+/// old history. Blocking: run it on its own thread. Closes the store and returns when the channel
+/// is closed and drained.
+pub fn run_worker(
+    mut ingest: Ingest,
+    mut inputs: mpsc::Receiver<WorkerInput>,
+    retention: Retention,
+) {
+    let mut last_prune: Option<Instant> = None;
+    let mut others = Vec::new();
+    while let Some(first) = inputs.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(input) = next.take() {
+            match input {
+                WorkerInput::Frame(frame) => batch.push(frame),
+                other => others.push(other),
+            }
+            if batch.len() < MAX_BATCH {
+                next = inputs.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let _ = ingest.handle_batch(batch);
+        }
+        for input in others.drain(..) {
+            match input {
+                WorkerInput::Frame(_) => {}
+                WorkerInput::Tick(now) => ingest.tick(now),
+                WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
+            }
+        }
+        if let Some(keep) = retention.keep
+            && last_prune.is_none_or(|at| at.elapsed() >= retention.every)
+        {
+            last_prune = Some(Instant::now());
+            match ingest.prune(UnixMillis::now().saturating_sub(keep)) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned history older than the retention"),
+                Err(error) => tracing::error!("pruning failed: {error}"),
+            }
+        }
+    }
+    if let Err(error) = ingest.close() {
+        tracing::error!("closing the database: {error}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use ledtemp_core::{
+        Algorithm, AnyCodec, MAX_FRAME_LEN, Message, MilliCelsius, SensorName, SequenceNumber,
+        TemperatureReading, Uptime,
+    };
+
+    use super::*;
+    use crate::{Pipeline, PipelineOptions, RejectReason};
+
+    /// Whether `reason` is what `result` was rejected for.
+    fn rejected_for(result: &Result<AcceptedFrame, Error>, reason: RejectReason) -> bool {
+        matches!(result, Err(e) if e.reject_reason() == Some(reason))
+    }
+
+    fn reading(sensor: &str) -> Message {
+        Message::Temperature(TemperatureReading {
+            sensor: SensorName::new(sensor).unwrap(),
+            temperature: MilliCelsius(20_000),
+            uptime: Uptime(1),
+        })
+    }
+
+    fn frame(codec: &impl Codec, device: &str, n: u64, message: &Message) -> IncomingFrame {
+        let device = DeviceId::new(device).unwrap();
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let len = codec.seal(&device, SequenceNumber::new(n).unwrap(), message, &mut buf).unwrap();
+        IncomingFrame {
+            topic: message.topic(&device).to_topic_string().as_str().as_bytes().to_vec(),
+            payload: buf[..len].to_vec(),
+            received: UnixMillis(1_700_000_000_000 + n as i64),
+        }
+    }
+
+    fn pipeline(keys: KeyTable, dir: &std::path::Path, options: PipelineOptions) -> Ingest {
+        let options = PipelineOptions { database: dir.join("ledtemp.db"), ..options };
+        Pipeline::open(&options, keys).unwrap().ingest
+    }
+
+    fn limited(limits: Limits) -> PipelineOptions {
+        PipelineOptions { limits, ..PipelineOptions::default() }
+    }
+
+    #[test]
+    fn a_device_with_a_stolen_key_cannot_invent_more_sensors_than_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[7; 16]).unwrap();
+        let mut keys = KeyTable::new();
+        keys.insert(
+            DeviceId::new("pi").unwrap(),
+            AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &[7; 16]).unwrap(),
+        );
+        let options = limited(Limits { max_sensors: 3, ..Limits::default() });
+        let mut ingest = pipeline(keys, dir.path(), options);
+        for (n, sensor) in ["a", "b", "c", "a"].iter().enumerate() {
+            assert!(ingest.handle(frame(&codec, "pi", n as u64, &reading(sensor))).is_ok());
+        }
+        let refused = ingest.handle(frame(&codec, "pi", 10, &reading("d")));
+        assert!(rejected_for(&refused, RejectReason::Limit));
+        assert_eq!(ingest.live().stats.rejected(RejectReason::Limit), 1);
+        let devices = ingest.live().devices();
+        assert_eq!(devices[0].1.temperatures.len(), 3, "the refused sensor changed nothing");
+        // Known sensors still work.
+        assert!(ingest.handle(frame(&codec, "pi", 11, &reading("b"))).is_ok());
+    }
+
+    #[test]
+    fn insecure_plaintext_accepts_anyone_and_replays_but_not_more_devices_than_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = InsecurePlaintextCodec::new(KeyId(1));
+        let options = PipelineOptions {
+            insecure_plaintext: true,
+            ..limited(Limits { max_devices: 2, ..Limits::default() })
+        };
+        let mut ingest = pipeline(KeyTable::new(), dir.path(), options.clone());
+        assert!(ingest.live().stats.snapshot().insecure_plaintext);
+        let first = frame(&plain, "anyone", 5, &reading("t"));
+        assert!(ingest.handle(first.clone()).is_ok());
+        assert!(ingest.handle(first).is_ok(), "no replay protection in plaintext mode");
+        assert!(ingest.handle(frame(&plain, "another", 0, &reading("t"))).is_ok());
+        let third = ingest.handle(frame(&plain, "a-third", 0, &reading("t")));
+        assert!(rejected_for(&third, RejectReason::Limit));
+        assert_eq!(ingest.live().devices().len(), 2);
+        // A batch that would cross the cap halfway: the first frame is taken, the second refused.
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            PipelineOptions { limits: Limits { max_devices: 1, ..Limits::default() }, ..options };
+        let mut ingest = pipeline(KeyTable::new(), dir.path(), options);
+        let mut results = ingest.handle_batch(vec![
+            frame(&plain, "one", 0, &reading("t")),
+            frame(&plain, "two", 0, &reading("t")),
+        ]);
+        assert!(rejected_for(&results.pop().unwrap(), RejectReason::Limit));
+        assert!(results.pop().unwrap().is_ok());
+    }
+}

@@ -1,0 +1,462 @@
+//! The SQLite store: readings, LED changes, device states, replay windows and alert state,
+//! written together.
+//!
+//! One writer ([`SqliteStore`], owned by the ingest worker); HTTP handlers read through a separate
+//! read-only connection ([`SqliteHistory`]). The database runs in WAL mode, so readers never
+//! block the writer. `synchronous = NORMAL`: a crash of the process loses nothing that was
+//! committed; a power loss may roll back the last commits, but a frame's data, the replay window
+//! that admitted it and the state changes it caused are in one transaction and always roll back
+//! together, so a replayed frame can at most restore a reading that was itself lost.
+//!
+//! This is the only module that knows SQL or `rusqlite`: values become columns here and come
+//! back as the model's types here.
+
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store};
+use crate::Error;
+use crate::alerts::{CapState, EngineState};
+use crate::model::{DeviceState, LedPoint, Observation, TemperaturePoint, UnixMillis};
+
+/// Schema migrations, applied in order; the database's `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE devices (
+        device TEXT PRIMARY KEY NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        online INTEGER NOT NULL,
+        status_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE replay_windows (
+        device TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        top INTEGER NOT NULL,
+        seen INTEGER NOT NULL,
+        expected_will INTEGER NOT NULL,
+        PRIMARY KEY (device, key_id)
+    ) STRICT;
+    CREATE TABLE temperatures (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        sensor TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        uptime_ms INTEGER NOT NULL,
+        milli_celsius INTEGER NOT NULL,
+        sequence INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX temperatures_by_device_time ON temperatures (device, received_ms);
+    CREATE TABLE led_changes (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        led TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        uptime_ms INTEGER NOT NULL,
+        led_on INTEGER NOT NULL,
+        sequence INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX led_changes_by_time ON led_changes (received_ms);
+    CREATE TABLE leds (
+        device TEXT NOT NULL,
+        led TEXT NOT NULL,
+        led_on INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (device, led)
+    ) STRICT;",
+    // 2: alert state: the engine's state as JSON (one row) and each notifier's daily cap.
+    "CREATE TABLE alert_engine (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE alert_caps (
+        notifier TEXT PRIMARY KEY NOT NULL,
+        day INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a connection waits for a lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A database failure, for the crate's error type (no `rusqlite` type leaves this module).
+fn db(error: rusqlite::Error) -> Error {
+    Error::Store(Box::new(error))
+}
+
+fn to_i64(value: u64) -> i64 {
+    // SQLite integers are signed 64-bit: store the bit pattern (the `seen` bitmap uses all 64).
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// A name read back from the database; an invalid one (a tampered file) is logged and skipped.
+fn name<T>(what: &str, text: &str, parse: fn(&str) -> Result<T, ledtemp_core::Error>) -> Option<T> {
+    parse(text)
+        .inspect_err(|_| tracing::error!("ignoring a stored row with an invalid {what}: {text:?}"))
+        .ok()
+}
+
+/// The writer's connection.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, switches it to WAL and migrates the
+    /// schema. Fails with [`Error::SchemaTooNew`] on a database from a newer build.
+    pub fn open(path: &Path) -> Result<SqliteStore, Error> {
+        let mut conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn })
+    }
+
+    fn load_windows(&self, snapshot: &mut Snapshot) -> rusqlite::Result<()> {
+        let mut windows = self
+            .conn
+            .prepare("SELECT device, key_id, top, seen, expected_will FROM replay_windows")?;
+        let rows = windows.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u8>(1)?,
+                ReplayState {
+                    top: to_u64(row.get(2)?),
+                    seen: to_u64(row.get(3)?),
+                    expected_will: to_u64(row.get(4)?),
+                },
+            ))
+        })?;
+        for row in rows {
+            let (device, key_id, state) = row?;
+            if let Some(device) = name("device id", &device, DeviceId::new) {
+                snapshot.windows.insert((device, KeyId(key_id)), state);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_devices(&self, snapshot: &mut Snapshot) -> rusqlite::Result<()> {
+        let mut devices = self.conn.prepare("SELECT device, last_seen_ms, online FROM devices")?;
+        let rows = devices.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, bool>(2)?))
+        })?;
+        for row in rows {
+            let (device, last_seen, online) = row?;
+            let Some(device) = name("device id", &device, DeviceId::new) else { continue };
+            let entry = snapshot.devices.entry(device).or_default();
+            entry.last_seen = Some(UnixMillis(last_seen));
+            entry.online = online;
+        }
+        let mut leds = self.conn.prepare("SELECT device, led, led_on, at_ms FROM leds")?;
+        let rows = leds.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?))
+        })?;
+        for row in rows {
+            let (device, led, on, at): (String, String, bool, i64) = row?;
+            let (Some(device), Some(led)) =
+                (name("device id", &device, DeviceId::new), name("LED name", &led, LedName::new))
+            else {
+                continue;
+            };
+            let point =
+                LedPoint { led: led.clone(), state: LedState::from(on), at: UnixMillis(at) };
+            snapshot.devices.entry(device).or_default().leds.insert(led, point);
+        }
+        let mut temperatures = self.conn.prepare(
+            "SELECT device, sensor, milli_celsius, received_ms FROM temperatures
+             WHERE id IN (SELECT MAX(id) FROM temperatures GROUP BY device, sensor)",
+        )?;
+        let rows = temperatures.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?))
+        })?;
+        for row in rows {
+            let (device, sensor, milli, at): (String, String, i32, i64) = row?;
+            let (Some(device), Some(sensor)) = (
+                name("device id", &device, DeviceId::new),
+                name("sensor name", &sensor, SensorName::new),
+            ) else {
+                continue;
+            };
+            let point = TemperaturePoint {
+                sensor: sensor.clone(),
+                temperature: MilliCelsius(milli),
+                at: UnixMillis(at),
+            };
+            snapshot.devices.entry(device).or_default().temperatures.insert(sensor, point);
+        }
+        Ok(())
+    }
+
+    fn load_alerts(&self, snapshot: &mut Snapshot) -> rusqlite::Result<()> {
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT state FROM alert_engine WHERE id = 1", [], |row| row.get(0))
+            .optional()?;
+        snapshot.alerts = stored.and_then(|json| {
+            serde_json::from_str::<EngineState>(&json)
+                .inspect_err(|error| {
+                    tracing::error!(
+                        "the stored alert state is unreadable, starting afresh: {error}"
+                    )
+                })
+                .ok()
+        });
+        let mut caps = self.conn.prepare("SELECT notifier, day, count FROM alert_caps")?;
+        let rows = caps.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })?;
+        for row in rows {
+            let (notifier, day, count) = row?;
+            // A count that does not fit (a tampered file) counts as a full day.
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            snapshot.notifier_caps.insert(notifier, CapState { day, count });
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, commit: &Commit<'_>) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for frame in commit.frames {
+            write_frame(&tx, frame)?;
+        }
+        for (device, state) in commit.devices {
+            write_device(&tx, device, state)?;
+        }
+        if let Some(state) = commit.alerts {
+            // Serialising plain data into a String cannot fail.
+            let json = serde_json::to_string(state).unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO alert_engine (id, state) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![json])?;
+        }
+        tx.commit()
+    }
+
+    fn delete_before(&mut self, cutoff: UnixMillis) -> rusqlite::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut deleted =
+            tx.execute("DELETE FROM temperatures WHERE received_ms < ?1", params![cutoff.0])?;
+        deleted +=
+            tx.execute("DELETE FROM led_changes WHERE received_ms < ?1", params![cutoff.0])?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Snapshot, Error> {
+        let mut snapshot = Snapshot::default();
+        self.load_windows(&mut snapshot).map_err(db)?;
+        self.load_devices(&mut snapshot).map_err(db)?;
+        self.load_alerts(&mut snapshot).map_err(db)?;
+        Ok(snapshot)
+    }
+
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), Error> {
+        self.write(commit).map_err(db)
+    }
+
+    fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alert_caps (notifier, day, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (notifier) DO UPDATE SET day = excluded.day, count = excluded.count",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![notifier, cap.day, i64::from(cap.count)])
+            })
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn prune(&mut self, cutoff: UnixMillis) -> Result<usize, Error> {
+        self.delete_before(cutoff).map_err(db)
+    }
+
+    fn close(self: Box<Self>) -> Result<(), Error> {
+        self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db)?;
+        self.conn.close().map_err(|(_, error)| db(error))
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew(version));
+    }
+    let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        for (applied, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", applied as i64 + 1)?;
+        }
+        tx.commit()
+    };
+    apply(conn).map_err(db)
+}
+
+fn write_frame(tx: &Transaction<'_>, frame: &super::AcceptedFrame) -> rusqlite::Result<()> {
+    let device = frame.device().as_str();
+    let at = frame.update.at.0;
+    let sequence = to_i64(frame.sequence);
+    tx.prepare_cached(
+        "INSERT INTO replay_windows (device, key_id, top, seen, expected_will)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device, key_id) DO UPDATE
+         SET top = excluded.top, seen = excluded.seen, expected_will = excluded.expected_will",
+    )?
+    .execute(params![
+        device,
+        frame.key_id.0,
+        to_i64(frame.window.top),
+        to_i64(frame.window.seen),
+        to_i64(frame.window.expected_will),
+    ])?;
+    match &frame.update.observation {
+        Observation::Temperature(point) => {
+            tx.prepare_cached(
+                "INSERT INTO temperatures
+                 (device, sensor, received_ms, uptime_ms, milli_celsius, sequence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                device,
+                point.sensor.as_str(),
+                at,
+                frame.uptime.0,
+                point.temperature.0,
+                sequence
+            ])?;
+        }
+        Observation::Led(point) => {
+            tx.prepare_cached(
+                "INSERT INTO led_changes (device, led, received_ms, uptime_ms, led_on, sequence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                device,
+                point.led.as_str(),
+                at,
+                frame.uptime.0,
+                point.state.is_on(),
+                sequence
+            ])?;
+        }
+        Observation::Online { .. } | Observation::Offline => {}
+    }
+    Ok(())
+}
+
+/// Writes a device's current state: its row (last seen, online; `status_ms` moves only when the
+/// online flag changes) and its LEDs. The last reading of each sensor is the newest history row.
+fn write_device(
+    tx: &Transaction<'_>,
+    device: &DeviceId,
+    state: &DeviceState,
+) -> rusqlite::Result<()> {
+    let Some(last_seen) = state.last_seen else { return Ok(()) };
+    tx.prepare_cached(
+        "INSERT INTO devices (device, last_seen_ms, online, status_ms) VALUES (?1, ?2, ?3, ?2)
+         ON CONFLICT (device) DO UPDATE
+         SET last_seen_ms = excluded.last_seen_ms,
+             status_ms = CASE WHEN online = excluded.online THEN status_ms
+                              ELSE excluded.status_ms END,
+             online = excluded.online",
+    )?
+    .execute(params![device.as_str(), last_seen.0, state.online])?;
+    for point in state.leds.values() {
+        tx.prepare_cached(
+            "INSERT INTO leds (device, led, led_on, at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, led) DO UPDATE
+             SET led_on = excluded.led_on, at_ms = excluded.at_ms",
+        )?
+        .execute(params![
+            device.as_str(),
+            point.led.as_str(),
+            point.state.is_on(),
+            point.at.0
+        ])?;
+    }
+    Ok(())
+}
+
+/// A read-only connection for the HTTP handlers' history queries.
+pub struct SqliteHistory {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteHistory").finish_non_exhaustive()
+    }
+}
+
+impl SqliteHistory {
+    /// Opens `path` read-only. Open the [`SqliteStore`] first: it creates and migrates the file.
+    pub fn open(path: &Path) -> Result<SqliteHistory, Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        Ok(SqliteHistory { conn: Mutex::new(conn) })
+    }
+
+    fn query(&self, query: &HistoryQuery) -> rusqlite::Result<Vec<TemperaturePoint>> {
+        // A panic while holding the lock leaves a connection that is still usable.
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut statement = conn.prepare_cached(
+            "SELECT sensor, received_ms, milli_celsius FROM temperatures
+             WHERE device = ?1 AND received_ms >= ?2 AND received_ms <= ?3
+               AND (?4 IS NULL OR sensor = ?4)
+             ORDER BY received_ms DESC, id DESC LIMIT ?5",
+        )?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let sensor = query.sensor.as_ref().map(SensorName::as_str);
+        let rows = statement.query_map(
+            params![query.device.as_str(), query.since.0, query.until.0, sensor, limit],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i32>(2)?)),
+        )?;
+        let mut points = Vec::new();
+        for row in rows {
+            let (sensor, at, milli) = row?;
+            if let Some(sensor) = name("sensor name", &sensor, SensorName::new) {
+                points.push(TemperaturePoint {
+                    sensor,
+                    temperature: MilliCelsius(milli),
+                    at: UnixMillis(at),
+                });
+            }
+        }
+        points.reverse();
+        Ok(points)
+    }
+}
+
+impl HistoryStore for SqliteHistory {
+    fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error> {
+        self.query(query).map_err(db)
+    }
+}
