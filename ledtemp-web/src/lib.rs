@@ -100,7 +100,8 @@ pub use ingest::{
 pub use keys::{KeyChanges, KeyStatus, KeyTable, load_keys, reload_keys};
 pub use live::{LiveEvent, LiveState, RejectedCounts, Stats, StatsSnapshot, StatusChange};
 pub use model::{
-    DeviceState, DeviceSummary, DeviceUpdate, LedPoint, Observation, TemperaturePoint, UnixMillis,
+    DeviceState, DeviceSummary, DeviceUpdate, LedPoint, Observation, Reading, TemperaturePoint,
+    UnixMillis,
 };
 pub use mqtt::{MAX_PACKET_SIZE, SubscriberConfig, run_subscriber};
 pub use server::{

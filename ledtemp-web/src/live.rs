@@ -13,9 +13,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::RejectReason;
-use crate::model::{
-    DeviceState, DeviceSummary, DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis,
-};
+use crate::model::{DeviceState, DeviceSummary, DeviceUpdate, Reading, UnixMillis};
 
 /// How many events a slow SSE client may fall behind before it skips ahead.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
@@ -159,10 +157,9 @@ impl Stats {
 /// device id added.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveEvent {
-    /// `event: temperature`, `{"device", "sensor", "celsius", "at"}`.
-    Temperature(DeviceId, TemperaturePoint),
-    /// `event: led`, `{"device", "led", "on", "at"}`.
-    Led(DeviceId, LedPoint),
+    /// A reading, named by its kind: `event: temperature`, `{"device", "sensor", "celsius", "at"}`,
+    /// or `event: led`, `{"device", "led", "on", "at"}`.
+    Reading(DeviceId, Reading),
     /// `event: status`, `{"device", "online", "at"}`: a device went online or offline (by its
     /// status frames, or by falling silent for the offline timeout).
     Status(DeviceId, StatusChange),
@@ -194,8 +191,7 @@ impl LiveEvent {
     /// The SSE event name.
     pub fn name(&self) -> &'static str {
         match self {
-            LiveEvent::Temperature(..) => "temperature",
-            LiveEvent::Led(..) => "led",
+            LiveEvent::Reading(_, reading) => reading.kind(),
             LiveEvent::Status(..) => "status",
             LiveEvent::Stats(_) => "stats",
             LiveEvent::Alert => "alert",
@@ -205,10 +201,9 @@ impl LiveEvent {
     /// The SSE data: one line of JSON.
     pub fn to_json(&self) -> String {
         let json = match self {
-            LiveEvent::Temperature(device, value) => {
+            LiveEvent::Reading(device, value) => {
                 serde_json::to_string(&ForDevice { device, value })
             }
-            LiveEvent::Led(device, value) => serde_json::to_string(&ForDevice { device, value }),
             LiveEvent::Status(device, value) => serde_json::to_string(&ForDevice { device, value }),
             LiveEvent::Stats(stats) => serde_json::to_string(stats),
             LiveEvent::Alert => Ok("{}".to_owned()),
@@ -347,19 +342,12 @@ impl LiveState {
                 });
                 let now_online = update.says_online();
                 online.insert(device, now_online);
-                let is_status = matches!(
-                    update.observation,
-                    crate::model::Observation::Online { .. } | crate::model::Observation::Offline
-                );
-                if is_status || before != now_online {
+                if update.is_status() || before != now_online {
                     let change = StatusChange { online: now_online, at: update.at };
                     events.push(LiveEvent::Status(device.clone(), change));
                 }
-                for point in update.leds() {
-                    events.push(LiveEvent::Led(device.clone(), point.clone()));
-                }
-                if let Some(point) = update.temperature() {
-                    events.push(LiveEvent::Temperature(device.clone(), point.clone()));
+                for reading in update.readings() {
+                    events.push(LiveEvent::Reading(device.clone(), reading));
                 }
             }
             for (id, state) in states {

@@ -115,13 +115,41 @@ impl Serialize for LedPoint {
     }
 }
 
+/// One value a device reports: what is stored as history, kept as the last value, and sent to
+/// event clients (`event: temperature` or `event: led`, the JSON of the point with the device id).
+/// A new kind of reading is a variant here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// A temperature of one sensor.
+    Temperature(TemperaturePoint),
+    /// The state of one LED.
+    Led(LedPoint),
+}
+
+impl Reading {
+    /// Its kind: the name of its event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reading::Temperature(_) => "temperature",
+            Reading::Led(_) => "led",
+        }
+    }
+}
+
+impl Serialize for Reading {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Reading::Temperature(point) => point.serialize(serializer),
+            Reading::Led(point) => point.serialize(serializer),
+        }
+    }
+}
+
 /// What one verified frame says about its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    /// A temperature reading.
-    Temperature(TemperaturePoint),
-    /// An LED changed.
-    Led(LedPoint),
+    /// A reading: a temperature, or an LED that changed.
+    Reading(Reading),
     /// The node (re)connected, with the state of each of its LEDs.
     Online {
         /// Every LED the node has.
@@ -147,12 +175,16 @@ impl DeviceUpdate {
     pub fn from_message(device: DeviceId, at: UnixMillis, message: &Message) -> DeviceUpdate {
         let led = |led: &LedName, state: LedState| LedPoint { led: led.clone(), state, at };
         let observation = match message {
-            Message::Temperature(reading) => Observation::Temperature(TemperaturePoint {
-                sensor: reading.sensor.clone(),
-                temperature: reading.temperature,
-                at,
-            }),
-            Message::Led(change) => Observation::Led(led(&change.led, change.state)),
+            Message::Temperature(reading) => {
+                Observation::Reading(Reading::Temperature(TemperaturePoint {
+                    sensor: reading.sensor.clone(),
+                    temperature: reading.temperature,
+                    at,
+                }))
+            }
+            Message::Led(change) => {
+                Observation::Reading(Reading::Led(led(&change.led, change.state)))
+            }
             Message::Status(StatusReport { status: NodeStatus::Online { leds }, .. }) => {
                 Observation::Online {
                     leds: leds.iter().map(|status| led(&status.led, status.state)).collect(),
@@ -170,19 +202,33 @@ impl DeviceUpdate {
         !matches!(self.observation, Observation::Offline)
     }
 
+    /// Whether it is a status (online or the Last Will), which event clients are told of.
+    pub fn is_status(&self) -> bool {
+        matches!(self.observation, Observation::Online { .. } | Observation::Offline)
+    }
+
+    /// The readings it reports: its own, or each LED of an online status.
+    pub fn readings(&self) -> Vec<Reading> {
+        match &self.observation {
+            Observation::Reading(reading) => vec![reading.clone()],
+            Observation::Online { leds } => leds.iter().cloned().map(Reading::Led).collect(),
+            Observation::Offline => Vec::new(),
+        }
+    }
+
     /// The LED states it reports (one for a change, all for an online status).
     pub fn leds(&self) -> &[LedPoint] {
         match &self.observation {
-            Observation::Led(point) => std::slice::from_ref(point),
+            Observation::Reading(Reading::Led(point)) => std::slice::from_ref(point),
             Observation::Online { leds } => leds,
             _ => &[],
         }
     }
 
-    /// The reading it carries, if it is one.
+    /// The temperature it carries, if it is one.
     pub fn temperature(&self) -> Option<&TemperaturePoint> {
         match &self.observation {
-            Observation::Temperature(point) => Some(point),
+            Observation::Reading(Reading::Temperature(point)) => Some(point),
             _ => None,
         }
     }

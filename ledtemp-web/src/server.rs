@@ -98,12 +98,7 @@ impl std::fmt::Debug for ServerState {
 impl ServerState {
     /// The state the HTTP application serves, with `access` deciding who may read it.
     pub fn app_state(&self, access: AccessControl) -> AppState {
-        AppState {
-            live: Arc::clone(&self.live),
-            history: Arc::clone(&self.history),
-            alerts: self.alerts.clone(),
-            access: Arc::new(access),
-        }
+        AppState { server: self.clone(), access: Arc::new(access) }
     }
 }
 
@@ -124,18 +119,34 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Opens the database of `options` (creating and migrating it), rebuilds the device cache,
-    /// the replay windows and the alert engine from it, and builds the pipeline with `keys`.
+    /// Opens the SQLite database of `options` (creating and migrating it) and builds the
+    /// pipeline on it with `keys` ([`Pipeline::with_store`]).
     ///
     /// # Errors
     /// [`Error::Config`] for a keyring with more devices than `options.limits.max_devices` or an
     /// alert notifier that cannot be built; [`Error::Store`] or [`Error::SchemaTooNew`] for the
     /// database.
     pub fn open(options: &PipelineOptions, keys: KeyTable) -> Result<Pipeline, Error> {
+        check_device_cap(keys.devices().len(), options.limits.max_devices)?;
+        let store = SqliteStore::open(&options.database)?;
+        let history = SqliteHistory::open(&options.database)?;
+        Pipeline::with_store(Box::new(store), Arc::new(history), options, keys)
+    }
+
+    /// Builds the pipeline on any database: rebuilds the device cache, the replay windows and the
+    /// alert engine from `store` ([`Store::load`]); `history` answers the HTTP side's history
+    /// queries. `options.database` is not used.
+    ///
+    /// # Errors
+    /// As [`Pipeline::open`].
+    pub fn with_store(
+        mut store: Box<dyn Store>,
+        history: Arc<dyn HistoryStore>,
+        options: &PipelineOptions,
+        keys: KeyTable,
+    ) -> Result<Pipeline, Error> {
         let known = keys.devices();
         check_device_cap(known.len(), options.limits.max_devices)?;
-        let mut store = SqliteStore::open(&options.database)?;
-        let history: Arc<dyn HistoryStore> = Arc::new(SqliteHistory::open(&options.database)?);
         let snapshot = store.load()?;
         let live = Arc::new(LiveState::new(known, snapshot.devices, options.offline_after));
         let (alerts, board, deliveries) = if options.alerts.is_empty() {
@@ -153,7 +164,7 @@ impl Pipeline {
         let keys = Arc::new(keys);
         let mut ingest = Ingest::new(
             Arc::clone(&keys),
-            Box::new(store),
+            store,
             snapshot.windows,
             Arc::clone(&live),
             options.limits,

@@ -10,7 +10,9 @@ use ledtemp_core::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use super::AlertError;
-use crate::model::{DeviceState, DeviceUpdate, LedPoint, Observation, UnixMillis, duration_ms};
+use crate::model::{
+    DeviceState, DeviceUpdate, LedPoint, Observation, Reading, UnixMillis, duration_ms,
+};
 
 /// How many resolved alerts and LED notices [`Engine::recent`] keeps (oldest dropped first).
 pub const MAX_RECENT: usize = 100;
@@ -532,7 +534,7 @@ impl Engine {
             self.seen(&rules, device, at_ms);
         }
         match &update.observation {
-            Observation::Temperature(point) => {
+            Observation::Reading(Reading::Temperature(point)) => {
                 let sensor = point.sensor.as_str();
                 for rule in rules.iter() {
                     let (threshold, above) = match &rule.condition {
@@ -546,7 +548,7 @@ impl Engine {
                     }
                 }
             }
-            Observation::Led(_) | Observation::Online { .. } => {
+            Observation::Reading(Reading::Led(_)) | Observation::Online { .. } => {
                 for point in update.leds() {
                     self.led(&rules, device, point, before, at_ms);
                 }

@@ -30,25 +30,27 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::alerts::AlertBoard;
-use crate::live::LiveState;
-use crate::store::HistoryStore;
+use crate::server::ServerState;
 
 /// The policy on every response: only this origin, no inline script or style, no framing.
 pub const CONTENT_SECURITY_POLICY_VALUE: &str =
     "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// What the handlers read.
+/// What the handlers read: the server's state, and who may read it. Derefs to the
+/// [`ServerState`], so a handler reads `state.live`, `state.history`, `state.alerts`.
 #[derive(Clone)]
 pub struct AppState {
-    /// Counters, device caches and the event channel.
-    pub live: Arc<LiveState>,
-    /// History queries.
-    pub history: Arc<dyn HistoryStore>,
-    /// Alerts and notifiers; `None` when no rule is configured.
-    pub alerts: Option<Arc<AlertBoard>>,
+    /// Counters, device states, history, alerts, keys.
+    pub server: ServerState,
     /// Login, sessions, API tokens ([`AccessControl::open`]: no login).
     pub access: Arc<AccessControl>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = ServerState;
+    fn deref(&self) -> &ServerState {
+        &self.server
+    }
 }
 
 /// The whole HTTP application: API, events, health, metrics, the dashboard and its login, with

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store};
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::model::{DeviceState, LedPoint, Observation, TemperaturePoint, UnixMillis};
+use crate::model::{DeviceState, LedPoint, Observation, Reading, TemperaturePoint, UnixMillis};
 
 /// Schema migrations, applied in order; the database's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -334,7 +334,7 @@ fn write_frame(tx: &Transaction<'_>, frame: &super::AcceptedFrame) -> rusqlite::
         to_i64(frame.window.expected_will),
     ])?;
     match &frame.update.observation {
-        Observation::Temperature(point) => {
+        Observation::Reading(Reading::Temperature(point)) => {
             tx.prepare_cached(
                 "INSERT INTO temperatures
                  (device, sensor, received_ms, uptime_ms, milli_celsius, sequence)
@@ -349,7 +349,7 @@ fn write_frame(tx: &Transaction<'_>, frame: &super::AcceptedFrame) -> rusqlite::
                 sequence
             ])?;
         }
-        Observation::Led(point) => {
+        Observation::Reading(Reading::Led(point)) => {
             tx.prepare_cached(
                 "INSERT INTO led_changes (device, led, received_ms, uptime_ms, led_on, sequence)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
