@@ -75,6 +75,64 @@ pub enum WorkerInput {
     NotifierCap(String, CapState),
 }
 
+/// How the ingest worker prunes old history.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Keep readings and LED changes this long; `None` keeps everything.
+    pub keep: Option<Duration>,
+    /// How often to prune.
+    pub every: Duration,
+}
+
+/// The ingest worker: takes inputs until every sender is gone, committing frames that arrived
+/// together in one transaction (up to [`MAX_BATCH`]), ticking, storing notifier caps, and pruning
+/// old history. Blocking: run it on its own thread. Closes the store and returns when the channel
+/// is closed and drained.
+pub fn run_worker(
+    mut ingest: Ingest,
+    mut inputs: mpsc::Receiver<WorkerInput>,
+    retention: Retention,
+) {
+    let mut last_prune: Option<Instant> = None;
+    let mut others = Vec::new();
+    while let Some(first) = inputs.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(input) = next.take() {
+            match input {
+                WorkerInput::Frame(frame) => batch.push(frame),
+                other => others.push(other),
+            }
+            if batch.len() < MAX_BATCH {
+                next = inputs.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let _ = ingest.handle_batch(batch);
+        }
+        for input in others.drain(..) {
+            match input {
+                WorkerInput::Frame(_) => {}
+                WorkerInput::Tick(now) => ingest.tick(now),
+                WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
+            }
+        }
+        if let Some(keep) = retention.keep
+            && last_prune.is_none_or(|at| at.elapsed() >= retention.every)
+        {
+            last_prune = Some(Instant::now());
+            match ingest.prune(UnixMillis::now().saturating_sub(keep)) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned history older than the retention"),
+                Err(error) => tracing::error!("pruning failed: {error}"),
+            }
+        }
+    }
+    if let Err(error) = ingest.close() {
+        tracing::error!("closing the database: {error}");
+    }
+}
+
 /// How frames are opened: with the keyring, or (teaching only) in the clear.
 #[derive(Debug)]
 enum Opener {
@@ -166,6 +224,54 @@ impl Ingest {
         &self.live
     }
 
+    /// Runs one frame through the whole pipeline. `Err` is either a rejection
+    /// ([`Error::Rejected`], counted and logged) or a database failure (counted; the frame is
+    /// dropped and nothing changed). Never panics, whatever the bytes.
+    pub fn handle(&mut self, frame: IncomingFrame) -> Result<AcceptedFrame, Error> {
+        let mut results = self.handle_batch(vec![frame]);
+        results.pop().unwrap_or_else(|| Err(Error::Dropped("empty batch".into())))
+    }
+
+    /// Runs `frames` through the pipeline and commits every accepted one in one transaction;
+    /// returns one result per frame, in order. If the commit fails, every frame that had passed
+    /// the checks is reported as [`Error::Dropped`] and nothing changed.
+    pub fn handle_batch(
+        &mut self,
+        frames: Vec<IncomingFrame>,
+    ) -> Vec<Result<AcceptedFrame, Error>> {
+        let mut batch = Batch::default();
+        // `None`: accepted (the next of `batch.accepted`); `Some`: rejected.
+        let mut rejections: Vec<Option<Error>> = Vec::with_capacity(frames.len());
+        for frame in &frames {
+            let checked = self.verify(&batch, frame).and_then(|verified| {
+                self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
+            });
+            match checked {
+                Ok(()) => rejections.push(None),
+                Err((device, error)) => {
+                    if let Some(reason) = error.reject_reason() {
+                        self.live.stats.add_rejected(reason);
+                    }
+                    self.log.record(device.as_ref().map(|d| d.as_str()), &error);
+                    rejections.push(Some(error));
+                }
+            }
+        }
+        self.log.maybe_summarise();
+        let stored = if batch.accepted.is_empty() { Ok(()) } else { self.commit(&batch) };
+        let mut accepted = batch.accepted.into_iter();
+        rejections
+            .into_iter()
+            .map(|rejection| match (rejection, &stored) {
+                (Some(error), _) => Err(error),
+                (None, Err(error)) => Err(Error::Dropped(error.clone())),
+                (None, Ok(())) => {
+                    accepted.next().ok_or_else(|| Error::Dropped("batch bookkeeping".into()))
+                }
+            })
+            .collect()
+    }
+
     /// Steps 1 to 5: checks one frame against the keys and the windows (`batch` overrides the
     /// committed windows for frames of the current batch). Changes nothing.
     fn verify(
@@ -244,54 +350,6 @@ impl Ingest {
         Ok(())
     }
 
-    /// Runs one frame through the whole pipeline. `Err` is either a rejection
-    /// ([`Error::Rejected`], counted and logged) or a database failure (counted; the frame is
-    /// dropped and nothing changed). Never panics, whatever the bytes.
-    pub fn handle(&mut self, frame: IncomingFrame) -> Result<AcceptedFrame, Error> {
-        let mut results = self.handle_batch(vec![frame]);
-        results.pop().unwrap_or_else(|| Err(Error::Dropped("empty batch".into())))
-    }
-
-    /// Runs `frames` through the pipeline and commits every accepted one in one transaction;
-    /// returns one result per frame, in order. If the commit fails, every frame that had passed
-    /// the checks is reported as [`Error::Dropped`] and nothing changed.
-    pub fn handle_batch(
-        &mut self,
-        frames: Vec<IncomingFrame>,
-    ) -> Vec<Result<AcceptedFrame, Error>> {
-        let mut batch = Batch::default();
-        // `None`: accepted (the next of `batch.accepted`); `Some`: rejected.
-        let mut rejections: Vec<Option<Error>> = Vec::with_capacity(frames.len());
-        for frame in &frames {
-            let checked = self.verify(&batch, frame).and_then(|verified| {
-                self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
-            });
-            match checked {
-                Ok(()) => rejections.push(None),
-                Err((device, error)) => {
-                    if let Some(reason) = error.reject_reason() {
-                        self.live.stats.add_rejected(reason);
-                    }
-                    self.log.record(device.as_ref().map(|d| d.as_str()), &error);
-                    rejections.push(Some(error));
-                }
-            }
-        }
-        self.log.maybe_summarise();
-        let stored = if batch.accepted.is_empty() { Ok(()) } else { self.commit(&batch) };
-        let mut accepted = batch.accepted.into_iter();
-        rejections
-            .into_iter()
-            .map(|rejection| match (rejection, &stored) {
-                (Some(error), _) => Err(error),
-                (None, Err(error)) => Err(Error::Dropped(error.clone())),
-                (None, Ok(())) => {
-                    accepted.next().ok_or_else(|| Error::Dropped("batch bookkeeping".into()))
-                }
-            })
-            .collect()
-    }
-
     /// Steps 8 and 9.
     fn commit(&mut self, batch: &Batch) -> Result<(), String> {
         let devices: Vec<(&DeviceId, &DeviceState)> = batch.devices.iter().collect();
@@ -360,64 +418,6 @@ impl Ingest {
     /// Closes the store (for SQLite: checkpoints its write-ahead log into the file).
     pub fn close(self) -> Result<(), Error> {
         self.store.close()
-    }
-}
-
-/// How the ingest worker prunes old history.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Keep readings and LED changes this long; `None` keeps everything.
-    pub keep: Option<Duration>,
-    /// How often to prune.
-    pub every: Duration,
-}
-
-/// The ingest worker: takes inputs until every sender is gone, committing frames that arrived
-/// together in one transaction (up to [`MAX_BATCH`]), ticking, storing notifier caps, and pruning
-/// old history. Blocking: run it on its own thread. Closes the store and returns when the channel
-/// is closed and drained.
-pub fn run_worker(
-    mut ingest: Ingest,
-    mut inputs: mpsc::Receiver<WorkerInput>,
-    retention: Retention,
-) {
-    let mut last_prune: Option<Instant> = None;
-    let mut others = Vec::new();
-    while let Some(first) = inputs.blocking_recv() {
-        let mut batch = Vec::new();
-        let mut next = Some(first);
-        while let Some(input) = next.take() {
-            match input {
-                WorkerInput::Frame(frame) => batch.push(frame),
-                other => others.push(other),
-            }
-            if batch.len() < MAX_BATCH {
-                next = inputs.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            let _ = ingest.handle_batch(batch);
-        }
-        for input in others.drain(..) {
-            match input {
-                WorkerInput::Frame(_) => {}
-                WorkerInput::Tick(now) => ingest.tick(now),
-                WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
-            }
-        }
-        if let Some(keep) = retention.keep
-            && last_prune.is_none_or(|at| at.elapsed() >= retention.every)
-        {
-            last_prune = Some(Instant::now());
-            match ingest.prune(UnixMillis::now().saturating_sub(keep)) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned history older than the retention"),
-                Err(error) => tracing::error!("pruning failed: {error}"),
-            }
-        }
-    }
-    if let Err(error) = ingest.close() {
-        tracing::error!("closing the database: {error}");
     }
 }
 
