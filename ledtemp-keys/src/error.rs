@@ -31,6 +31,12 @@ pub enum Error {
         /// Its permission bits, e.g. `0o644`.
         mode: u32,
     },
+    /// A path given as a key file or keyring is a directory (or another thing that is not a
+    /// regular file).
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
     /// A key file or keyring is larger than [`MAX_FILE_LEN`](crate::MAX_FILE_LEN).
     TooLarge {
         /// The file.
@@ -179,6 +185,13 @@ impl fmt::Display for Error {
                  or keyring must be private: run `chmod 600 {}`",
                 path.display(),
                 path.display()
+            ),
+            Error::NotAFile { path } => write!(
+                f,
+                "{} is a directory, not a key file or keyring: give the path of the file in it \
+                 (for example {})",
+                path.display(),
+                path.join("keyring.toml").display()
             ),
             Error::TooLarge { path } => write!(
                 f,

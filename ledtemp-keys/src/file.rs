@@ -17,7 +17,13 @@ pub const MAX_FILE_LEN: u64 = 16 * 1024 * 1024;
 /// checks that the file exists.
 pub fn check_private(path: &Path) -> Result<(), Error> {
     let metadata = fs::metadata(path).map_err(|e| Error::io(path, "inspect", e))?;
+    check_file(path, &metadata)?;
     check_mode(path, &metadata)
+}
+
+/// A directory (or a socket, a device) is no key file: say so before its mode is blamed.
+fn check_file(path: &Path, metadata: &fs::Metadata) -> Result<(), Error> {
+    if metadata.is_file() { Ok(()) } else { Err(Error::NotAFile { path: path.to_path_buf() }) }
 }
 
 #[cfg(unix)]
@@ -41,6 +47,7 @@ fn check_mode(_path: &Path, _metadata: &fs::Metadata) -> Result<(), Error> {
 pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let metadata = file.metadata().map_err(|e| Error::io(path, "inspect", e))?;
+    check_file(path, &metadata)?;
     check_mode(path, &metadata)?;
     if metadata.len() > MAX_FILE_LEN {
         return Err(Error::TooLarge { path: path.to_path_buf() });

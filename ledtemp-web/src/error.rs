@@ -105,6 +105,13 @@ pub enum Error {
     /// The database failed; nothing of the operation was written. The source is the database
     /// driver's error.
     Store(Box<dyn std::error::Error + Send + Sync>),
+    /// The database at `path` cannot be used; `problem` says why and what to do.
+    Database {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// The database file was written by a newer `ledtemp-web` (its schema version is higher than
     /// this build knows): upgrade, or point `--database` at another file.
     SchemaTooNew(i64),
@@ -156,6 +163,9 @@ impl fmt::Display for Error {
             Error::Config(message) => write!(f, "configuration: {message}"),
             Error::Keyring(message) => write!(f, "keyring: {message}"),
             Error::Store(error) => write!(f, "database: {error}"),
+            Error::Database { path, problem } => {
+                write!(f, "database {}: {problem}", path.display())
+            }
             Error::SchemaTooNew(version) => write!(
                 f,
                 "database schema version {version} is newer than this ledtemp-web knows: \

@@ -290,9 +290,18 @@ impl std::fmt::Display for KeyChanges {
 
 /// The keys of every entry of the keyring file at `path` (see `docs/keys.md`; the file must be
 /// readable by its owner only).
+///
+/// A keyring that does not exist is an error that says how to make one; every other error names
+/// the file once (`ledtemp_keys` errors carry it).
 pub fn load_keys(path: &Path) -> Result<KeyTable, Error> {
-    let keyring = ledtemp_keys::Keyring::load(path)
-        .map_err(|e| Error::Keyring(format!("{}: {e}", path.display())))?;
+    if !path.exists() {
+        return Err(Error::Keyring(format!(
+            "{0} does not exist: provision a device into it with `cargo run -p ledtemp-keys -- \
+             add <device> --keyring {0}` (docs/keys.md), or point --keyring at your keyring",
+            path.display()
+        )));
+    }
+    let keyring = ledtemp_keys::Keyring::load(path).map_err(|e| Error::Keyring(e.to_string()))?;
     Ok(KeyTable::from_keyring(&keyring))
 }
 

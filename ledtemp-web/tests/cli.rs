@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -48,6 +49,60 @@ fn a_missing_keyring_is_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("keyring") && stderr.contains("nope.toml"), "{stderr}");
+    assert!(stderr.contains("ledtemp-keys -- add <device> --keyring"), "{stderr}");
+}
+
+/// `ledtemp-web serve` with the database `database` and the keyring `keyring` (a fresh one in
+/// `dir` when `None`), which must fail at start; its stderr.
+fn serve_fails(dir: &Path, database: &Path, keyring: Option<&Path>) -> String {
+    let fresh = dir.join("keyring.toml");
+    ledtemp_keys::Keyring::new().save(&fresh).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ledtemp-web"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--keyring"])
+        .arg(keyring.unwrap_or(&fresh))
+        .arg("--database")
+        .arg(database)
+        .env_remove("LEDTEMP_BROKER")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("dashboard at"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_database_that_is_not_sqlite_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("notes.db");
+    std::fs::write(&database, "shopping list: milk, eggs\n".repeat(200)).unwrap();
+    let stderr = serve_fails(dir.path(), &database, None);
+    let expected = format!("database {}: is not a SQLite database", database.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("point --database at another file"), "{stderr}");
+}
+
+#[test]
+fn a_database_in_a_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("no-such-dir").join("ledtemp.db");
+    let stderr = serve_fails(dir.path(), &database, None);
+    let expected = format!(
+        "database {}: its directory {} does not exist: create it",
+        database.display(),
+        dir.path().join("no-such-dir").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn a_keyring_path_that_is_a_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("ledtemp.db");
+    let stderr = serve_fails(dir.path(), &database, Some(dir.path()));
+    let expected = format!("{} is a directory, not a key file or keyring", dir.path().display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("chmod"), "{stderr}");
 }
 
 #[test]

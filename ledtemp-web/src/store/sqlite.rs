@@ -85,6 +85,34 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the database at `path` cannot be opened, and what to do: the messages a user meets first.
+fn open_error(path: &Path, error: &rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode;
+    let problem = match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            "is not a SQLite database (another program's file?): point --database at another \
+             file, or move this one away"
+                .to_owned()
+        }
+        Some(ErrorCode::ReadOnly) => format!(
+            "is read-only: the server writes the file and, beside it, {0}-wal and {0}-shm; \
+             give its user write access to them and to their directory",
+            path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ),
+        Some(ErrorCode::CannotOpen) => match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => format!(
+                "its directory {} does not exist: create it, or point --database elsewhere",
+                dir.display()
+            ),
+            _ => "cannot be opened: check that the server's user may read and write it and its \
+                  directory"
+                .to_owned(),
+        },
+        _ => error.to_string(),
+    };
+    Error::Database { path: path.to_path_buf(), problem }
+}
+
 /// A database failure, for the crate's error type (no `rusqlite` type leaves this module).
 fn db(error: rusqlite::Error) -> Error {
     Error::Store(Box::new(error))
@@ -120,13 +148,28 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, switches it to WAL and migrates the
     /// schema. Fails with [`Error::SchemaTooNew`] on a database from a newer build.
+    ///
+    /// A file that is not a SQLite database, a read-only file or directory, or a directory that
+    /// does not exist is [`Error::Database`], naming the file and the fix.
     pub fn open(path: &Path) -> Result<SqliteStore, Error> {
-        let mut conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        migrate(&mut conn)?;
-        Ok(SqliteStore { conn })
+        let opened = Connection::open(path).and_then(|conn| {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            Ok(conn)
+        });
+        let mut conn = opened.map_err(|error| open_error(path, &error))?;
+        match migrate(&mut conn) {
+            Err(Error::Store(error)) => {
+                let problem = match error.downcast_ref::<rusqlite::Error>() {
+                    Some(error) => return Err(open_error(path, error)),
+                    None => error.to_string(),
+                };
+                Err(Error::Database { path: path.to_path_buf(), problem })
+            }
+            Err(other) => Err(other),
+            Ok(()) => Ok(SqliteStore { conn }),
+        }
     }
 
     fn load_windows(&self, snapshot: &mut Snapshot) -> rusqlite::Result<()> {
@@ -419,7 +462,7 @@ impl SqliteHistory {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(db)?;
+        .map_err(|error| open_error(path, &error))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         Ok(SqliteHistory { conn: Mutex::new(conn) })
     }
@@ -458,5 +501,30 @@ impl SqliteHistory {
 impl HistoryStore for SqliteHistory {
     fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error> {
         self.query(query).map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(code: std::os::raw::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    /// Each message names the file and the fix (the read-only case cannot be caused as root,
+    /// which CI is: root writes read-only files).
+    #[test]
+    fn open_errors_name_the_file_and_the_fix() {
+        let path = Path::new("/var/lib/ledtemp/ledtemp.db");
+        let read_only = open_error(path, &code(rusqlite::ffi::SQLITE_READONLY)).to_string();
+        assert_eq!(
+            read_only,
+            "database /var/lib/ledtemp/ledtemp.db: is read-only: the server writes the file and, \
+             beside it, ledtemp.db-wal and ledtemp.db-shm; give its user write access to them and \
+             to their directory"
+        );
+        let not_a_database = open_error(path, &code(rusqlite::ffi::SQLITE_NOTADB)).to_string();
+        assert!(not_a_database.contains("is not a SQLite database"), "{not_a_database}");
     }
 }
