@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::Error;
 use crate::alerts::AlertSection;
 use crate::broker::local_client_addr;
+use crate::http::HttpLimits;
 use crate::http::{AuthArgs, AuthConfig, AuthSection};
 use crate::ingest::Limits;
 use crate::mqtt::SubscriberConfig;
@@ -147,6 +148,8 @@ pub struct ServeConfig {
     pub pipeline: PipelineOptions,
     /// Login: required when configured, and off loopback (checked by `Server::start`).
     pub auth: AuthConfig,
+    /// The HTTP side's header-read timeout and connection limit.
+    pub http: HttpLimits,
 }
 
 /// Splits `HOST:PORT` (a bare host gets `default_port`; `[v6]:port` works).
@@ -263,6 +266,7 @@ impl ServeArgs {
                 insecure_plaintext: self.insecure_plaintext,
             },
             auth: self.auth.resolve(file.auth)?,
+            http: HttpLimits::default(),
         })
     }
 }

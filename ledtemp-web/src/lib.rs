@@ -89,7 +89,8 @@ pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
 pub use http::{
-    AccessControl, AppState, AuthArgs, AuthConfig, CONTENT_SECURITY_POLICY_VALUE, MAX_REQUEST_BODY,
+    AccessControl, AppState, AuthArgs, AuthConfig, CONTENT_SECURITY_POLICY_VALUE,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits, MAX_REQUEST_BODY,
     MAX_VERIFICATIONS, MIN_PASSWORD_LEN, SESSION_RECHECK, app, hash_password,
     hash_password_command, new_api_token, new_token_command,
 };

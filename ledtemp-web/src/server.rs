@@ -198,7 +198,7 @@ pub struct Server {
     http_addr: SocketAddr,
     state: ServerState,
     stop: watch::Sender<bool>,
-    http: JoinHandle<Result<(), Error>>,
+    http: JoinHandle<()>,
     mqtt: JoinHandle<()>,
     clock: JoinHandle<()>,
     deliveries: Option<JoinHandle<()>>,
@@ -260,16 +260,9 @@ impl Server {
             .map_err(|e| Error::io(format!("binding HTTP to {}", config.listen), e))?;
         let http_addr =
             listener.local_addr().map_err(|e| Error::io("reading the HTTP address", e))?;
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let router = app(state.app_state(AccessControl::new(&config.auth)));
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-                .map_err(|e| Error::io("serving HTTP", e))
-        });
+        let http = tokio::spawn(crate::http::serve(listener, router, config.http, stopped));
         tracing::info!(
             %http_addr,
             database = %config.pipeline.database.display(),
@@ -360,7 +353,7 @@ impl Server {
         }
         // Open event streams never end on their own: give HTTP a moment, then stop it.
         match tokio::time::timeout(Duration::from_secs(2), &mut self.http).await {
-            Ok(result) => result.map_err(|e| Error::TaskFailed(e.to_string()))?,
+            Ok(result) => result.map_err(|e| Error::TaskFailed(e.to_string())),
             Err(_) => {
                 self.http.abort();
                 Ok(())

@@ -8,8 +8,12 @@ mod auth_config;
 mod health;
 mod login_limit;
 mod metrics;
+mod serve;
 mod session;
 mod sse;
+
+pub(crate) use serve::serve;
+pub use serve::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits};
 
 pub use auth::{AccessControl, MAX_REQUEST_BODY, MAX_VERIFICATIONS, SESSION_RECHECK};
 pub(crate) use auth_config::AuthSection;
