@@ -326,7 +326,9 @@ impl Ingest {
             Some(tracked) => tracked.as_ref(),
             None => batch.devices.get(&device),
         };
-        let tracked = self.live.device_count() + batch.new_devices;
+        // Counted only for a device the server does not track yet: the count walks every device.
+        let tracked =
+            if state.is_none() { self.live.device_count() + batch.new_devices } else { 0 };
         if let Err(error) = self.limits.admit(state, tracked, &verified.update) {
             return Err((device, error));
         }
