@@ -17,11 +17,12 @@
 //!
 //! The publishers speak MQTT 3.1.1 over raw TCP with pre-encoded PUBLISH packets (QoS 0, as a
 //! node sends temperatures), so the load generator costs next to nothing per frame. Every wait is
-//! bounded; without mosquitto the bench says so and exits successfully.
+//! bounded; without mosquitto the bench says so and exits successfully (under
+//! `LEDTEMP_REQUIRE_MOSQUITTO=1` it fails instead, as the broker tests do).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +35,9 @@ use ledtemp_core::{
     SequenceNumber, TOPIC_FILTER_ALL, TemperatureReading, Uptime,
 };
 use ledtemp_keys::{KeyEntry, Keyring};
+use ledtemp_test_support::mosquitto::{
+    Mosquitto, MosquittoConfig, find_program, mosquitto_programs,
+};
 
 /// Set (to `server`) in the child process that runs the server.
 const ROLE_ENV: &str = "LEDTEMP_BENCH_ROLE";
@@ -83,8 +87,7 @@ fn main() {
     if std::env::args().skip(1).any(|arg| !arg.starts_with('-') && !"ingest".contains(&*arg)) {
         return;
     }
-    let Some(mosquitto) = find_program("mosquitto", &["/usr/sbin/mosquitto"]) else {
-        println!("ingest bench skipped: mosquitto is not installed (apt-get install mosquitto)");
+    let Some([mosquitto]) = mosquitto_programs("ingest bench", ["mosquitto"]) else {
         return;
     };
     run_bench(&mosquitto);
@@ -136,13 +139,6 @@ fn run_server() {
 // ---------------------------------------------------------------------------------------------
 // Child processes.
 
-fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
-    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).collect())
-        .unwrap_or_default();
-    on_path.into_iter().chain(fallbacks.iter().map(PathBuf::from)).find(|path| path.is_file())
-}
-
 /// A child process that is killed when this is dropped (also on a panic).
 struct ChildGuard {
     child: Child,
@@ -175,18 +171,6 @@ impl Drop for ChildGuard {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `VmHWM` (peak resident set) and `VmRSS` of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -201,33 +185,20 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-fn start_mosquitto(binary: &Path, dir: &Path, nodelay: bool) -> (ChildGuard, u16, PathBuf) {
-    let port = free_port();
-    let config = dir.join("mosquitto.conf");
-    let log = dir.join("mosquitto.log");
-    std::fs::write(
-        &config,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+/// Mosquitto as the bench needs it (see [`MAX_QUEUED_MESSAGES`]), its log in its own directory.
+fn start_mosquitto(binary: &Path, nodelay: bool) -> Mosquitto {
+    let config = MosquittoConfig {
+        global: format!(
+            "allow_anonymous true\n\
              max_queued_messages {MAX_QUEUED_MESSAGES}\n\
              max_inflight_messages {MAX_INFLIGHT_MESSAGES}\n\
              set_tcp_nodelay {nodelay}\n\
-             log_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\n",
-            log.display()
+             log_type error\nlog_type warning\nlog_type notice\n"
         ),
-    )
-    .unwrap();
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard { child };
-    wait_for_port(port);
-    (guard, port, log)
+        listener: String::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(Mosquitto::start(binary, tempfile::tempdir().unwrap(), &config))
 }
 
 fn start_server(broker_port: u16, dir: &Path) -> (ChildGuard, SocketAddr) {
@@ -795,7 +766,8 @@ fn run_bench(mosquitto: &Path) {
     );
 
     let nodelay = std::env::var(NODELAY_ENV).as_deref() == Ok("1");
-    let (broker, port, broker_log) = start_mosquitto(mosquitto, dir.path(), nodelay);
+    let mut broker = start_mosquitto(mosquitto, nodelay);
+    let port = broker.port();
     println!(
         "mosquitto on 127.0.0.1:{port}: max_queued_messages {MAX_QUEUED_MESSAGES} (default \
          1000), max_inflight_messages {MAX_INFLIGHT_MESSAGES} (no limit; default 20), \
@@ -803,21 +775,20 @@ fn run_bench(mosquitto: &Path) {
     );
     let (server, http) = start_server(port, dir.path());
     let (idle_peak_kib, _) = memory_kib(server.pid());
-    let (sub, sub_count, baseline) =
-        match find_program("mosquitto_sub", &["/usr/bin/mosquitto_sub"]) {
-            Some(binary) => {
-                let (sub, count) = start_mosquitto_sub(&binary, port);
-                let name = format!("mosquitto_sub (pid {})", sub.pid());
-                (Some(sub), count, name)
-            }
-            None => {
-                println!(
-                    "mosquitto_sub is not installed (apt-get install mosquitto-clients): the \
+    let (sub, sub_count, baseline) = match find_program("mosquitto_sub") {
+        Some(binary) => {
+            let (sub, count) = start_mosquitto_sub(&binary, port);
+            let name = format!("mosquitto_sub (pid {})", sub.pid());
+            (Some(sub), count, name)
+        }
+        None => {
+            println!(
+                "mosquitto_sub is not installed (apt-get install mosquitto-clients): the \
                      baseline is a rumqttc subscriber instead, in the \"mosquitto_sub\" columns"
-                );
-                (None, start_rumqttc_sub(port), "a rumqttc subscriber".to_owned())
-            }
-        };
+            );
+            (None, start_rumqttc_sub(port), "a rumqttc subscriber".to_owned())
+        }
+    };
 
     // The event stream, open before any frame.
     let stop_events = Arc::new(AtomicBool::new(false));
@@ -859,7 +830,7 @@ fn run_bench(mosquitto: &Path) {
             sub_base: sub_count.load(Ordering::Relaxed),
         },
         server_pid: server.pid(),
-        broker_pid: broker.pid(),
+        broker_pid: broker.pid().unwrap(),
     };
     println!(
         "server (pid {}) on http://{http}, {baseline} subscribed to {TOPIC_FILTER_ALL}",
@@ -881,12 +852,8 @@ fn run_bench(mosquitto: &Path) {
     let final_stats = server_stats(http);
     server.stop(WAIT);
     drop(sub);
-    drop(broker);
-    let dropped_notices = std::fs::read_to_string(&broker_log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("dropped"))
-        .count();
+    broker.stop();
+    let dropped_notices = broker.log().lines().filter(|line| line.contains("dropped")).count();
 
     report(&[steady, flood], &log, idle_peak_kib, final_stats, dropped_notices);
     println!("total run time {:.0} s", run_start.elapsed().as_secs_f64());

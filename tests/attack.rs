@@ -10,22 +10,18 @@
 //! The binary under test is the example cargo built for this test run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../ledtemp-core/tests/support/broker.rs"]
-mod broker;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use broker::TestBroker;
 use ledtemp_core::{
-    Algorithm, AnyCodec, Clock, DeviceId, InsecurePlaintextCodec, KeyId, LedName,
-    MemorySequenceStore, MilliCelsius, Node, NodeConfig, ScriptedButton, SealedOrPlaintext,
-    SensorName, SimulatedTemperature,
+    Algorithm, AnyCodec, InsecurePlaintextCodec, KeyId, MilliCelsius, NodeConfig, SealedOrPlaintext,
 };
-use ledtemp_keys::{KeyEntry, Keyring};
-use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
+use ledtemp_test_support::WAIT;
+use ledtemp_test_support::broker::TestBroker;
+use ledtemp_test_support::keys::TempKeyring;
+use ledtemp_test_support::node::{NodeThread, SimulatedNode};
 use ledtemp_web::{KeyTable, ServeArgs, Server};
 use serde_json::Value;
 
@@ -39,8 +35,6 @@ const MAX_DEVICES: usize = 10;
 const JUNK: u64 = 100;
 const OVERSIZE: u64 = 10;
 const INVENTED: u64 = 30;
-/// Every wait ends after this.
-const WAIT: Duration = Duration::from_secs(15);
 
 /// The example binary: target/debug/deps/<this test> -> target/debug/examples/attack.
 fn attack_binary() -> PathBuf {
@@ -55,35 +49,24 @@ struct Rig {
     broker: TestBroker,
     dir: tempfile::TempDir,
     insecure: bool,
-    keyring: Option<Keyring>,
+    keyring: Option<TempKeyring>,
     server: Option<Server>,
     http: reqwest::Client,
-    stop_node: Option<tokio::sync::oneshot::Sender<()>>,
-    node_thread: Option<std::thread::JoinHandle<()>>,
+    node: Option<NodeThread>,
 }
 
 impl Rig {
     async fn start(insecure: bool) -> Rig {
         let broker = TestBroker::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let mut keyring = Keyring::new();
-        let mut node_codec = None;
-        for name in [NODE, SPARE] {
-            let entry = KeyEntry::generate(
-                DeviceId::new(name).unwrap(),
-                KeyId(1),
-                Algorithm::ChaCha20Poly1305,
-            )
-            .unwrap();
-            if name == NODE {
-                node_codec = Some(entry.codec());
-            }
-            keyring.add(entry, false).unwrap();
-        }
+        let keyring = TempKeyring::generate(&[
+            (NODE, Algorithm::ChaCha20Poly1305),
+            (SPARE, Algorithm::ChaCha20Poly1305),
+        ]);
         let codec = if insecure {
             SealedOrPlaintext::InsecurePlaintext(InsecurePlaintextCodec::new(KeyId(1)))
         } else {
-            SealedOrPlaintext::Sealed(node_codec.unwrap())
+            SealedOrPlaintext::Sealed(keyring.codec(NODE))
         };
         let mut rig = Rig {
             broker,
@@ -93,8 +76,7 @@ impl Rig {
             keyring: (!insecure).then_some(keyring),
             server: None,
             http: reqwest::Client::new(),
-            stop_node: None,
-            node_thread: None,
+            node: None,
         };
         rig.start_server().await;
         rig.start_node(codec);
@@ -119,7 +101,10 @@ impl Rig {
         }
         .resolve()
         .unwrap();
-        let keys = self.keyring.as_ref().map_or_else(KeyTable::new, KeyTable::from_keyring);
+        let keys = self
+            .keyring
+            .as_ref()
+            .map_or_else(KeyTable::new, |keyring| KeyTable::from_keyring(keyring.keyring()));
         self.server = Some(Server::start(config, keys).await.unwrap());
         self.wait_until("the server's subscription", |stats, _| {
             stats["broker_connected"].as_bool() == Some(true)
@@ -135,52 +120,19 @@ impl Rig {
         self.start_server().await;
     }
 
-    /// The genuine node on a thread of its own (the minimq mailbox is not `Sync`).
+    /// The genuine node: a button pressed every second, a reading every 250 ms.
     fn start_node(&mut self, codec: SealedOrPlaintext<AnyCodec>) {
-        let port = self.broker.port;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let mut clock = StdClock::new();
-                let mut node: Node<_, MemorySequenceStore> = Node::new(
-                    DeviceId::new(NODE).unwrap(),
-                    &[LedName::new("red").unwrap()],
-                    &[SensorName::new("cpu").unwrap()],
-                    codec,
-                    MemorySequenceStore::new(),
-                    NodeConfig {
-                        temperature_period: Duration::from_millis(250),
-                        ..NodeConfig::default()
-                    },
-                    clock.now(),
-                )
-                .unwrap();
-                let mut buttons = [ScriptedButton::new(
-                    clock,
-                    Duration::from_secs(1),
-                    Duration::from_millis(100),
-                )];
-                let mut leds = [LoggedLed::new("red")];
-                let mut sensors = [BlockingSensor::new(
-                    SimulatedTemperature::new(clock, 7).with_base(MilliCelsius(21_000)),
-                )];
-                let broker = BrokerAddress::new("127.0.0.1", port, NODE);
-                let mut on_event = |_: ledtemp_core::RunEvent<'_>| {};
-                let world = NodeWorld::new(broker, clock)
-                    .buttons(&mut buttons)
-                    .leds(&mut leds)
-                    .sensors(&mut sensors);
-                let run = run_node(&mut node, world, &mut on_event);
-                tokio::select! {
-                    result = run => panic!("the node stopped: {result:?}"),
-                    _ = stopped => {}
-                }
-            });
-        });
-        self.stop_node = Some(stop);
-        self.node_thread = Some(thread);
+        let node = SimulatedNode {
+            config: NodeConfig {
+                temperature_period: Duration::from_millis(250),
+                ..NodeConfig::default()
+            },
+            press_every: Duration::from_secs(1),
+            base: MilliCelsius(21_000),
+            ..SimulatedNode::new(NODE, codec)
+        };
+        let broker = self.broker.address(NODE);
+        self.node = Some(NodeThread::spawn(move || node.run(broker)));
     }
 
     fn url(&self) -> String {
@@ -251,11 +203,8 @@ impl Rig {
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop_node.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.node_thread.take() {
-            tokio::task::spawn_blocking(move || thread.join()).await.unwrap().unwrap();
+        if let Some(node) = self.node.take() {
+            node.stop().await;
         }
         if let Some(server) = self.server.take() {
             server.shutdown().await.unwrap();

@@ -6,29 +6,25 @@
 //! (`LEDTEMP_REQUIRE_MOSQUITTO=1` makes that a failure). Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/secure_broker.rs"]
-mod secure_broker;
-
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use ledtemp_core::{
-    Algorithm, AnyCodec, Clock, Codec, Connector, DeviceId, KeyId, LedName, MAX_FRAME_LEN,
-    MemorySequenceStore, Message, MilliCelsius, Node, NodeConfig, ScriptedButton, SensorName,
-    SequenceNumber, SimulatedTemperature, TemperatureReading, Uptime,
+    Algorithm, AnyCodec, Codec, Connector, DeviceId, KeyId, MAX_FRAME_LEN, Message, MilliCelsius,
+    NodeConfig, SensorName, SequenceNumber, TemperatureReading, Uptime,
 };
-use ledtemp_tokio::{
-    BlockingSensor, BrokerAddress, BrokerTls, LoggedLed, NodeWorld, StdClock, TlsConnector,
-};
+use ledtemp_test_support::WAIT;
+use ledtemp_test_support::keys::TempKeyring;
+use ledtemp_test_support::node::SimulatedNode;
+use ledtemp_test_support::proxy::{Proxy, contains};
+use ledtemp_test_support::secure_broker::{SERVER_USER, SecureBroker, TestCertificates};
+use ledtemp_tokio::{BrokerAddress, BrokerTls, TlsConnector};
 use ledtemp_web::{KeyTable, ServeArgs, Server};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
-use secure_broker::{
-    BROKER_WAIT, RecordingProxy, SERVER_USER, SecureBroker, TestCertificates, contains, write_file,
-};
 use tokio::sync::mpsc;
 
 const KITCHEN: &str = "kitchen-pi";
@@ -97,7 +93,7 @@ async fn start_server_with(broker: &SecureBroker, dir: &Path, keys: KeyTable) ->
 }
 
 async fn eventually(what: &str, broker: &SecureBroker, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + BROKER_WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}\n{}", broker.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -109,11 +105,11 @@ async fn eventually(what: &str, broker: &SecureBroker, mut check: impl FnMut() -
 async fn connect(options: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
     let (client, mut events) = AsyncClient::new(options, 16);
     loop {
-        match tokio::time::timeout(BROKER_WAIT, events.poll()).await {
+        match tokio::time::timeout(WAIT, events.poll()).await {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, events)),
             Ok(Ok(_)) => {}
             Ok(Err(error)) => return Err(error),
-            Err(_) => panic!("neither CONNACK nor error within {BROKER_WAIT:?}"),
+            Err(_) => panic!("neither CONNACK nor error within {WAIT:?}"),
         }
     }
 }
@@ -145,26 +141,16 @@ fn watch(mut events: EventLoop) -> mpsc::UnboundedReceiver<String> {
 }
 
 /// kitchen-pi with simulated hardware (a press every 300 ms, a reading every 200 ms).
-async fn run_kitchen_node(address: BrokerAddress) {
-    let mut clock = StdClock::new();
-    let mut node: Node<_, _> = Node::new(
-        DeviceId::new(KITCHEN).unwrap(),
-        &[LedName::new("red").unwrap()],
-        &[SensorName::new("room").unwrap()],
-        codec(KITCHEN),
-        MemorySequenceStore::new(),
-        NodeConfig { temperature_period: Duration::from_millis(200), ..NodeConfig::default() },
-        clock.now(),
-    )
-    .unwrap();
-    let mut buttons =
-        [ScriptedButton::new(clock, Duration::from_millis(300), Duration::from_millis(100))];
-    let mut leds = [LoggedLed::new("red")];
-    let mut sensors = [BlockingSensor::new(SimulatedTemperature::new(clock, 7))];
-    let world =
-        NodeWorld::new(address, clock).buttons(&mut buttons).leds(&mut leds).sensors(&mut sensors);
-    let stopped = ledtemp_tokio::run_node(&mut node, world, &mut |_| {}).await;
-    panic!("the node stopped: {stopped:?}");
+fn kitchen_node() -> SimulatedNode<AnyCodec> {
+    SimulatedNode {
+        sensor: "room".into(),
+        config: NodeConfig {
+            temperature_period: Duration::from_millis(200),
+            ..NodeConfig::default()
+        },
+        press_every: Duration::from_millis(300),
+        ..SimulatedNode::new(KITCHEN, codec(KITCHEN))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,13 +160,13 @@ async fn a_node_over_tls_with_its_account_reaches_the_server_and_the_link_shows_
     let server = start_server(&broker, dir.path()).await;
 
     // The node, through a proxy that records the link.
-    let proxy = RecordingProxy::start(broker.port).await;
-    let mut address = BrokerAddress::new("127.0.0.1", proxy.port, KITCHEN);
+    let proxy = Proxy::recording(broker.port).await;
+    let mut address = BrokerAddress::new("127.0.0.1", proxy.port(), KITCHEN);
     address.credentials = Some((KITCHEN.into(), KITCHEN_PASSWORD.into()));
     address.tls = Some(broker.tls());
     // minimq's mailbox is not `Sync`: the node runs on this thread, the server on the workers.
     let node = tokio::task::LocalSet::new();
-    node.spawn_local(run_kitchen_node(address));
+    node.spawn_local(kitchen_node().run(address));
     let live = server.live().clone();
     node.run_until(eventually("the server accepted 5 frames", &broker, || {
         live.stats.snapshot().accepted >= 5
@@ -216,7 +202,7 @@ async fn a_device_account_subscribed_to_everything_receives_nothing() {
     let mut sniffed = watch(events);
     for filter in ["#", "ledtemp/#", "ledtemp/kitchen-pi/#", "$SYS/#"] {
         sniffer.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        let answer = tokio::time::timeout(BROKER_WAIT, sniffed.recv()).await.unwrap().unwrap();
+        let answer = tokio::time::timeout(WAIT, sniffed.recv()).await.unwrap().unwrap();
         assert!(answer.starts_with("suback"), "{filter}: {answer}");
     }
     // kitchen-pi publishes; the server, whose account may read, gets every frame.
@@ -269,7 +255,7 @@ async fn anonymous_wrong_passwords_plain_tcp_and_untrusted_brokers_get_nothing()
     // A broker whose certificate another CA signed (a man in the middle) is refused by the node,
     // and so is the right broker under another name.
     let other_ca = TestCertificates::generate("someone else's CA");
-    let other_ca = write_file(broker.dir.path(), "other-ca.pem", &other_ca.ca_pem);
+    let other_ca = broker.write_file("other-ca.pem", &other_ca.ca_pem);
     let untrusted = BrokerTls::from_ca_file(&other_ca, "127.0.0.1").unwrap();
     let wrong_name = BrokerTls::from_ca_file(&broker.ca_file, "broker.example").unwrap();
     for (tls, what) in [(untrusted, "another CA"), (wrong_name, "another name")] {
@@ -349,15 +335,10 @@ async fn the_rpi_node_example_publishes_over_tls_with_its_account() {
     assert!(binary.exists(), "{} missing: cargo build --example rpi_node", binary.display());
     let Some(broker) = SecureBroker::start(&ACCOUNTS).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let entry = ledtemp_keys::KeyEntry::generate(
-        DeviceId::new(KITCHEN).unwrap(),
-        KeyId(1),
-        Algorithm::ChaCha20Poly1305,
-    )
-    .unwrap();
-    ledtemp_keys::write_key_file(&dir.path().join("node.key"), &entry, false).unwrap();
+    let node_keys = TempKeyring::generate(&[(KITCHEN, Algorithm::ChaCha20Poly1305)]);
+    node_keys.write_key_file(KITCHEN, &dir.path().join("node.key"));
     let mut keys = KeyTable::new();
-    keys.insert(entry.device.clone(), entry.codec());
+    keys.insert(DeviceId::new(KITCHEN).unwrap(), node_keys.codec(KITCHEN));
     let server = start_server_with(&broker, dir.path(), keys).await;
     let password_file = broker.password_file("node.password", KITCHEN_PASSWORD);
     let config = dir.path().join("node.toml");
@@ -383,7 +364,7 @@ async fn the_rpi_node_example_publishes_over_tls_with_its_account() {
         .spawn()
         .unwrap();
     let live = server.live().clone();
-    let deadline = tokio::time::Instant::now() + BROKER_WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while live.stats.snapshot().accepted < 3 {
         if tokio::time::Instant::now() > deadline || node.try_wait().unwrap().is_some() {
             let _ = node.kill();

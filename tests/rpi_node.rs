@@ -7,17 +7,15 @@
 //! to a Pi is known to start and publish.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../ledtemp-core/tests/support/broker.rs"]
-mod broker;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use broker::{FrameChecker, Subscriber, TestBroker};
-use ledtemp_core::{Algorithm, DeviceId, KeyId, LedState, Message, NodeStatus, StatusReport};
-use ledtemp_keys::KeyEntry;
+use ledtemp_core::{Algorithm, LedState, Message, NodeStatus, StatusReport};
+use ledtemp_test_support::broker::TestBroker;
+use ledtemp_test_support::keys::TempKeyring;
+use ledtemp_test_support::mqtt::{FrameChecker, Subscriber};
 
 const DEVICE: &str = "sim-pi";
 
@@ -44,11 +42,9 @@ fn node_command() -> Command {
 }
 
 /// A key file and a config file for the broker on `port`, in `dir`.
-fn provision(dir: &Path, port: u16) -> (KeyEntry, PathBuf) {
-    let entry =
-        KeyEntry::generate(DeviceId::new(DEVICE).unwrap(), KeyId(1), Algorithm::ChaCha20Poly1305)
-            .unwrap();
-    ledtemp_keys::write_key_file(&dir.join("node.key"), &entry, false).unwrap();
+fn provision(dir: &Path, port: u16) -> (TempKeyring, PathBuf) {
+    let keys = TempKeyring::generate(&[(DEVICE, Algorithm::ChaCha20Poly1305)]);
+    keys.write_key_file(DEVICE, &dir.join("node.key"));
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
@@ -74,7 +70,7 @@ kind = "thermal-zone"
         ),
     )
     .unwrap();
-    (entry, config)
+    (keys, config)
 }
 
 struct KillOnDrop(Child);
@@ -90,7 +86,7 @@ impl Drop for KillOnDrop {
 async fn simulate_publishes_sealed_frames_that_open_with_the_configured_key() {
     let broker = TestBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (entry, config) = provision(dir.path(), broker.port);
+    let (keys, config) = provision(dir.path(), broker.port);
     let mut subscriber = Subscriber::start(broker.port).await;
 
     let node = node_command()
@@ -102,7 +98,7 @@ async fn simulate_publishes_sealed_frames_that_open_with_the_configured_key() {
         .unwrap();
     let _node = KillOnDrop(node);
 
-    let mut checker = FrameChecker::new(entry.codec());
+    let mut checker = FrameChecker::new(keys.codec(DEVICE));
     let mut messages = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (mut leds, mut temperatures) = (0, 0);

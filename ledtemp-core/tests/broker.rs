@@ -1,25 +1,24 @@
 //! A node publishing through `MqttPublisher` to a real broker (mosquitto, else rumqttd), read
 //! back by a subscriber that opens every frame like the server does.
 //!
-//! Each test starts its own broker on a free port and bounds every wait.
+//! The node runs as on a Raspberry Pi, through `ledtemp_tokio::run_node`. Each test starts its
+//! own broker on a free port and bounds every wait.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "support/broker.rs"]
-mod broker;
 
 use std::pin::pin;
 use std::time::Duration;
 
-use broker::{
-    AsyncSensor, Checked, FrameChecker, RecordingLed, StdClock, Subscriber, TcpConnector,
-    TestBroker, TokioDelay, WAIT,
-};
 use ledtemp_core::{
-    AesGcmCodec, AsyncIo, Backoff, DeviceId, Driver, Instant, KeyId, LedName, LedState,
-    MemorySequenceStore, Message, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Node,
-    NodeConfig, NodeStats, NodeStatus, RunEvent, ScriptedButton, SensorName, SimulatedTemperature,
-    mqtt_link,
+    AesGcmCodec, Backoff, DeviceId, Instant, KeyId, LedName, LedState, MemorySequenceStore,
+    Message, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Node, NodeConfig, NodeStats,
+    NodeStatus, ScriptedButton, SensorName, SimulatedTemperature, mqtt_link,
 };
+use ledtemp_test_support::WAIT;
+use ledtemp_test_support::broker::TestBroker;
+use ledtemp_test_support::mqtt::{Checked, FrameChecker, Subscriber};
+use ledtemp_test_support::node::{run_node_until, sleep_until};
+use ledtemp_test_support::proxy::Proxy;
+use ledtemp_tokio::{BrokerAddress, LoggedLed, NodeWorld, StdClock, TcpConnector};
 
 const KEY: [u8; 16] = [0x5a; 16];
 const DEVICE: &str = "bench-node";
@@ -60,38 +59,26 @@ fn node(clock: &mut StdClock) -> TestNode {
     .unwrap()
 }
 
-/// Runs `node` on tokio through `MqttPublisher`, pressing its button at `presses`, until
-/// `until` finishes (the node never does); then drops the node's connection without DISCONNECT.
-async fn run_node_until<T>(
+/// Runs `node` (through `MqttPublisher`), pressing its button at `presses`, connecting to
+/// `broker` as [`DEVICE`], until `until` finishes (the node never does); then drops the node's
+/// connection without DISCONNECT.
+async fn run_node<T>(
     node: &mut TestNode,
     clock: StdClock,
     presses: &'static [Instant],
-    connector: TcpConnector,
+    broker: u16,
     backoff: Backoff,
     until: impl Future<Output = T>,
 ) -> T {
-    let mailbox = MqttMailbox::new();
-    let mut buffers = MqttBuffers::new();
-    let link = pin!(mqtt_link(&mailbox, connector, MqttConfig::new(DEVICE), &mut buffers));
     let mut buttons = [ScriptedButton::from_presses(clock, presses)];
-    let mut leds = [RecordingLed::default()];
-    let mut sensors = [AsyncSensor(SimulatedTemperature::new(clock, 7))];
-    let mut io = AsyncIo {
-        buttons: &mut buttons,
-        leds: &mut leds,
-        sensors: &mut sensors,
-        publisher: MqttPublisher::new(&mailbox, link),
-        clock,
-        delay: TokioDelay,
-    };
-    let mut log =
-        |event: RunEvent<'_>| eprintln!("{:>6} ms {event:?}", clock.start.elapsed().as_millis());
-    let mut driver = Driver::new(backoff);
-    let run = pin!(driver.run(node, &mut io, &mut log));
-    tokio::select! {
-        result = run => panic!("the driver stopped: {result:?}"),
-        output = until => output,
-    }
+    let mut leds = [LoggedLed::new(LED)];
+    let mut sensors = [SimulatedTemperature::new(clock, 7)];
+    let world = NodeWorld::new(BrokerAddress::new("127.0.0.1", broker, DEVICE), clock)
+        .buttons(&mut buttons)
+        .leds(&mut leds)
+        .sensors(&mut sensors)
+        .backoff(backoff);
+    run_node_until(node, world, until).await
 }
 
 /// Takes frames from the subscriber, opened and checked for replay, until `done` says so.
@@ -186,8 +173,7 @@ async fn node_publishes_sealed_frames_in_order() {
     let mut clock = StdClock::new();
     let mut node = node(&mut clock);
 
-    let connector = TcpConnector::new(broker.port);
-    run_node_until(&mut node, clock, &PRESSES, connector, Backoff::default(), async {
+    run_node(&mut node, clock, &PRESSES, broker.port, Backoff::default(), async {
         // Samples at 0, 1, 2 and 3 s; the last press settles by about 2 s.
         collect(&mut subscriber, &mut checker, &mut frames, |frames| {
             let temperatures =
@@ -248,22 +234,22 @@ async fn led_changes_survive_a_broker_restart() {
     let mut clock = StdClock::new();
     let mut node = node(&mut clock);
 
-    let connector = TcpConnector::new(broker.port);
-    let network = connector.open.clone();
+    // The node's network: a link to the broker that the test can cut.
+    let mut network = Proxy::start(broker.port).await;
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-    run_node_until(&mut node, clock, &PRESSES, connector, backoff, async {
+    run_node(&mut node, clock, &PRESSES, network.port(), backoff, async {
         collect(&mut subscriber, &mut checker, &mut frames, |f| !led_changes(f).is_empty()).await;
-        tokio::time::sleep_until(clock.at(1_200)).await;
+        sleep_until(clock, Instant::from_millis(1_200)).await;
         broker.stop();
-        // The node's connection attempts are refused while the broker is down.
-        tokio::time::sleep_until(clock.at(2_800)).await;
-        // Once the broker is back, the node's network stays held down until the subscriber has
+        // The node's connection attempts fail while the broker is down.
+        sleep_until(clock, Instant::from_millis(2_800)).await;
+        // Once the broker is back, the node's network stays down until the subscriber has
         // subscribed again: the frames queued meanwhile are not retained (only the last per
         // topic is), so a subscriber that came back after the node would miss them.
-        network.store(false, std::sync::atomic::Ordering::SeqCst);
+        network.close();
         broker.resume().await;
         subscriber.wait_subscribed(2).await;
-        network.store(true, std::sync::atomic::Ordering::SeqCst);
+        network.open().await;
         collect(&mut subscriber, &mut checker, &mut frames, |f| {
             led_changes(f).len() >= PRESSES.len()
         })
@@ -287,8 +273,7 @@ async fn broker_publishes_the_sealed_will_when_the_node_vanishes() {
     let mut clock = StdClock::new();
     let mut node = node(&mut clock);
 
-    let connector = TcpConnector::new(broker.port);
-    run_node_until(&mut node, clock, &NO_PRESSES, connector, Backoff::default(), async {
+    run_node(&mut node, clock, &NO_PRESSES, broker.port, Backoff::default(), async {
         collect(&mut subscriber, &mut checker, &mut frames, |f| {
             f.iter().any(|f| matches!(f.message, Message::Temperature(_)))
         })
@@ -324,7 +309,8 @@ async fn largest_frames_fit_the_default_buffers() {
     let mailbox = MqttMailbox::new();
     let mut buffers = MqttBuffers::new();
     let config = MqttConfig::new("c".repeat(ledtemp_core::MAX_CLIENT_ID_LEN).leak());
-    let link = pin!(mqtt_link(&mailbox, TcpConnector::new(broker.port), config, &mut buffers));
+    let connector = TcpConnector::new("127.0.0.1", broker.port);
+    let link = pin!(mqtt_link(&mailbox, connector, config, &mut buffers));
     let mut publisher = MqttPublisher::new(&mailbox, link);
     tokio::time::timeout(WAIT, publisher.connect(&will)).await.unwrap().unwrap();
     assert!(publisher.is_connected());

@@ -115,9 +115,9 @@ impl<'a, B, L, T> NodeWorld<'a, B, L, T> {
         NodeWorld { backoff, ..self }
     }
 
-    /// The broker the node publishes to.
-    pub fn broker(&self) -> &BrokerAddress {
-        &self.broker
+    /// The clock the node runs on (to put the node's instants in a log, say).
+    pub fn clock(&self) -> StdClock {
+        self.clock
     }
 }
 

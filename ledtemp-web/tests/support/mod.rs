@@ -2,8 +2,8 @@
 //! database, a raw MQTT publisher, a minimal HTTP client and the broker (shared with ledtemp-core's tests).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../../ledtemp-core/tests/support/broker.rs"]
-pub mod broker;
+#[allow(unused_imports, reason = "the tests that start no broker do not use it")]
+pub use ledtemp_test_support::broker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use broker::WAIT;
+pub use ledtemp_test_support::WAIT;
 
 /// The two devices of the tests' keyring, and their keys.
 pub const KITCHEN: &str = "kitchen-pi";

@@ -1,0 +1,145 @@
+//! The broker of a plain test: Mosquitto when it is installed, else rumqttd in this process.
+//!
+//! Mosquitto is started on a free port of 127.0.0.1 with a configuration of the test's own,
+//! anonymous clients allowed ([`Mosquitto`]). Without it (or with `LEDTEMP_TEST_BROKER=rumqttd`)
+//! rumqttd runs in-process behind a [`Proxy`], so that the test can still stop and resume it;
+//! `LEDTEMP_REQUIRE_MOSQUITTO=1` makes a missing Mosquitto a failure instead.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use ledtemp_tokio::BrokerAddress;
+use tempfile::TempDir;
+
+use crate::mosquitto::{Mosquitto, MosquittoConfig, REQUIRE_MOSQUITTO_ENV};
+use crate::mosquitto::{find_program, mosquitto_required};
+use crate::net::{free_port, wait_for_port};
+use crate::proxy::Proxy;
+
+/// The environment variable that forces the fallback: `LEDTEMP_TEST_BROKER=rumqttd`.
+pub const TEST_BROKER_ENV: &str = "LEDTEMP_TEST_BROKER";
+
+/// Which broker a test got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// A Mosquitto process of the test's own.
+    Mosquitto,
+    /// rumqttd in this process, behind a proxy that can be cut.
+    Rumqttd,
+}
+
+/// A broker on `127.0.0.1:port` that a test can stop and start again on the same port; stopped
+/// when dropped (rumqttd itself runs on until the test process exits: it cannot be stopped, so
+/// its proxy is cut instead).
+#[derive(Debug)]
+pub struct TestBroker {
+    /// Which broker it is.
+    pub kind: BrokerKind,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    process: Process,
+}
+
+#[derive(Debug)]
+enum Process {
+    Mosquitto(Mosquitto),
+    Rumqttd(Proxy),
+}
+
+impl TestBroker {
+    /// Starts Mosquitto, or rumqttd when Mosquitto is not installed (see the module docs), and
+    /// waits until it accepts connections.
+    pub async fn start() -> TestBroker {
+        let forced_fallback = std::env::var(TEST_BROKER_ENV).as_deref() == Ok("rumqttd");
+        match find_program("mosquitto") {
+            Some(binary) if !forced_fallback => {
+                let dir = TempDir::new().unwrap();
+                let mosquitto = Mosquitto::start(&binary, dir, &MosquittoConfig::anonymous()).await;
+                TestBroker {
+                    kind: BrokerKind::Mosquitto,
+                    port: mosquitto.port(),
+                    process: Process::Mosquitto(mosquitto),
+                }
+            }
+            _ => {
+                assert!(
+                    !mosquitto_required(),
+                    "{REQUIRE_MOSQUITTO_ENV}=1 but mosquitto is not installed (apt-get install \
+                     mosquitto)"
+                );
+                let proxy = Proxy::start(start_rumqttd().await).await;
+                TestBroker {
+                    kind: BrokerKind::Rumqttd,
+                    port: proxy.port(),
+                    process: Process::Rumqttd(proxy),
+                }
+            }
+        }
+    }
+
+    /// Stops the broker abruptly: Mosquitto is killed; rumqttd's proxy closes its port and cuts
+    /// every connection.
+    pub fn stop(&mut self) {
+        match &mut self.process {
+            Process::Mosquitto(mosquitto) => mosquitto.stop(),
+            Process::Rumqttd(proxy) => proxy.close(),
+        }
+    }
+
+    /// Starts the broker again on the same port and waits until it accepts connections.
+    pub async fn resume(&mut self) {
+        match &mut self.process {
+            Process::Mosquitto(mosquitto) => mosquitto.resume().await,
+            Process::Rumqttd(proxy) => proxy.open().await,
+        }
+    }
+
+    /// Where a node finds this broker, connecting as `client_id` without credentials.
+    pub fn address(&self, client_id: &str) -> BrokerAddress {
+        BrokerAddress::new("127.0.0.1", self.port, client_id)
+    }
+}
+
+/// Starts rumqttd (MQTT v5) on a free port of its own thread and returns the port once it
+/// accepts connections.
+async fn start_rumqttd() -> u16 {
+    let port = free_port();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        max_payload_size: 4_096,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "v5".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1 << 20,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v5: Some(HashMap::from([("v5".to_owned(), server)])),
+        ..Default::default()
+    };
+    // rumqttd has no way to stop a running broker: it runs on its own thread until the test
+    // process exits.
+    std::thread::spawn(move || {
+        if let Err(error) = rumqttd::Broker::new(config).start() {
+            eprintln!("rumqttd stopped: {error:?}");
+        }
+    });
+    wait_for_port(port).await;
+    port
+}

@@ -1,0 +1,82 @@
+//! `ledtemp-test-support`: the set-up that ledtemp's tests and benches share, in one place.
+//!
+//! A dev-dependency only (`publish = false`): the integration tests of every crate and the benches
+//! use it; nothing ships with it. Each module is one concern:
+//!
+//! - [`net`]: a free port, and waiting until one accepts connections.
+//! - [`mosquitto`]: finding Mosquitto's programs, and [`Mosquitto`](mosquitto::Mosquitto), a
+//!   broker process of a test's own: the one way every Mosquitto here is started.
+//! - [`broker`]: [`TestBroker`](broker::TestBroker), the broker of a plain test (Mosquitto, or
+//!   rumqttd in-process when Mosquitto is not installed), which a test can stop and resume.
+//! - [`secure_broker`]: [`SecureBroker`](secure_broker::SecureBroker), Mosquitto locked down as
+//!   `docs/broker.md` describes (TLS with rcgen certificates, password accounts, an ACL).
+//! - [`proxy`]: a TCP [`Proxy`](proxy::Proxy) a test can cut and restore, and that can record
+//!   what an eavesdropper on the link sees.
+//! - [`mqtt`]: a [`Subscriber`](mqtt::Subscriber) on every ledtemp topic, and a
+//!   [`FrameChecker`](mqtt::FrameChecker) that opens frames as the server does.
+//! - [`keys`]: [`TempKeyring`](keys::TempKeyring), fresh keys in a keyring file of their own.
+//! - [`node`]: nodes run with `ledtemp_tokio::run_node`: a [`SimulatedNode`](node::SimulatedNode),
+//!   a node on a thread of its own ([`NodeThread`](node::NodeThread)), a node run until a test is
+//!   done ([`run_node_until`](node::run_node_until)).
+//!
+//! The clock, delay and TCP connector a node needs are `ledtemp-tokio`'s, never copies. Starting
+//! the server (`ledtemp-web`) will be a `server` module of its own.
+//!
+//! Set-up failures panic, which fails the test with the reason; every wait ends after [`WAIT`].
+//!
+//! # Environment
+//!
+//! - `LEDTEMP_REQUIRE_MOSQUITTO=1` (CI sets it): a missing Mosquitto fails the test, instead of
+//!   [`TestBroker`](broker::TestBroker) falling back to rumqttd or a Mosquitto-only test skipping.
+//! - `LEDTEMP_TEST_BROKER=rumqttd`: [`TestBroker`](broker::TestBroker) uses rumqttd even where
+//!   Mosquitto is installed, to try the fallback.
+//!
+//! # Example
+//!
+//! A simulated node's first frame, read back through a broker of the test's own:
+//!
+//! ```
+//! use ledtemp_core::{Algorithm, Message};
+//! use ledtemp_test_support::WAIT;
+//! use ledtemp_test_support::broker::TestBroker;
+//! use ledtemp_test_support::keys::TempKeyring;
+//! use ledtemp_test_support::mqtt::{FrameChecker, Subscriber};
+//! use ledtemp_test_support::node::SimulatedNode;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let broker = TestBroker::start().await;
+//! let mut subscriber = Subscriber::start(broker.port).await;
+//! let keys = TempKeyring::generate(&[("sim-1", Algorithm::Aes128Gcm)]);
+//! let mut checker = FrameChecker::new(keys.codec("sim-1"));
+//!
+//! let node = SimulatedNode::new("sim-1", keys.codec("sim-1")).run(broker.address("sim-1"));
+//! let received = tokio::select! {
+//!     stopped = node => match stopped {},
+//!     received = subscriber.next(WAIT) => received.expect("a frame"),
+//! };
+//! let first = checker.check(&received).expect("not a replay");
+//! assert_eq!(first.topic, "ledtemp/sim-1/status");
+//! assert!(matches!(first.message, Message::Status(_)));
+//! # }
+//! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a set-up that fails panics, and so fails the test with the reason"
+)]
+
+use std::time::Duration;
+
+pub mod broker;
+pub mod keys;
+pub mod mosquitto;
+pub mod mqtt;
+pub mod net;
+pub mod node;
+pub mod proxy;
+pub mod secure_broker;
+
+/// Every wait in the helpers (a port opening, a subscription, a frame) ends after this at the
+/// latest, and tests bound their own waits with it.
+pub const WAIT: Duration = Duration::from_secs(15);

@@ -1,0 +1,182 @@
+//! Mosquitto's programs, and [`Mosquitto`]: a broker process of a test's own on a free port.
+//!
+//! [`TestBroker`](crate::broker::TestBroker), [`SecureBroker`](crate::secure_broker::SecureBroker)
+//! and the ingest bench all start theirs through [`Mosquitto::start`]; they differ only in the
+//! settings they give it.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::WAIT;
+use crate::net::{accepts, free_port};
+
+/// The environment variable that makes a missing Mosquitto a failure (`1`; CI sets it).
+pub const REQUIRE_MOSQUITTO_ENV: &str = "LEDTEMP_REQUIRE_MOSQUITTO";
+
+/// Where the program `name` is installed: the first match on `PATH`, else in `/usr/sbin`,
+/// `/usr/local/sbin`, `/usr/bin` or `/usr/local/bin` (Debian installs `mosquitto` in `/usr/sbin`,
+/// which is not on a user's `PATH`).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).collect())
+        .unwrap_or_default();
+    let usual = ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"]
+        .map(|dir| Path::new(dir).join(name));
+    on_path.into_iter().chain(usual).find(|path| path.is_file())
+}
+
+/// Whether a missing Mosquitto must fail the run (`LEDTEMP_REQUIRE_MOSQUITTO=1`) rather than fall
+/// back to rumqttd or skip.
+pub fn mosquitto_required() -> bool {
+    std::env::var(REQUIRE_MOSQUITTO_ENV).as_deref() == Ok("1")
+}
+
+/// The paths of Mosquitto's `programs` (say `["mosquitto", "mosquitto_passwd"]`), or `None` after
+/// printing that `what` is skipped and why. With `LEDTEMP_REQUIRE_MOSQUITTO=1` a missing program
+/// panics instead.
+pub fn mosquitto_programs<const N: usize>(what: &str, programs: [&str; N]) -> Option<[PathBuf; N]> {
+    let found = programs.map(|name| (name, find_program(name)));
+    let missing: Vec<&str> =
+        found.iter().filter(|(_, path)| path.is_none()).map(|(name, _)| *name).collect();
+    if missing.is_empty() {
+        return Some(found.map(|(_, path)| path.unwrap()));
+    }
+    let missing = missing.join(" and ");
+    assert!(
+        !mosquitto_required(),
+        "{REQUIRE_MOSQUITTO_ENV}=1 but {missing} is not installed (apt-get install mosquitto \
+         mosquitto-clients)"
+    );
+    println!("{what} skipped: {missing} is not installed (apt-get install mosquitto)");
+    None
+}
+
+/// What a [`Mosquitto`]'s configuration file holds besides what every one of them has.
+///
+/// Every configuration starts with `user root` (when the tests run as root, Mosquitto stays root,
+/// so the files in its private directory stay readable; as any other user it has no effect) and
+/// `persistence false`, then [`global`](Self::global), then the listener line
+/// `listener <port> 127.0.0.1`, then [`listener`](Self::listener).
+#[derive(Debug, Clone, Default)]
+pub struct MosquittoConfig {
+    /// Lines before the listener line: settings of the whole broker (`allow_anonymous`,
+    /// `password_file`, `max_queued_messages`, `log_type` ...).
+    pub global: String,
+    /// Lines after it: settings of that listener (`certfile`, `keyfile` ...).
+    pub listener: String,
+}
+
+impl MosquittoConfig {
+    /// Anyone may connect, publish and subscribe; nothing else changed from Mosquitto's defaults.
+    pub fn anonymous() -> Self {
+        MosquittoConfig { global: "allow_anonymous true\n".into(), listener: String::new() }
+    }
+}
+
+/// A Mosquitto process of a test's own, on a free port of 127.0.0.1, killed when dropped.
+///
+/// Its configuration file and its log (`mosquitto.log`: what it writes to stdout and stderr) are
+/// in its directory, which is removed with it.
+#[derive(Debug)]
+pub struct Mosquitto {
+    binary: PathBuf,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts `binary` with `config`, its files in `dir` (the caller may have written there the
+    /// files `config` names: certificates, a password file, an ACL), and waits until it listens.
+    /// Panics, with its log, if it exits or does not listen within [`WAIT`].
+    pub async fn start(binary: &Path, dir: TempDir, config: &MosquittoConfig) -> Mosquitto {
+        let port = free_port();
+        let text = format!(
+            "user root\npersistence false\n{global}listener {port} 127.0.0.1\n{listener}",
+            global = with_newline(&config.global),
+            listener = with_newline(&config.listener),
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), text).unwrap();
+        let mut mosquitto = Mosquitto { binary: binary.to_owned(), port, dir, child: None };
+        mosquitto.resume().await;
+        mosquitto
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its directory: configuration file, log, and whatever the caller put there.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The file its output goes to.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    /// What it logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// Kills it: no clean shutdown, its clients see their connections drop (and it publishes no
+    /// will). Does nothing if it is stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (the first start too) on the same port with the same configuration, and
+    /// waits until it listens. Panics, with its log, if it exits or does not listen within
+    /// [`WAIT`].
+    pub async fn resume(&mut self) {
+        self.stop();
+        let log: File = OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !accepts(self.port).await {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().unwrap()) {
+                panic!("mosquitto exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not open port {}:\n{}",
+                self.port,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn with_newline(lines: &str) -> String {
+    if lines.is_empty() || lines.ends_with('\n') { lines.to_owned() } else { format!("{lines}\n") }
+}
