@@ -2,8 +2,13 @@
 //! database, a raw MQTT publisher, a minimal HTTP client and the broker (shared with ledtemp-core's tests).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(unused_imports, reason = "the tests that start no broker do not use it")]
-pub use ledtemp_test_support::broker;
+/// A broker of the test's own, and a subscriber that checks what reaches it (from the test-support
+/// crate, shared with the other crates' tests).
+#[allow(unused_imports, reason = "a test that starts no broker uses none of it")]
+pub mod broker {
+    pub use ledtemp_test_support::broker::*;
+    pub use ledtemp_test_support::mqtt::*;
+}
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
