@@ -450,6 +450,7 @@
     oversize: "oversize",
     revoked: "revoked",
     limit: "limit",
+    stale_will: "stale will",
   });
 
   function showStats(stats) {

@@ -26,11 +26,16 @@ pub enum RejectReason {
     /// Accepting the frame would exceed a cap: the number of devices the server tracks, or of
     /// LEDs or sensors of one device.
     Limit,
+    /// An authentic offline status (Last Will) that cannot be checked against its connection: it
+    /// is not the will of the last online status accepted. A broker delivers such a will from its
+    /// retained store to a server that never saw the connection, or after the node came back; a
+    /// replayed will looks the same. Refused, and counted apart from replays.
+    StaleWill,
 }
 
 impl RejectReason {
     /// Every reason, in the order they are reported.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::UnknownDevice,
         RejectReason::BadTag,
         RejectReason::Replay,
@@ -38,10 +43,11 @@ impl RejectReason {
         RejectReason::Oversize,
         RejectReason::Revoked,
         RejectReason::Limit,
+        RejectReason::StaleWill,
     ];
 
-    /// The label: `unknown_device`, `bad_tag`, `replay`, `malformed`, `oversize`, `revoked` or
-    /// `limit`.
+    /// The label: `unknown_device`, `bad_tag`, `replay`, `malformed`, `oversize`, `revoked`,
+    /// `limit` or `stale_will`.
     pub const fn label(self) -> &'static str {
         match self {
             RejectReason::UnknownDevice => "unknown_device",
@@ -51,6 +57,7 @@ impl RejectReason {
             RejectReason::Oversize => "oversize",
             RejectReason::Revoked => "revoked",
             RejectReason::Limit => "limit",
+            RejectReason::StaleWill => "stale_will",
         }
     }
 
@@ -64,6 +71,7 @@ impl RejectReason {
             RejectReason::Oversize => 4,
             RejectReason::Revoked => 5,
             RejectReason::Limit => 6,
+            RejectReason::StaleWill => 7,
         }
     }
 

@@ -58,6 +58,7 @@
 //!     topic: b"ledtemp/kitchen-pi/temp/cpu".to_vec(),
 //!     payload: buf[..len].to_vec(),
 //!     received: UnixMillis(1_700_000_000_000),
+//!     retained: false,
 //! };
 //! assert!(ingest.handle(frame.clone()).is_ok());
 //! let again = ingest.handle(frame).unwrap_err();

@@ -47,6 +47,8 @@ pub struct RejectedCounts {
     pub revoked: u64,
     /// [`RejectReason::Limit`].
     pub limit: u64,
+    /// [`RejectReason::StaleWill`].
+    pub stale_will: u64,
 }
 
 /// A copy of the counters: the body of `/api/stats` and of the `stats` SSE event.
@@ -145,6 +147,7 @@ impl Stats {
                 oversize: r(RejectReason::Oversize),
                 revoked: r(RejectReason::Revoked),
                 limit: r(RejectReason::Limit),
+                stale_will: r(RejectReason::StaleWill),
             },
             broker_connected: self.broker_connected(),
             sse_clients: self.sse_clients.load(Ordering::Relaxed),
@@ -335,16 +338,19 @@ impl LiveState {
             let mut online: BTreeMap<&DeviceId, bool> = BTreeMap::new();
             for update in updates {
                 let device = &update.device;
-                let before = *online.entry(device).or_insert_with(|| {
-                    devices
-                        .get(device)
-                        .is_some_and(|c| c.state.online && c.state.last_seen.is_some())
-                });
-                let now_online = update.says_online();
-                online.insert(device, now_online);
-                if update.is_status() || before != now_online {
-                    let change = StatusChange { online: now_online, at: update.at };
-                    events.push(LiveEvent::Status(device.clone(), change));
+                // A retained frame is no sign of life: it changes values, never the status.
+                if !update.retained {
+                    let before = *online.entry(device).or_insert_with(|| {
+                        devices
+                            .get(device)
+                            .is_some_and(|c| c.state.online && c.state.last_seen.is_some())
+                    });
+                    let now_online = update.says_online();
+                    online.insert(device, now_online);
+                    if update.is_status() || before != now_online {
+                        let change = StatusChange { online: now_online, at: update.at };
+                        events.push(LiveEvent::Status(device.clone(), change));
+                    }
                 }
                 for reading in update.readings() {
                     events.push(LiveEvent::Reading(device.clone(), reading));

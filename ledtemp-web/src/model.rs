@@ -168,6 +168,10 @@ pub struct DeviceUpdate {
     pub at: UnixMillis,
     /// What it said.
     pub observation: Observation,
+    /// Delivered from the broker's retained store (MQTT v5 marks it): an old frame, sent when
+    /// the server subscribed. Its values count; it is no sign of life (neither online nor last
+    /// seen).
+    pub retained: bool,
 }
 
 impl DeviceUpdate {
@@ -194,7 +198,7 @@ impl DeviceUpdate {
                 Observation::Offline
             }
         };
-        DeviceUpdate { device, at, observation }
+        DeviceUpdate { device, at, observation, retained: false }
     }
 
     /// Whether the device is online after this update (everything but the Last Will says so).
@@ -252,9 +256,12 @@ pub struct DeviceState {
 impl DeviceState {
     /// Applies one verified update: the only definition of how a frame changes a device.
     /// `last_seen` never goes back (frames may arrive out of order after an outage).
+    /// A retained update changes values only.
     pub fn apply(&mut self, update: &DeviceUpdate) {
-        self.last_seen = Some(self.last_seen.map_or(update.at, |seen| seen.max(update.at)));
-        self.online = update.says_online();
+        if !update.retained {
+            self.last_seen = Some(self.last_seen.map_or(update.at, |seen| seen.max(update.at)));
+            self.online = update.says_online();
+        }
         for point in update.leds() {
             self.leds.insert(point.led.clone(), point.clone());
         }

@@ -204,6 +204,7 @@ pub async fn run_subscriber(
                     topic: publish.topic.to_vec(),
                     payload: publish.payload.to_vec(),
                     received: UnixMillis::now(),
+                    retained: publish.retain,
                 };
                 // Bounded: when the pipeline falls behind, this waits, and the broker holds back.
                 if frames.send(WorkerInput::Frame(frame)).await.is_err() {

@@ -281,3 +281,43 @@ async fn two_servers_in_a_shared_group_split_the_stream() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// A node's retained frames (its LED state, and its Last Will, which replaced its online status
+/// in the retained store) reach a server that starts later on a fresh database: the LED state is
+/// taken, but the device is not shown online and has no last-seen time, and the will, which no
+/// accepted online status expects, is counted as a stale will, not as a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stale() {
+    let broker = TestBroker::start().await;
+    let node = RawPublisher::connect(broker.port, "retained-node").await;
+    let codec = kitchen_codec();
+    for (sequence, message) in
+        [(1, online(&[("red", true)])), (2, offline()), (3, led("red", false))]
+    {
+        let (topic, frame) = seal(&codec, KITCHEN, sequence, &message);
+        node.publish_retained(&topic, &frame).await;
+    }
+    // Stored by the broker before the server subscribes: a subscriber of its own sees both.
+    let mut retained = support::broker::Subscriber::start(broker.port).await;
+    for _ in 0..2 {
+        let message = retained.next(WAIT).await.expect("the retained frames");
+        assert!(message.retained, "{message:?}");
+    }
+    drop(node);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), broker.port).await;
+    let addr = server.http_addr();
+    let stats = wait_stats(addr, "the retained frames handled", |s| {
+        s["accepted"] == 1 && s["rejected"]["stale_will"] == 1
+    })
+    .await;
+    assert_eq!(stats["rejected"]["replay"], 0, "{stats}");
+    let devices = get_json(addr, "/api/devices").await.1;
+    let kitchen = kitchen(&devices);
+    assert_eq!(kitchen["leds"][0]["led"], "red");
+    assert_eq!(kitchen["leds"][0]["on"], false);
+    assert_eq!(kitchen["online"], false, "{kitchen}");
+    assert_eq!(kitchen["last_seen"], Value::Null, "{kitchen}");
+    server.shutdown().await.unwrap();
+}

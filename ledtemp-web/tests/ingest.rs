@@ -59,6 +59,7 @@ fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
             topic: vec![0xff, 0xfe],
             payload: frame.clone(),
             received: UnixMillis(0),
+            retained: false,
         })
         .unwrap_err();
     assert_eq!(error.reject_reason(), Some(RejectReason::Malformed));
@@ -107,11 +108,11 @@ fn a_frame_accepted_before_a_restart_is_rejected_after_it() {
     assert_eq!(rejected(&mut ingest, &late.0, &late.1), RejectReason::Replay);
     // The will of the connection before the restart is accepted once, then marks it offline.
     ingest.handle(incoming(&will.0, &will.1)).unwrap();
-    assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::Replay);
+    assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::StaleWill);
     assert!(!device_state(&state, KITCHEN).online);
     drop(ingest);
     let (mut ingest, _) = pipeline(dir.path());
-    assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::Replay);
+    assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::StaleWill);
 }
 
 #[test]
@@ -132,7 +133,10 @@ fn a_stale_will_is_rejected_and_a_batch_checks_frames_against_each_other() {
     ]);
     let reasons: Vec<Option<RejectReason>> =
         results.iter().map(|r| r.as_ref().err().and_then(|e| e.reject_reason())).collect();
-    assert_eq!(reasons, [None, None, Some(RejectReason::Replay), Some(RejectReason::Replay), None]);
+    assert_eq!(
+        reasons,
+        [None, None, Some(RejectReason::Replay), Some(RejectReason::StaleWill), None]
+    );
     let StatsSnapshot { accepted, .. } = state.live.stats.snapshot();
     assert_eq!(accepted, 3);
 }
@@ -179,7 +183,12 @@ fn ingest_never_panics_on_arbitrary_topic_and_payload() {
     });
     runner
         .run(&(topic, payload), |(topic, payload)| {
-            let frame = ledtemp_web::IncomingFrame { topic, payload, received: UnixMillis(0) };
+            let frame = ledtemp_web::IncomingFrame {
+                topic,
+                payload,
+                received: UnixMillis(0),
+                retained: false,
+            };
             let result = ingest.borrow_mut().handle(frame);
             prop_assert!(result.is_err(), "random bytes were accepted");
             prop_assert_eq!(state.live.stats.snapshot().accepted, 0);

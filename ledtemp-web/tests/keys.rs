@@ -88,7 +88,12 @@ impl Pipeline {
     ) -> Result<(), RejectReason> {
         let (topic, payload) = seal(codec, name, sequence, message);
         let received = UnixMillis(received_ms);
-        self.receive(IncomingFrame { topic: topic.into_bytes(), payload, received })
+        self.receive(IncomingFrame {
+            topic: topic.into_bytes(),
+            payload,
+            received,
+            retained: false,
+        })
     }
 
     fn receive(&mut self, frame: IncomingFrame) -> Result<(), RejectReason> {
@@ -165,6 +170,7 @@ fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it() {
         topic: topic.into_bytes(),
         payload,
         received: UnixMillis(retire_at_ms() + 1),
+        retained: false,
     };
     assert_eq!(p.receive(forged), Err(RejectReason::Revoked));
     assert_eq!(p.counts(), (2, 3, 0, 0));
@@ -241,7 +247,12 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
     let (old, new, garage) = (codec(1, &KEY_1), codec(2, &KEY_2), codec(1, &GARAGE_KEY));
 
     let (topic, payload) = seal(&old, KITCHEN, 5, &temperature("room", 20_000));
-    let accepted = IncomingFrame { topic: topic.into_bytes(), payload, received: UnixMillis(now) };
+    let accepted = IncomingFrame {
+        topic: topic.into_bytes(),
+        payload,
+        received: UnixMillis(now),
+        retained: false,
+    };
     assert_eq!(p.receive(accepted.clone()), Ok(()));
     assert_eq!(
         p.send(&garage, GARAGE, 0, &temperature("bench", 1), now),

@@ -530,7 +530,7 @@ impl Engine {
         let device = update.device.as_str();
         let at_ms = update.at.as_millis();
         let rules = Arc::clone(&self.rules);
-        if update.says_online() {
+        if update.says_online() && !update.retained {
             self.seen(&rules, device, at_ms);
         }
         match &update.observation {

@@ -37,12 +37,12 @@ use ledtemp_core::{
 };
 use tokio::sync::mpsc;
 
-use crate::Error;
 use crate::alerts::{AlertRunner, CapState};
 use crate::keys::KeyTable;
 use crate::live::{LiveEvent, LiveState, StatsSnapshot};
 use crate::model::{DeviceState, DeviceUpdate, UnixMillis};
 use crate::store::{AcceptedFrame, Commit, Store};
+use crate::{Error, RejectReason};
 use reject_log::RejectLog;
 
 /// Most frames committed in one transaction. Larger batches make a backlog drain faster (each
@@ -61,6 +61,9 @@ pub struct IncomingFrame {
     pub payload: Vec<u8>,
     /// When it was received.
     pub received: UnixMillis,
+    /// Whether the broker delivered it from its retained store (MQTT v5's RETAIN flag on a
+    /// delivery): see [`DeviceUpdate::retained`].
+    pub retained: bool,
 }
 
 /// What the ingest worker is given: the one queue through which every change of the server's
@@ -295,7 +298,16 @@ impl Ingest {
                 let opened = keys
                     .open(&topic, header.key_id, &frame.payload, frame.received.as_millis())
                     .map_err(|e| (Some(device.clone()), e))?;
-                let state = window_of(header.key_id).state_after_frame(&opened).map_err(fail)?;
+                let state = window_of(header.key_id).state_after_frame(&opened).map_err(|e| {
+                    let reason = match &opened.message {
+                        ledtemp_core::Message::Status(ledtemp_core::StatusReport {
+                            status: ledtemp_core::NodeStatus::Offline,
+                            ..
+                        }) => RejectReason::StaleWill,
+                        _ => RejectReason::from_core(e),
+                    };
+                    (Some(device.clone()), Error::Rejected { reason, cause: e })
+                })?;
                 (opened, ReplayWindow::restore(state))
             }
             Opener::InsecurePlaintext => {
@@ -308,7 +320,10 @@ impl Ingest {
             }
         };
         Ok(Verified {
-            update: DeviceUpdate::from_message(device, frame.received, &opened.message),
+            update: DeviceUpdate {
+                retained: frame.retained,
+                ..DeviceUpdate::from_message(device, frame.received, &opened.message)
+            },
             key_id: opened.header.key_id,
             sequence: opened.header.sequence.get(),
             uptime: opened.message.uptime(),
@@ -455,6 +470,7 @@ mod tests {
             topic: message.topic(&device).to_topic_string().as_str().as_bytes().to_vec(),
             payload: buf[..len].to_vec(),
             received: UnixMillis(1_700_000_000_000 + n as i64),
+            retained: false,
         }
     }
 

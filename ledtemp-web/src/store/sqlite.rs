@@ -411,23 +411,16 @@ fn write_frame(tx: &Transaction<'_>, frame: &super::AcceptedFrame) -> rusqlite::
     Ok(())
 }
 
-/// Writes a device's current state: its row (last seen, online; `status_ms` moves only when the
-/// online flag changes) and its LEDs. The last reading of each sensor is the newest history row.
+/// Writes a device's current state: its row and its LEDs. The last reading of each sensor is the
+/// newest history row.
 fn write_device(
     tx: &Transaction<'_>,
     device: &DeviceId,
     state: &DeviceState,
 ) -> rusqlite::Result<()> {
-    let Some(last_seen) = state.last_seen else { return Ok(()) };
-    tx.prepare_cached(
-        "INSERT INTO devices (device, last_seen_ms, online, status_ms) VALUES (?1, ?2, ?3, ?2)
-         ON CONFLICT (device) DO UPDATE
-         SET last_seen_ms = excluded.last_seen_ms,
-             status_ms = CASE WHEN online = excluded.online THEN status_ms
-                              ELSE excluded.status_ms END,
-             online = excluded.online",
-    )?
-    .execute(params![device.as_str(), last_seen.0, state.online])?;
+    if let Some(last_seen) = state.last_seen {
+        write_device_row(tx, device, last_seen, state.online)?;
+    }
     for point in state.leds.values() {
         tx.prepare_cached(
             "INSERT INTO leds (device, led, led_on, at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -441,6 +434,26 @@ fn write_device(
             point.at.0
         ])?;
     }
+    Ok(())
+}
+
+/// The device's row (last seen, online; `status_ms` moves only when the online flag changes):
+/// only for a device heard from, since one known only from retained frames was never seen.
+fn write_device_row(
+    tx: &Transaction<'_>,
+    device: &DeviceId,
+    last_seen: UnixMillis,
+    online: bool,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO devices (device, last_seen_ms, online, status_ms) VALUES (?1, ?2, ?3, ?2)
+         ON CONFLICT (device) DO UPDATE
+         SET last_seen_ms = excluded.last_seen_ms,
+             status_ms = CASE WHEN online = excluded.online THEN status_ms
+                              ELSE excluded.status_ms END,
+             online = excluded.online",
+    )?
+    .execute(params![device.as_str(), last_seen.0, online])?;
     Ok(())
 }
 

@@ -107,6 +107,7 @@ pub fn incoming(topic: &str, payload: &[u8]) -> IncomingFrame {
         topic: topic.as_bytes().to_vec(),
         payload: payload.to_vec(),
         received: UnixMillis::now(),
+        retained: false,
     }
 }
 
@@ -199,6 +200,11 @@ impl RawPublisher {
     /// Publishes with QoS 1 (not retained).
     pub async fn publish(&self, topic: &str, payload: &[u8]) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await.unwrap();
+    }
+
+    /// Publishes with QoS 1, retained (as a node sends its LED changes and status).
+    pub async fn publish_retained(&self, topic: &str, payload: &[u8]) {
+        self.client.publish(topic, QoS::AtLeastOnce, true, payload.to_vec()).await.unwrap();
     }
 }
 
