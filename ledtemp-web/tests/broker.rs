@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use ledtemp_core::{Algorithm, AnyCodec, KeyId, MAX_FRAME_LEN};
 use ledtemp_web::{RejectedCounts, Server};
 use serde_json::Value;
-use support::broker::TestBroker;
+use support::broker::{Subscriber, TestBroker};
 use support::*;
 
 async fn start_server(dir: &std::path::Path, port: u16) -> Server {
@@ -298,7 +298,7 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
         node.publish_retained(&topic, &frame).await;
     }
     // Stored by the broker before the server subscribes: a subscriber of its own sees both.
-    let mut retained = support::broker::Subscriber::start(broker.port).await;
+    let mut retained = Subscriber::start(broker.port).await;
     for _ in 0..2 {
         let message = retained.next(WAIT).await.expect("the retained frames");
         assert!(message.retained, "{message:?}");
