@@ -10,7 +10,6 @@
 //! The binary under test is the example cargo built for this test run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use ledtemp_test_support::WAIT;
 use ledtemp_test_support::broker::TestBroker;
 use ledtemp_test_support::keys::TempKeyring;
 use ledtemp_test_support::node::{NodeThread, SimulatedNode};
+use ledtemp_test_support::server::{resolve, serve_args};
 use ledtemp_web::{KeyTable, ServeArgs, Server};
 use serde_json::Value;
 
@@ -90,17 +90,11 @@ impl Rig {
     }
 
     async fn start_server(&mut self) {
-        let config = ServeArgs {
-            broker: Some(format!("127.0.0.1:{}", self.broker.port)),
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            database: Some(self.dir.path().join("ledtemp.db")),
-            keyring: Some(PathBuf::from("unused")),
+        let config = resolve(ServeArgs {
             max_devices: Some(MAX_DEVICES),
             insecure_plaintext: self.insecure,
-            ..ServeArgs::default()
-        }
-        .resolve()
-        .unwrap();
+            ..serve_args(self.dir.path(), self.broker.port)
+        });
         let keys = self
             .keyring
             .as_ref()

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use ledtemp_test_support::keys::TempKeyring;
 use ledtemp_test_support::node::SimulatedNode;
 use ledtemp_test_support::proxy::{Proxy, contains};
 use ledtemp_test_support::secure_broker::{SERVER_USER, SecureBroker, TestCertificates};
+use ledtemp_test_support::server::{resolve, serve_args};
 use ledtemp_tokio::{BrokerAddress, BrokerTls, TlsConnector};
 use ledtemp_web::{KeyTable, ServeArgs, Server};
 use rumqttc::v5::mqttbytes::QoS;
@@ -72,20 +72,13 @@ async fn start_server(broker: &SecureBroker, dir: &Path) -> Server {
 }
 
 async fn start_server_with(broker: &SecureBroker, dir: &Path, keys: KeyTable) -> Server {
-    let mut config = ServeArgs {
-        broker: Some(format!("127.0.0.1:{}", broker.port)),
+    let config = resolve(ServeArgs {
         broker_tls: true,
         broker_ca: Some(broker.ca_file.clone()),
         broker_user: Some(SERVER_USER.into()),
         broker_password_file: Some(broker.password_file("server.password", SERVER_PASSWORD)),
-        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database: Some(dir.join("ledtemp.db")),
-        keyring: Some("unused".into()),
-        ..ServeArgs::default()
-    }
-    .resolve()
-    .unwrap();
-    config.mqtt.keep_alive = Duration::from_secs(5);
+        ..serve_args(dir, broker.port)
+    });
     let server = Server::start(config, keys).await.unwrap();
     let live = server.live().clone();
     eventually("the server subscribed over TLS", broker, || live.stats.broker_connected()).await;

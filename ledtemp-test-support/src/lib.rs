@@ -19,8 +19,10 @@
 //!   a node on a thread of its own ([`NodeThread`](node::NodeThread)), a node run until a test is
 //!   done ([`run_node_until`](node::run_node_until)).
 //!
-//! The clock, delay and TCP connector a node needs are `ledtemp-tokio`'s, never copies. Starting
-//! the server (`ledtemp-web`) will be a `server` module of its own.
+//! - [`server`]: the server's side: the test keyring, sealed frames, a pipeline on a database of
+//!   its own, a server's settings and start, a raw MQTT publisher, an HTTP and event-stream client.
+//!
+//! The clock, delay and TCP connector a node needs are `ledtemp-tokio`'s, never copies.
 //!
 //! Set-up failures panic, which fails the test with the reason; every wait ends after [`WAIT`].
 //!
@@ -76,6 +78,7 @@ pub mod net;
 pub mod node;
 pub mod proxy;
 pub mod secure_broker;
+pub mod server;
 
 /// Every wait in the helpers (a port opening, a subscription, a frame) ends after this at the
 /// latest, and tests bound their own waits with it.

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use ledtemp_web::{ServeArgs, ServeConfig, Server};
+use ledtemp_web::{ServeArgs, ServeConfig};
 use serde_json::Value;
 use support::broker::TestBroker;
 use support::*;
@@ -89,28 +89,7 @@ fn config(dir: &Path, broker_port: u16, twilio: SocketAddr) -> ServeConfig {
         ),
     )
     .unwrap();
-    let mut config = ServeArgs {
-        config: Some(file),
-        broker: Some(format!("127.0.0.1:{broker_port}")),
-        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database: Some(dir.join("ledtemp.db")),
-        keyring: Some("unused".into()),
-        ..ServeArgs::default()
-    }
-    .resolve()
-    .unwrap();
-    config.mqtt.keep_alive = Duration::from_secs(5);
-    config
-}
-
-async fn start_server(config: ServeConfig) -> Server {
-    let server = Server::start(config, keys()).await.unwrap();
-    let addr = server.http_addr();
-    eventually("/healthz 200", || async move {
-        (http_get(addr, "/healthz").await.0 == 200).then_some(())
-    })
-    .await;
-    server
+    resolve(ServeArgs { config: Some(file), ..serve_args(dir, broker_port) })
 }
 
 async fn alerts(addr: SocketAddr) -> Value {
@@ -128,7 +107,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again() {
     let codec = kitchen_codec();
     let sms_count = || requests.lock().unwrap().len();
 
-    let server = start_server(config(dir.path(), broker.port, twilio)).await;
+    let server = start_server(config(dir.path(), broker.port, twilio), keys()).await;
     let addr = server.http_addr();
     let node = RawPublisher::connect(broker.port, "test-node").await;
     let (topic, frame) = seal(&codec, KITCHEN, 0, &temperature("cpu", 21_000));
@@ -169,7 +148,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again() {
 
     // The same database after a restart: still firing, and nothing sent again, even after
     // longer than the rule's silence.
-    let server = start_server(config(dir.path(), broker.port, twilio)).await;
+    let server = start_server(config(dir.path(), broker.port, twilio), keys()).await;
     let addr = server.http_addr();
     let mut events = EventStream::open(addr).await;
     let restored = alerts(addr).await;

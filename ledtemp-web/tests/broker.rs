@@ -14,10 +14,8 @@ use serde_json::Value;
 use support::broker::{Subscriber, TestBroker};
 use support::*;
 
-async fn start_server(dir: &std::path::Path, port: u16) -> Server {
-    let server = Server::start(serve_config(dir, port), keys()).await.unwrap();
-    wait_healthy(server.http_addr(), 200).await;
-    server
+async fn start_broker_server(dir: &std::path::Path, port: u16) -> Server {
+    start_server(serve_config(dir, port), keys()).await
 }
 
 async fn wait_healthy(addr: SocketAddr, expected: u16) {
@@ -73,7 +71,7 @@ async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing() 
     let broker = TestBroker::start().await;
     eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), broker.port).await;
+    let server = start_broker_server(dir.path(), broker.port).await;
     let addr = server.http_addr();
     let mut events = EventStream::open(addr).await;
     let node = RawPublisher::connect(broker.port, "test-node").await;
@@ -199,14 +197,14 @@ async fn a_restart_keeps_history_and_replay_windows() {
     let reading = seal(&codec, GARAGE, 7, &temperature("air", 4_500));
     let press = seal(&codec, GARAGE, 8, &led("door", true));
     {
-        let server = start_server(dir.path(), broker.port).await;
+        let server = start_broker_server(dir.path(), broker.port).await;
         let node = RawPublisher::connect(broker.port, "test-node").await;
         node.publish(&reading.0, &reading.1).await;
         node.publish(&press.0, &press.1).await;
         wait_stats(server.http_addr(), "2 accepted", |s| s["accepted"] == 2).await;
         server.shutdown().await.unwrap();
     }
-    let server = start_server(dir.path(), broker.port).await;
+    let server = start_broker_server(dir.path(), broker.port).await;
     let addr = server.http_addr();
     let (_, devices) = get_json(addr, "/api/devices").await;
     let garage = devices.as_array().unwrap().iter().find(|d| d["id"] == GARAGE).unwrap();
@@ -230,7 +228,7 @@ async fn a_restart_keeps_history_and_replay_windows() {
 async fn healthz_turns_503_while_the_broker_is_down() {
     let mut broker = TestBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), broker.port).await;
+    let server = start_broker_server(dir.path(), broker.port).await;
     let addr = server.http_addr();
     broker.stop();
     wait_healthy(addr, 503).await;
@@ -306,7 +304,7 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
     drop(node);
 
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), broker.port).await;
+    let server = start_broker_server(dir.path(), broker.port).await;
     let addr = server.http_addr();
     let stats = wait_stats(addr, "the retained frames handled", |s| {
         s["accepted"] == 1 && s["rejected"]["stale_will"] == 1
