@@ -5,7 +5,6 @@
 //! rumqttd runs in-process behind a [`Proxy`], so that the test can still stop and resume it;
 //! `LEDTEMP_REQUIRE_MOSQUITTO=1` makes a missing Mosquitto a failure instead.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use ledtemp_tokio::BrokerAddress;
@@ -13,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::mosquitto::{Mosquitto, MosquittoConfig, REQUIRE_MOSQUITTO_ENV};
 use crate::mosquitto::{find_program, mosquitto_required};
-use crate::net::{free_port, wait_for_port};
+use crate::net::wait_for_port;
 use crate::proxy::Proxy;
 
 /// The environment variable that forces the fallback: `LEDTEMP_TEST_BROKER=rumqttd`.
@@ -100,46 +99,12 @@ impl TestBroker {
     }
 }
 
-/// Starts rumqttd (MQTT v5) on a free port of its own thread and returns the port once it
-/// accepts connections.
+/// Starts the server's embedded broker (rumqttd, MQTT v5) on a free port and returns the port
+/// once it accepts connections. It cannot be stopped: it runs until the test process exits.
 async fn start_rumqttd() -> u16 {
-    let port = free_port();
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 5_000,
-        max_payload_size: 4_096,
-        max_inflight_count: 100,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = rumqttd::ServerSettings {
-        name: "v5".into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 10,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v5: Some(HashMap::from([("v5".to_owned(), server)])),
-        ..Default::default()
-    };
-    // rumqttd has no way to stop a running broker: it runs on its own thread until the test
-    // process exits.
-    std::thread::spawn(move || {
-        if let Err(error) = rumqttd::Broker::new(config).start() {
-            eprintln!("rumqttd stopped: {error:?}");
-        }
-    });
+    let broker = ledtemp_web::EmbeddedBroker::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap_or_else(|e| panic!("starting rumqttd: {e}"));
+    let port = broker.addr().port();
     wait_for_port(port).await;
     port
 }

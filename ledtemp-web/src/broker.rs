@@ -22,7 +22,7 @@ const MAX_CONNECTIONS: usize = 100;
 /// A running rumqttd. It cannot be stopped: rumqttd 0.20 has no way to, so it keeps its port
 /// until the process exits (dropping this handle leaves it running).
 #[derive(Debug)]
-pub(crate) struct EmbeddedBroker {
+pub struct EmbeddedBroker {
     addr: SocketAddr,
     /// Turns `true` (or closes) when the broker's thread has ended.
     stopped: watch::Receiver<bool>,
@@ -35,7 +35,7 @@ impl EmbeddedBroker {
     ///
     /// An address in use (another broker, such as a Mosquitto service) or not of this machine is
     /// [`Error::EmbeddedBroker`], naming the address.
-    pub(crate) fn start(listen: SocketAddr) -> Result<EmbeddedBroker, Error> {
+    pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, Error> {
         // rumqttd reports a listener that cannot bind only in its log, so find out here, and
         // learn the port when 0 was asked for. If another program takes the port in the moment
         // between, rumqttd's listener fails, its thread ends and `stopped` resolves.
@@ -88,13 +88,13 @@ impl EmbeddedBroker {
     }
 
     /// The address it listens on (with the real port when 0 was asked for).
-    pub(crate) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Resolves, with the error to report, once the broker has stopped: only when its listener
     /// failed, since nothing stops it otherwise. Cancel-safe, and may be awaited again.
-    pub(crate) async fn stopped(&mut self) -> Error {
+    pub async fn stopped(&mut self) -> Error {
         // An error means the thread ended without saying so (a panic): stopped all the same.
         let _ = self.stopped.wait_for(|stopped| *stopped).await;
         Error::TaskFailed(format!(

@@ -86,6 +86,7 @@ mod mqtt;
 mod server;
 mod store;
 
+pub use broker::EmbeddedBroker;
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
