@@ -298,6 +298,18 @@
     }
 
     plotOptions(sensors) {
+      // The legend shows the reading under the cursor; away from the chart, the latest one
+      // (a bare placeholder there looked broken).
+      const legendValue = (u, v, si) => {
+        if (v !== null && v !== undefined) return v.toFixed(2) + " \u00b0C";
+        const values = u.data[si] || [];
+        for (let i = values.length - 1; i >= 0; i--) {
+          if (values[i] !== null && values[i] !== undefined) {
+            return "latest " + values[i].toFixed(2) + " \u00b0C";
+          }
+        }
+        return "no reading yet";
+      };
       const axisColour = cssVar("--muted", "#64748b");
       const gridColour = cssVar("--grid", "rgba(100,116,139,0.2)");
       const axis = {
@@ -322,7 +334,7 @@
             width: 2,
             spanGaps: true,
             points: { show: false },
-            value: (u, v) => (v === null || v === undefined ? "\u2013" : v.toFixed(2) + " \u00b0C"),
+            value: legendValue,
           })),
         ),
       };

@@ -340,6 +340,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
     if args.insecure_plaintext {
         eprintln!("{}", crate::server::INSECURE_PLAINTEXT_WARNING);
     }
+    let forger = !args.no_forger;
     let mut demo = Demo::start(args).await?;
     println!(
         "ledtemp demo: broker on 127.0.0.1:{}, data in {}",
@@ -347,6 +348,13 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
         demo.data_dir().display()
     );
     println!("ledtemp demo: open http://{}/  (Ctrl-C to stop)", demo.http_addr());
+    if forger {
+        println!(
+            "ledtemp demo: a forger publishes a forged, moved, replayed, oversized or junk frame \
+             every 2 s; the server refuses each one (a WARN line the first time per kind, then \
+             a summary a minute, and the Frames panel counts them): those warnings are expected"
+        );
+    }
     let outcome = tokio::select! {
         () = shutdown_signal() => Ok(()),
         error = demo.server.embedded_broker_stopped() => Err(error),

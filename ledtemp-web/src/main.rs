@@ -39,7 +39,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour only for a terminal: a log file or a pipe gets plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")),

@@ -170,6 +170,8 @@ pub async fn run_subscriber(
     let (first, longest) = RECONNECT_BACKOFF;
     let mut backoff = first;
     let mut logged_down = false;
+    // Whether a connection ever came up: a broker never reached is not a connection "lost".
+    let mut ever_connected = false;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -180,6 +182,7 @@ pub async fn run_subscriber(
                 );
                 backoff = first;
                 logged_down = false;
+                ever_connected = true;
                 if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                     tracing::error!("cannot subscribe: {error}");
                 }
@@ -220,11 +223,12 @@ pub async fn run_subscriber(
                 if is_oversize(&error) {
                     live.stats.add_rejected(RejectReason::Oversize);
                 }
+                let message = link_error(&config.host, config.port, &error, ever_connected);
                 if !logged_down {
-                    tracing::warn!("broker connection lost: {error}; reconnecting with backoff");
+                    tracing::warn!("{message}; retrying with backoff");
                     logged_down = true;
                 } else {
-                    tracing::debug!("broker still unreachable: {error}");
+                    tracing::debug!("{message}");
                 }
                 if frames.is_closed() {
                     break;
@@ -238,12 +242,45 @@ pub async fn run_subscriber(
     let _ = client.try_disconnect();
 }
 
+/// What went wrong with the broker link, naming the broker: "cannot reach" before the first
+/// connection, "lost the connection" after it.
+fn link_error(host: &str, port: u16, error: &ConnectionError, ever_connected: bool) -> String {
+    let cause = match error {
+        ConnectionError::Io(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    if ever_connected {
+        format!("lost the connection to the MQTT broker at {host}:{port}: {cause}")
+    } else {
+        format!("cannot reach the MQTT broker at {host}:{port}: {cause}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
     use crate::ServeArgs;
+
+    #[test]
+    fn link_errors_name_the_broker_and_say_reached_or_lost() {
+        let refused = || {
+            ConnectionError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "Connection refused (os error 111)",
+            ))
+        };
+        assert_eq!(
+            link_error("pi.local", 1883, &refused(), false),
+            "cannot reach the MQTT broker at pi.local:1883: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            link_error("pi.local", 1883, &refused(), true),
+            "lost the connection to the MQTT broker at pi.local:1883: Connection refused (os \
+             error 111)"
+        );
+    }
 
     fn file(dir: &Path, name: &str, contents: &str, mode: u32) -> PathBuf {
         let path = dir.join(name);

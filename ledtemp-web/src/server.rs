@@ -218,6 +218,16 @@ impl Server {
     /// ([`Error::Config`], unless `--insecure-no-auth`).
     pub async fn start(mut config: ServeConfig, keys: KeyTable) -> Result<Server, Error> {
         config.auth.check_listen(config.listen)?;
+        // HTTP's port first: when it is taken, nothing else has started.
+        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another program uses it: stop it, or choose another address with --listen, \
+                 e.g. --listen 127.0.0.1:8081)"
+            } else {
+                ""
+            };
+            Error::io(format!("binding HTTP to {}{hint}", config.listen), e)
+        })?;
         let broker = config.embedded_broker.map(EmbeddedBroker::start).transpose()?;
         if let Some(broker) = &broker {
             let at = local_client_addr(broker.addr());
@@ -255,9 +265,6 @@ impl Server {
         ));
         let clock = tokio::spawn(run_clock(inputs));
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::io(format!("binding HTTP to {}", config.listen), e))?;
         let http_addr =
             listener.local_addr().map_err(|e| Error::io("reading the HTTP address", e))?;
         let (stop, stopped) = watch::channel(false);

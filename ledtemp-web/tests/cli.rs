@@ -138,3 +138,60 @@ fn an_embedded_broker_address_in_use_is_a_clear_error() {
     }
     drop(taken);
 }
+
+/// The demo on an HTTP port that is taken: one clear error that names `--listen`, and nothing
+/// started before it (no embedded broker noise after it).
+#[test]
+fn an_http_address_in_use_is_a_clear_error_and_nothing_else_starts() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_ledtemp-web"))
+        .args(["demo", "--listen", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("binding HTTP to {addr}")), "{stderr}");
+    assert!(stderr.contains("--listen 127.0.0.1:8081"), "{stderr}");
+    assert!(!stdout.contains("embedded MQTT") && !stdout.contains("rumqttd"), "{stdout}");
+    assert!(!stdout.contains("ERROR"), "{stdout}");
+    assert!(!stdout.contains("\u{1b}["), "colour codes in a pipe: {stdout}");
+    drop(taken);
+}
+
+/// A clean stop (SIGTERM, as systemd and Ctrl-C send) closes the database: only the database
+/// file is left, no write-ahead log or shared-memory file beside it.
+#[test]
+fn a_clean_stop_leaves_only_the_database_file() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring.toml");
+    ledtemp_keys::Keyring::new().save(&keyring).unwrap();
+    let database = dir.path().join("ledtemp.db");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ledtemp-web"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--embedded-broker", "127.0.0.1:0"])
+        .arg("--keyring")
+        .arg(&keyring)
+        .arg("--database")
+        .arg(&database)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(server.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().contains("dashboard at") {
+            break;
+        }
+    }
+    let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(server.wait().unwrap().success());
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["keyring.toml", "ledtemp.db"]);
+}

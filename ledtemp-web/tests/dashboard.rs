@@ -464,6 +464,13 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
         in_card(KITCHEN, ".chart")
     ));
     assert_eq!(legend, json!(["Time", "cpu", "room"]));
+    // Away from the cursor the legend shows each sensor's latest reading, not a placeholder.
+    let values = browser.eval(&format!(
+        "[...{}.closest('.card').querySelectorAll('.u-legend .u-value')].slice(1)\
+         .map(v => v.textContent)",
+        in_card(KITCHEN, ".chart")
+    ));
+    assert_eq!(values, json!(["latest 47.25 \u{b0}C", "latest 21.38 \u{b0}C"]), "{values}");
 
     // The Frames panel: what was accepted, what was refused and why.
     let counts = browser.eval(
