@@ -1,8 +1,10 @@
 //! Runs the Cortex-M4F firmware image (`firmware/`) under QEMU and opens every frame it printed
 //! with the host codec.
 //!
-//! Needs the `thumbv7em-none-eabihf` target and `qemu-system-arm`; without them the test says so
-//! and passes, unless `LEDTEMP_REQUIRE_QEMU=1` (set by `.ci/run`) makes it fail instead.
+//! Needs the `thumbv7em-none-eabihf` target, `qemu-system-arm` and the firmware's crates (the
+//! build runs offline: a test never downloads); without them the test says so on standard error
+//! (`SKIPPED ...`, shown by `cargo test`) and passes, unless `LEDTEMP_REQUIRE_QEMU=1` (set by
+//! `.ci/run`) makes it fail instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,18 +40,26 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-fn build_image() -> PathBuf {
+/// Builds the image offline: a test never downloads. `Err` says why it cannot be built here
+/// when its crates are not downloaded yet; any other build failure fails the test.
+fn build_image() -> Result<PathBuf, String> {
     let target_dir = root().join("target").join("firmware");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--locked", "--target-dir"])
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--offline", "--target-dir"])
         .arg(&target_dir)
         .current_dir(root().join("firmware"))
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-        .status()
+        .output()
         .expect("run cargo build for the firmware");
-    assert!(status.success(), "firmware build failed");
-    target_dir.join("thumbv7em-none-eabihf/release/ledtemp-firmware")
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() && stderr.contains("--offline") {
+        return Err("the firmware's crates are not downloaded (run `cargo fetch --manifest-path \
+                    firmware/Cargo.toml` once online)"
+            .into());
+    }
+    assert!(output.status.success(), "firmware build failed:\n{stderr}");
+    Ok(target_dir.join("thumbv7em-none-eabihf/release/ledtemp-firmware"))
 }
 
 /// Runs the image under QEMU (bounded: one minute), returning its exit status and console.
@@ -79,15 +89,19 @@ fn run_image(elf: &Path) -> (Option<i32>, String) {
 
 #[test]
 fn the_firmware_image_runs_the_node_under_qemu_and_its_frames_open_on_the_host() {
+    let what = "the firmware image under QEMU";
     if let Some(why) = missing_prerequisite() {
-        assert!(
-            std::env::var("LEDTEMP_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "LEDTEMP_REQUIRE_QEMU=1 but {why}"
-        );
-        eprintln!("skipped: {why}");
+        ledtemp_test_support::skip_unless_required("LEDTEMP_REQUIRE_QEMU", what, &why);
         return;
     }
-    let (status, console) = run_image(&build_image());
+    let elf = match build_image() {
+        Ok(elf) => elf,
+        Err(why) => {
+            ledtemp_test_support::skip_unless_required("LEDTEMP_REQUIRE_QEMU", what, &why);
+            return;
+        }
+    };
+    let (status, console) = run_image(&elf);
     assert_eq!(status, Some(0), "image exited with {status:?}; console:\n{console}");
 
     let codec = AesGcmCodec::from_key_bytes(ledtemp_core::KeyId(1), KEY).unwrap();

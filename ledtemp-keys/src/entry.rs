@@ -407,7 +407,7 @@ impl RawEntry {
             ));
         }
         hex::decode_to_slice(hex.as_bytes(), slot)
-            .map_err(|_| bad("key", "must hold hex digits (0-9, a-f) only".into()))?;
+            .map_err(|_| bad("key", "must hold hex digits only (0-9, a-f or A-F)".into()))?;
         Ok(KeyringEntry::Key(KeyEntry { device, key_id, algorithm, retire_at, key: secret }))
     }
 }

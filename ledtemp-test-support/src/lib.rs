@@ -83,3 +83,14 @@ pub mod server;
 /// Every wait in the helpers (a port opening, a subscription, a frame) ends after this at the
 /// latest, and tests bound their own waits with it.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A test that cannot run here: panics when `require_env` is set to `1` (as `.ci/run` sets it,
+/// so a missing tool fails there), and otherwise says on the process's standard error that `what`
+/// is skipped and why. The line is written to the stream itself, not through `eprintln!`, which
+/// the test harness captures and hides for a passing test: the skip shows in `cargo test`'s
+/// output next to the test's `ok`.
+pub fn skip_unless_required(require_env: &str, what: &str, why: &str) {
+    use std::io::Write;
+    assert!(std::env::var(require_env).as_deref() != Ok("1"), "{require_env}=1 but {why}");
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {what}: {why}");
+}

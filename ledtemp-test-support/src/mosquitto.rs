@@ -45,13 +45,11 @@ pub fn mosquitto_programs<const N: usize>(what: &str, programs: [&str; N]) -> Op
     if missing.is_empty() {
         return Some(found.map(|(_, path)| path.unwrap()));
     }
-    let missing = missing.join(" and ");
-    assert!(
-        !mosquitto_required(),
-        "{REQUIRE_MOSQUITTO_ENV}=1 but {missing} is not installed (apt-get install mosquitto \
-         mosquitto-clients)"
+    let why = format!(
+        "{} is not installed (apt-get install mosquitto mosquitto-clients)",
+        missing.join(" and ")
     );
-    println!("{what} skipped: {missing} is not installed (apt-get install mosquitto)");
+    crate::skip_unless_required(REQUIRE_MOSQUITTO_ENV, what, &why);
     None
 }
 

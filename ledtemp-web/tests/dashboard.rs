@@ -53,11 +53,11 @@ fn chromium_binary() -> Option<PathBuf> {
 fn chromium_or_skip() -> Option<PathBuf> {
     let chromium = chromium_binary();
     if chromium.is_none() {
-        assert!(
-            std::env::var("LEDTEMP_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "LEDTEMP_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)"
+        ledtemp_test_support::skip_unless_required(
+            "LEDTEMP_REQUIRE_CHROMIUM",
+            "a dashboard test in a real browser",
+            "chromium is not installed (apt-get install chromium)",
         );
-        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
     }
     chromium
 }
