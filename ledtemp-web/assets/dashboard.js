@@ -463,6 +463,7 @@
     revoked: "revoked",
     limit: "limit",
     stale_will: "stale will",
+    redelivered: "redelivered",
   });
 
   function showStats(stats) {

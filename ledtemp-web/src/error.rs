@@ -31,11 +31,16 @@ pub enum RejectReason {
     /// retained store to a server that never saw the connection, or after the node came back; a
     /// replayed will looks the same. Refused, and counted apart from replays.
     StaleWill,
+    /// A genuine frame the broker delivered again from its retained store (at a
+    /// (re)subscription) that the replay window had already accepted: it was stored before, and
+    /// is not stored again. Counted apart from replays so that a restart does not look like an
+    /// attack; a live replay is never delivered as retained.
+    Redelivered,
 }
 
 impl RejectReason {
     /// Every reason, in the order they are reported.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::UnknownDevice,
         RejectReason::BadTag,
         RejectReason::Replay,
@@ -44,10 +49,11 @@ impl RejectReason {
         RejectReason::Revoked,
         RejectReason::Limit,
         RejectReason::StaleWill,
+        RejectReason::Redelivered,
     ];
 
     /// The label: `unknown_device`, `bad_tag`, `replay`, `malformed`, `oversize`, `revoked`,
-    /// `limit` or `stale_will`.
+    /// `limit`, `stale_will` or `redelivered`.
     pub const fn label(self) -> &'static str {
         match self {
             RejectReason::UnknownDevice => "unknown_device",
@@ -58,6 +64,7 @@ impl RejectReason {
             RejectReason::Revoked => "revoked",
             RejectReason::Limit => "limit",
             RejectReason::StaleWill => "stale_will",
+            RejectReason::Redelivered => "redelivered",
         }
     }
 
@@ -72,6 +79,7 @@ impl RejectReason {
             RejectReason::Revoked => 5,
             RejectReason::Limit => 6,
             RejectReason::StaleWill => 7,
+            RejectReason::Redelivered => 8,
         }
     }
 

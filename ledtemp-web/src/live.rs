@@ -49,6 +49,8 @@ pub struct RejectedCounts {
     pub limit: u64,
     /// [`RejectReason::StaleWill`].
     pub stale_will: u64,
+    /// [`RejectReason::Redelivered`].
+    pub redelivered: u64,
 }
 
 /// A copy of the counters: the body of `/api/stats` and of the `stats` SSE event.
@@ -148,6 +150,7 @@ impl Stats {
                 revoked: r(RejectReason::Revoked),
                 limit: r(RejectReason::Limit),
                 stale_will: r(RejectReason::StaleWill),
+                redelivered: r(RejectReason::Redelivered),
             },
             broker_connected: self.broker_connected(),
             sse_clients: self.sse_clients.load(Ordering::Relaxed),

@@ -156,7 +156,7 @@ async fn stats_health_and_metrics_report_counters_and_link_state() {
         stats,
         json!({
             "accepted": 5,
-            "rejected": {"unknown_device": 1, "bad_tag": 0, "replay": 1, "malformed": 0, "oversize": 0, "revoked": 0, "limit": 0, "stale_will": 0},
+            "rejected": {"unknown_device": 1, "bad_tag": 0, "replay": 1, "malformed": 0, "oversize": 0, "revoked": 0, "limit": 0, "stale_will": 0, "redelivered": 0},
             "broker_connected": false,
             "sse_clients": 0,
             "insecure_plaintext": false

@@ -318,4 +318,17 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
     assert_eq!(kitchen["online"], false, "{kitchen}");
     assert_eq!(kitchen["last_seen"], Value::Null, "{kitchen}");
     server.shutdown().await.unwrap();
+
+    // Restarted on the same database: the broker delivers the retained frames again. The LED
+    // frame was stored: a redelivery, not a replay attack; the will is still stale.
+    let server = start_broker_server(dir.path(), broker.port).await;
+    let stats = wait_stats(server.http_addr(), "the retained frames again", |s| {
+        s["rejected"]["redelivered"] == 1 && s["rejected"]["stale_will"] == 1
+    })
+    .await;
+    assert_eq!(
+        (stats["accepted"].as_u64(), stats["rejected"]["replay"].as_u64()),
+        (Some(0), Some(0))
+    );
+    server.shutdown().await.unwrap();
 }

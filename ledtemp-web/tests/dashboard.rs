@@ -479,7 +479,7 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
     );
     assert_eq!(
         counts,
-        json!({"bad_tag": "1", "replay": "1", "unknown_device": "0", "malformed": "0", "oversize": "0", "revoked": "0", "limit": "0", "stale_will": "0"})
+        json!({"bad_tag": "1", "replay": "1", "unknown_device": "0", "malformed": "0", "oversize": "0", "revoked": "0", "limit": "0", "stale_will": "0", "redelivered": "0"})
     );
     let accepted = live.stats.snapshot().accepted.to_string();
     assert_eq!(browser.eval("document.getElementById('accepted').textContent"), json!(accepted));

@@ -304,6 +304,7 @@ impl Ingest {
                             status: ledtemp_core::NodeStatus::Offline,
                             ..
                         }) => RejectReason::StaleWill,
+                        _ if frame.retained => RejectReason::Redelivered,
                         _ => RejectReason::from_core(e),
                     };
                     (Some(device.clone()), Error::Rejected { reason, cause: e })
