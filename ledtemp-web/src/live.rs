@@ -316,14 +316,15 @@ impl LiveState {
             .collect()
     }
 
-    /// Every device as `GET /api/devices` shows it at `now`.
-    pub fn summaries(&self, now: UnixMillis) -> serde_json::Value {
+    /// Every device as `GET /api/devices` shows it at `now` (JSON).
+    pub fn summaries_json(&self, now: UnixMillis) -> String {
         let devices = self.devices();
         let summaries: Vec<DeviceSummary<'_>> = devices
             .iter()
             .map(|(id, state)| DeviceSummary { id, state, online: self.is_online(state, now) })
             .collect();
-        serde_json::to_value(summaries).unwrap_or_default()
+        // Strings, numbers and booleans only: serialising cannot fail.
+        serde_json::to_string(&summaries).unwrap_or_default()
     }
 
     /// Whether a device in `state` counts as online at `now`.

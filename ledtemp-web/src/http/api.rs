@@ -19,8 +19,9 @@ pub const MAX_HISTORY_POINTS: usize = 10_000;
 const DEFAULT_RANGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
 /// Every device: `[{"id", "online", "last_seen", "leds": [..], "temperatures": [..]}]`.
-pub(crate) async fn devices(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.live.summaries(UnixMillis::now()))
+pub(crate) async fn devices(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let json = state.live.summaries_json(UnixMillis::now());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], json)
 }
 
 #[derive(Debug, Deserialize)]
