@@ -11,6 +11,11 @@
 //! plus noise; the key, the sequence-number store and the broker are real. Wiring, 1-Wire and
 //! I2C set-up and a systemd unit are in docs/raspberry-pi.md.
 //!
+//! SIGTERM (systemd's stop) and Ctrl-C stop the node cleanly: it publishes what is queued and
+//! then its sealed offline status, and disconnects with MQTT DISCONNECT, so the broker does not
+//! publish the Last Will as well; all within `ledtemp_core::SHUTDOWN_TIMEOUT` (2 s) plus, with a
+//! broker that stops answering, one MQTT timeout (5 s). It then exits with status 0.
+//!
 //! In production the node talks to the broker over TLS with its own broker account (user name =
 //! device id), which the broker's ACL confines to `ledtemp/<device id>/#`:
 //!
@@ -35,10 +40,11 @@ use clap::Parser;
 use ledtemp_core::{
     Button, Clock, DeviceId, InsecurePlaintextCodec, Led, LedName, LedState, MilliCelsius, Node,
     NodeConfig, RunEvent, ScriptedButton, SealedOrPlaintext, SensorName, SimulatedTemperature,
-    TempSensor,
+    Stopped, TempSensor,
 };
-use ledtemp_tokio::{BlockingSensor, BrokerAddress, NodeWorld, StdClock, run_node};
+use ledtemp_tokio::{BlockingSensor, BrokerAddress, NodeWorld, StdClock, run_node_until};
 use serde::Deserialize;
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
 /// Command line.
@@ -373,37 +379,49 @@ async fn run(args: Args) -> Result<(), StartError> {
         if args.simulate { ", simulated hardware" } else { "" }
     );
 
+    // Before the first connection: from here on SIGTERM and Ctrl-C stop the node cleanly.
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| StartError(format!("cannot handle SIGTERM: {e}")))?;
+    let stop = async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        };
+        info!("{name}: stopping");
+    };
+
     let published = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&published);
-    let address = format!("{}:{}", broker.host, broker.port);
+    let address = broker.to_string();
     let mut on_event = move |event: RunEvent<'_>| match event {
-        RunEvent::Connected => info!("connected to the broker at {address}"),
-        RunEvent::ConnectFailed { error, retry_in } => warn!(
-            "broker at {address} unreachable ({error:?}); retrying in {} s",
-            retry_in.as_secs_f32()
-        ),
-        RunEvent::LinkLost { error } => warn!("lost the broker ({error:?}); frames are queued"),
-        RunEvent::Published { topic, len } => {
+        RunEvent::Connected => info!("connected to the MQTT broker at {address}"),
+        RunEvent::Published { .. } => {
             counter.fetch_add(1, Ordering::Relaxed);
-            debug!("published {len} bytes on {topic}");
+            debug!("{event}");
         }
-        RunEvent::SensorFailed { index, error } => warn!("sensor {index} failed: {error:?}"),
-        RunEvent::PinFailed { index, error } => warn!("pin {index} failed: {error:?}"),
-        other => debug!("{other:?}"),
+        RunEvent::Stopping { .. } => info!("{event}"),
+        // Failures name the broker and say what happened ("cannot reach", "lost the connection").
+        event => warn!("{event}"),
     };
+    let address = broker.to_string();
     let world =
         NodeWorld::new(broker, clock).buttons(&mut buttons).leds(&mut leds).sensors(&mut sensors);
-    let run = run_node(&mut node, world, &mut on_event);
-    tokio::select! {
-        result = run => match result {
-            Err(e) => Err(StartError(format!("the node stopped: {e}"))),
-            Ok(never) => match never {},
-        },
-        _ = tokio::signal::ctrl_c() => {
-            info!("stopping after {} frames", published.load(Ordering::Relaxed));
-            Ok(())
-        }
+    let stopped = run_node_until(&mut node, world, stop, &mut on_event)
+        .await
+        .map_err(|e| StartError(format!("the node stopped: {e}")))?;
+    let frames = published.load(Ordering::Relaxed);
+    match stopped {
+        Stopped::Disconnected => info!(
+            "stopped after {frames} frames: offline status published, disconnected from the MQTT \
+             broker at {address}"
+        ),
+        Stopped::Abandoned { unsent } => warn!(
+            "stopped after {frames} frames without reaching the MQTT broker at {address}: \
+             {unsent} queued messages dropped; the broker publishes the node's Last Will (offline)"
+        ),
+        other => info!("stopped after {frames} frames: {other:?}"),
     }
+    Ok(())
 }
 
 type Hardware = (Vec<DynButton>, Vec<DynLed>, Vec<DynSensor>);

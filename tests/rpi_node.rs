@@ -1,5 +1,7 @@
-//! `examples/rpi_node.rs` as a user runs it: `--simulate` against a real broker, and the errors a
-//! user meets first (a missing config field, a key file others can read).
+//! `examples/rpi_node.rs` as a user runs it: `--simulate` against a real broker, a stop with
+//! SIGTERM as systemd sends it (offline status, DISCONNECT, no Last Will, no sequence number
+//! reused after a restart), and the errors a user meets first (a missing config field, a key
+//! file others can read, a broker it cannot reach).
 //!
 //! The binary under test is the example cargo built for this test run. `.ci/run` runs the same
 //! test once more with `LEDTEMP_RPI_NODE_BIN` pointing at the aarch64 build and
@@ -7,15 +9,21 @@
 //! to a Pi is known to start and publish.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use ledtemp_core::{Algorithm, LedState, Message, NodeStatus, StatusReport};
+use ledtemp_core::{
+    Algorithm, AnyCodec, LedState, Message, NodeStatus, SHUTDOWN_TIMEOUT, StatusReport,
+};
+use ledtemp_test_support::WAIT;
 use ledtemp_test_support::broker::TestBroker;
 use ledtemp_test_support::keys::TempKeyring;
-use ledtemp_test_support::mqtt::{FrameChecker, Subscriber};
+use ledtemp_test_support::mqtt::{Checked, FrameChecker, Received, Subscriber};
+use ledtemp_test_support::net::free_port;
+use ledtemp_web::{IncomingFrame, KeyTable, Pipeline, PipelineOptions, UnixMillis};
 
 const DEVICE: &str = "sim-pi";
 
@@ -166,4 +174,231 @@ fn a_key_file_others_can_read_is_refused() {
         + &String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("key_file"), "{stderr}");
+}
+
+/// The node binary running with `--simulate --press-every 1`, its output (tracing writes to
+/// stdout) in `node.log` in `dir`; killed when dropped.
+struct RunningNode {
+    child: KillOnDrop,
+    log: PathBuf,
+}
+
+impl RunningNode {
+    fn start(dir: &Path, config: &Path) -> RunningNode {
+        let log = dir.join("node.log");
+        let out = File::options().create(true).append(true).open(&log).unwrap();
+        let child = node_command()
+            .args(["--simulate", "--press-every", "1", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        RunningNode { child: KillOnDrop(child), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM, as `systemctl stop` does.
+    fn terminate(&self) {
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    async fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn is_offline(message: &Message) -> bool {
+    matches!(message, Message::Status(StatusReport { status: NodeStatus::Offline, .. }))
+}
+
+fn is_online(message: &Message) -> bool {
+    matches!(message, Message::Status(StatusReport { status: NodeStatus::Online { .. }, .. }))
+}
+
+/// Everything the subscriber got, raw and opened, until `done` says so; panics after [`WAIT`].
+async fn collect(
+    subscriber: &mut Subscriber,
+    checker: &mut FrameChecker<AnyCodec>,
+    frames: &mut Vec<(Received, Option<Checked>)>,
+    mut done: impl FnMut(&[(Received, Option<Checked>)]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(frames) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(received) = subscriber.next(left).await else {
+            panic!("timed out; frames so far: {frames:#?}");
+        };
+        let checked = checker.check(&received);
+        frames.push((received, checked));
+    }
+}
+
+/// The server's ingest pipeline, on a database in `dir`, with the keys of `keys`.
+fn server_pipeline(dir: &Path, keys: &TempKeyring) -> Pipeline {
+    let options =
+        PipelineOptions { database: dir.join("ledtemp.db"), ..PipelineOptions::default() };
+    Pipeline::open(&options, KeyTable::from_keyring(keys.keyring())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_publishes_the_queue_and_the_offline_status_then_disconnects_without_a_will() {
+    let broker = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, config) = provision(dir.path(), broker.port);
+    let mut subscriber = Subscriber::start(broker.port).await;
+    let mut checker = FrameChecker::new(keys.codec(DEVICE));
+    let mut node = RunningNode::start(dir.path(), &config);
+
+    // Running: the online status and a few presses.
+    let mut frames = Vec::new();
+    collect(&mut subscriber, &mut checker, &mut frames, |frames| {
+        let leds = frames
+            .iter()
+            .filter(|(_, c)| matches!(c, Some(c) if matches!(c.message, Message::Led(_))));
+        leds.count() >= 2
+    })
+    .await;
+
+    let signalled = std::time::Instant::now();
+    node.terminate();
+    collect(&mut subscriber, &mut checker, &mut frames, |frames| {
+        frames.iter().any(|(_, c)| matches!(c, Some(c) if is_offline(&c.message)))
+    })
+    .await;
+    let status = node.exit_within(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await;
+    let took = signalled.elapsed();
+    let log = node.log();
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?} after SIGTERM:\n{log}");
+    assert!(took < SHUTDOWN_TIMEOUT, "the stop took {took:?}, over the deadline:\n{log}");
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(log.contains("offline status published, disconnected from the MQTT broker"), "{log}");
+
+    // No Last Will afterwards: the broker would publish it at once (no will delay); give it
+    // time, then count every status frame that arrived, byte copies included.
+    while let Some(received) = subscriber.next(Duration::from_millis(1_500)).await {
+        let checked = checker.check(&received);
+        frames.push((received, checked));
+    }
+    let statuses: Vec<&Received> = frames
+        .iter()
+        .map(|(received, _)| received)
+        .filter(|r| r.topic == format!("ledtemp/{DEVICE}/status"))
+        .collect();
+    assert_eq!(statuses.len(), 2, "the online status and the offline status, once: {frames:#?}");
+    assert_eq!(checker.duplicates, 0, "nothing arrived twice");
+
+    let checked: Vec<&Checked> = frames.iter().filter_map(|(_, c)| c.as_ref()).collect();
+    let offline = checked.last().unwrap();
+    assert!(is_offline(&offline.message), "the offline status comes last: {checked:#?}");
+    let online = checked.iter().find(|c| is_online(&c.message)).unwrap();
+    assert_eq!(offline.sequence, online.sequence + 1, "the offline status is the will's number");
+    // Every LED change the node made (it logs each; the first line drives the LED off at start)
+    // arrived, before the offline status.
+    let toggles = log.matches("LED red on").count() + log.matches("LED red off").count() - 1;
+    let led_frames = checked.iter().filter(|c| matches!(c.message, Message::Led(_))).count();
+    assert_eq!(led_frames, toggles, "{log}");
+
+    // The server takes every frame, the offline status as this connection's will (not as a
+    // stale will or a replay), and shows the device offline.
+    let db = tempfile::tempdir().unwrap();
+    let mut pipeline = server_pipeline(db.path(), &keys);
+    for (received, _) in &frames {
+        let frame = IncomingFrame {
+            topic: received.topic.as_bytes().to_vec(),
+            payload: received.payload.clone(),
+            received: UnixMillis::now(),
+            retained: received.retained,
+        };
+        if let Err(error) = pipeline.ingest.handle(frame) {
+            panic!("the server refused a frame on {}: {error}", received.topic);
+        }
+    }
+    let device = pipeline.state.live.device(&keys.entry(DEVICE).device).unwrap();
+    assert!(!device.online, "{device:?}");
+}
+
+/// The highest sequence number of every frame opened so far.
+fn highest(frames: &[(Received, Option<Checked>)]) -> u64 {
+    frames.iter().filter_map(|(_, c)| c.as_ref().map(|c| c.sequence)).max().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigterm_and_a_restart_sequence_numbers_continue_above_every_one_used() {
+    let broker = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, config) = provision(dir.path(), broker.port);
+    let mut subscriber = Subscriber::start(broker.port).await;
+    let mut checker = FrameChecker::new(keys.codec(DEVICE));
+
+    let mut used = 0;
+    for run in 0..2 {
+        let mut node = RunningNode::start(dir.path(), &config);
+        let mut frames = Vec::new();
+        collect(&mut subscriber, &mut checker, &mut frames, |frames| frames.len() >= 3).await;
+        let first = frames.iter().filter_map(|(_, c)| c.as_ref()).map(|c| c.sequence).min();
+        if run > 0 {
+            assert!(first > Some(used), "run {run} starts at {first:?}, at or below {used}");
+        }
+        node.terminate();
+        collect(&mut subscriber, &mut checker, &mut frames, |frames| {
+            frames.iter().any(|(_, c)| matches!(c, Some(c) if is_offline(&c.message)))
+        })
+        .await;
+        let status = node.exit_within(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await;
+        assert!(status.is_some_and(|s| s.success()), "run {run}: {status:?}\n{}", node.log());
+        used = used.max(highest(&frames));
+        // What the store holds after the stop covers every number used (the will's too).
+        let file = dir.path().join("state").join(format!("{DEVICE}.key1.seq"));
+        let text = std::fs::read_to_string(file).unwrap();
+        let mark = ledtemp_rpi::parse_sequence_file(text.as_bytes()).unwrap();
+        assert!(mark > used, "run {run}: stored mark {mark}, numbers used up to {used}");
+    }
+    assert_eq!(checker.duplicates, 0, "no number arrived twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_named_in_plain_words_and_sigterm_still_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(); // nothing listens there
+    let (_keys, config) = provision(dir.path(), port);
+    let mut node = RunningNode::start(dir.path(), &config);
+
+    let expected = format!("cannot reach the MQTT broker at 127.0.0.1:{port}: ");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !node.log().contains(&expected) {
+        assert!(tokio::time::Instant::now() < deadline, "no {expected:?} in:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = node.log();
+    let line = log.lines().find(|line| line.contains(&expected)).unwrap();
+    assert!(line.contains("refused"), "the operating system's reason: {line}");
+    assert!(line.contains("next attempt in "), "{line}");
+    assert!(!log.contains("Os {") && !log.contains("Connect("), "Rust debug output: {log}");
+
+    node.terminate();
+    let status = node.exit_within(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await;
+    let log = node.log();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    assert!(
+        log.contains(&format!("without reaching the MQTT broker at 127.0.0.1:{port}")),
+        "{log}"
+    );
 }

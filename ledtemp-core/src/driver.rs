@@ -2,13 +2,14 @@
 //!
 //! The loop is written once, as async code over [`NodeIo`]; [`run_async`] binds it to async
 //! hardware and [`run_blocking`] to blocking hardware (whose futures never wait, so a busy-poll
-//! [`block_on`] drives them).
+//! [`block_on`] drives them). Their `_until` forms ([`Driver::run_until`], [`run_async_until`],
+//! [`run_blocking_until`]) also take a stop signal and end the node cleanly ([`Stopped`]).
 #![allow(async_fn_in_trait, reason = "node drivers run on one task; no Send bound is wanted")]
 
 use core::convert::Infallible;
-use core::fmt::Debug;
-use core::future::Future;
-use core::pin::pin;
+use core::fmt::{self, Debug, Display};
+use core::future::{Future, pending, poll_fn};
+use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 
@@ -17,9 +18,18 @@ use crate::hardware::{
 };
 use crate::{
     Clock, Codec, Error, Instant, LedState, MAX_FRAME_LEN, MilliCelsius, Node, SequenceStore,
+    Shutdown,
 };
 
+/// An error of the broker link, as [`RunEvent`] reports it: displayed, it says what happened.
+pub type LinkError<'a> = &'a dyn core::error::Error;
+
 /// Something a driver reports while it runs, for the caller to log.
+///
+/// Displayed, an event is a sentence for a log line, in plain words: `{event}` rather than
+/// `{event:?}`. A broker error says itself where it happened if the publisher knows the broker
+/// (`ledtemp-tokio`'s does: "cannot reach the MQTT broker at 10.0.0.2:1883: Connection refused
+/// (os error 111); next attempt in 2 s").
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RunEvent<'a> {
@@ -28,14 +38,20 @@ pub enum RunEvent<'a> {
     /// A connection attempt failed; the next one is in `retry_in`.
     ConnectFailed {
         /// What the publisher said.
-        error: &'a dyn Debug,
+        error: LinkError<'a>,
         /// Delay before the next attempt (exponential backoff).
         retry_in: Duration,
     },
     /// Publishing or keeping the link failed; frames wait in the node's queue.
     LinkLost {
         /// What the publisher said.
-        error: &'a dyn Debug,
+        error: LinkError<'a>,
+    },
+    /// The node was asked to stop: it delivers `queued` messages and then its offline status,
+    /// for at most its [`shutdown_timeout`](crate::NodeConfig::shutdown_timeout).
+    Stopping {
+        /// Messages waiting in the queue, besides the offline status.
+        queued: usize,
     },
     /// A frame went out.
     Published {
@@ -57,6 +73,61 @@ pub enum RunEvent<'a> {
         index: usize,
         /// What the pin said.
         error: &'a dyn Debug,
+    },
+}
+
+impl Display for RunEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunEvent::Connected => f.write_str("connected to the MQTT broker"),
+            RunEvent::ConnectFailed { error, retry_in } => {
+                write!(f, "{error}; next attempt in {} s", Seconds(*retry_in))
+            }
+            RunEvent::LinkLost { error } => write!(f, "{error}; frames wait in the queue"),
+            RunEvent::Stopping { queued } => write!(
+                f,
+                "stopping: sending {queued} queued message{} and the offline status",
+                if *queued == 1 { "" } else { "s" }
+            ),
+            RunEvent::Published { topic, len } => write!(f, "published {len} bytes on {topic}"),
+            // Hardware errors are `Debug` only (embedded-hal's convention).
+            RunEvent::SensorFailed { index, error } => {
+                write!(f, "reading sensor {index} failed: {error:?}")
+            }
+            RunEvent::PinFailed { index, error } => write!(f, "pin {index} failed: {error:?}"),
+        }
+    }
+}
+
+/// A duration in seconds as a person reads it: `2`, `0.5`, `1.25`.
+struct Seconds(Duration);
+
+impl Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        let (whole, frac) = (millis / 1000, millis % 1000);
+        match frac {
+            0 => write!(f, "{whole}"),
+            _ if frac % 100 == 0 => write!(f, "{whole}.{}", frac / 100),
+            _ if frac % 10 == 0 => write!(f, "{whole}.{:02}", frac / 10),
+            _ => write!(f, "{whole}.{frac:03}"),
+        }
+    }
+}
+
+/// How a node that was asked to stop ended: the value of [`Driver::run_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// Clean: the queue and the offline status were published and acknowledged, and MQTT
+    /// DISCONNECT was sent, so the broker discarded the Last Will.
+    Disconnected,
+    /// The offline status could not be published within the node's shutdown timeout (the broker
+    /// was unreachable or slow), or DISCONNECT failed: the connection ended without DISCONNECT and
+    /// the broker publishes the Last Will (the same offline status) instead.
+    Abandoned {
+        /// Messages that were still queued, besides the offline status; they are lost.
+        unsent: usize,
     },
 }
 
@@ -118,11 +189,21 @@ pub trait NodeIo {
     /// Whether the link is up.
     fn is_connected(&mut self) -> bool;
     /// Connects with `will`.
-    async fn connect(&mut self, will: &Outgoing<'_>, handle: impl FnOnce(Result<(), &dyn Debug>));
+    async fn connect(
+        &mut self,
+        will: &Outgoing<'_>,
+        handle: impl FnOnce(Result<(), LinkError<'_>>),
+    );
     /// Publishes `frame`.
-    async fn publish(&mut self, frame: &Outgoing<'_>, handle: impl FnOnce(Result<(), &dyn Debug>));
+    async fn publish(
+        &mut self,
+        frame: &Outgoing<'_>,
+        handle: impl FnOnce(Result<(), LinkError<'_>>),
+    );
     /// Keeps the link alive.
-    async fn poll_link(&mut self, handle: impl FnOnce(Result<(), &dyn Debug>));
+    async fn poll_link(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>));
+    /// Ends the connection with MQTT DISCONNECT (the broker discards the will).
+    async fn disconnect(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>));
     /// Waits until `deadline`.
     async fn sleep_until(&mut self, deadline: Instant);
 }
@@ -244,11 +325,87 @@ impl Driver {
         io: &mut impl NodeIo,
         on_event: &mut impl FnMut(RunEvent<'_>),
     ) -> Result<Infallible, Error> {
+        self.run_until(node, io, pending(), on_event).await?;
+        // A stop that never comes cannot end the run; this is never reached.
+        pending().await
+    }
+
+    /// Steps, sleeping between passes, until `stop` completes; then stops the node cleanly
+    /// ([`Node::handle_shutdown`]): it sends what is queued and its offline status, within the
+    /// node's [`shutdown_timeout`](crate::NodeConfig::shutdown_timeout), and ends the connection
+    /// with MQTT DISCONNECT ([`Stopped::Disconnected`]); or, if the offline status cannot go out
+    /// in time, without it, so that the broker publishes the will ([`Stopped::Abandoned`]).
+    ///
+    /// `stop` is polled while the driver sleeps between passes (every few milliseconds at most,
+    /// [`BUTTON_POLL_INTERVAL`]); a pass that is publishing or connecting finishes first, so the
+    /// whole stop takes at most the shutdown timeout plus one publisher call, which the
+    /// publisher's own timeout bounds. Errors as [`step`](Self::step).
+    ///
+    /// Cancellation: dropping the future stops the node at once, as with [`run`](Self::run): the
+    /// connection closes without DISCONNECT (the broker publishes the will) and queued frames
+    /// stay in `node`.
+    pub async fn run_until<C: Codec, S: SequenceStore, const Q: usize>(
+        &mut self,
+        node: &mut Node<C, S, Q>,
+        io: &mut impl NodeIo,
+        stop: impl Future<Output = ()>,
+        on_event: &mut impl FnMut(RunEvent<'_>),
+    ) -> Result<Stopped, Error> {
+        let mut stop = pin!(stop);
         loop {
             let wake = self.step(node, io, on_event).await?;
-            io.sleep_until(wake).await;
+            match node.poll_shutdown(io.now()) {
+                None => {
+                    if sleep_or(io.sleep_until(wake), stop.as_mut()).await {
+                        node.handle_shutdown(io.now());
+                        let queued = node.stats().queued.saturating_sub(1);
+                        on_event(RunEvent::Stopping { queued });
+                    }
+                }
+                Some(Shutdown::Flushing { deadline }) => {
+                    if !io.is_connected() && self.next_connect >= deadline {
+                        // No connection before the deadline: nothing more can go out.
+                        let unsent = node.stats().queued.saturating_sub(1);
+                        return Ok(Stopped::Abandoned { unsent });
+                    }
+                    io.sleep_until(wake).await;
+                }
+                Some(Shutdown::Disconnect) => {
+                    if !io.is_connected() {
+                        // Lost right after the offline status: the broker publishes the will.
+                        return Ok(Stopped::Abandoned { unsent: 0 });
+                    }
+                    let mut clean = false;
+                    io.disconnect(|result| match result {
+                        Ok(()) => clean = true,
+                        Err(error) => on_event(RunEvent::LinkLost { error }),
+                    })
+                    .await;
+                    return Ok(if clean {
+                        Stopped::Disconnected
+                    } else {
+                        Stopped::Abandoned { unsent: 0 }
+                    });
+                }
+                Some(Shutdown::Abandon { unsent }) => return Ok(Stopped::Abandoned { unsent }),
+            }
         }
     }
+}
+
+/// Waits for `sleep`, or for `stop` if it completes first (then `true`; `sleep` is dropped).
+async fn sleep_or(
+    sleep: impl Future<Output = ()>,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut sleep = pin!(sleep);
+    poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        sleep.as_mut().poll(cx).map(|()| false)
+    })
+    .await
 }
 
 /// Blocking hardware: buttons, LEDs and sensors as slices (button `i` toggles LED `i`), a
@@ -312,19 +469,22 @@ macro_rules! impl_node_io {
             async fn connect(
                 &mut self,
                 will: &Outgoing<'_>,
-                handle: impl FnOnce(Result<(), &dyn Debug>),
+                handle: impl FnOnce(Result<(), LinkError<'_>>),
             ) {
                 report(self.publisher.connect(will)$($await)*, handle);
             }
             async fn publish(
                 &mut self,
                 frame: &Outgoing<'_>,
-                handle: impl FnOnce(Result<(), &dyn Debug>),
+                handle: impl FnOnce(Result<(), LinkError<'_>>),
             ) {
                 report(self.publisher.publish(frame)$($await)*, handle);
             }
-            async fn poll_link(&mut self, handle: impl FnOnce(Result<(), &dyn Debug>)) {
+            async fn poll_link(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>)) {
                 report(self.publisher.poll()$($await)*, handle);
+            }
+            async fn disconnect(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>)) {
+                report(self.publisher.disconnect()$($await)*, handle);
             }
             async fn sleep_until(&mut self, deadline: Instant) {
                 let now = self.clock.now();
@@ -386,7 +546,10 @@ fn set_led<L: Led>(leds: &mut [L], index: usize, state: LedState) -> Result<(), 
     }
 }
 
-fn report<E: Debug>(result: Result<(), E>, handle: impl FnOnce(Result<(), &dyn Debug>)) {
+fn report<E: core::error::Error>(
+    result: Result<(), E>,
+    handle: impl FnOnce(Result<(), LinkError<'_>>),
+) {
     match result {
         Ok(()) => handle(Ok(())),
         Err(error) => handle(Err(&error)),
@@ -431,6 +594,50 @@ where
     D: embedded_hal_async::delay::DelayNs,
 {
     Driver::default().run(node, io, on_event).await
+}
+
+/// Runs a node on blocking hardware until `stop` returns `true`, then stops it cleanly (see
+/// [`Driver::run_until`]). `stop` is asked between passes, every few milliseconds: have it read
+/// a flag that a signal handler or an interrupt sets.
+pub fn run_blocking_until<C, S, const Q: usize, B, L, T, P, K, D>(
+    node: &mut Node<C, S, Q>,
+    io: &mut BlockingIo<'_, B, L, T, P, K, D>,
+    mut stop: impl FnMut() -> bool,
+    on_event: &mut impl FnMut(RunEvent<'_>),
+) -> Result<Stopped, Error>
+where
+    C: Codec,
+    S: SequenceStore,
+    B: Button,
+    L: Led,
+    T: TempSensor,
+    P: Publisher,
+    K: Clock,
+    D: embedded_hal::delay::DelayNs,
+{
+    let stop = poll_fn(move |_| if stop() { Poll::Ready(()) } else { Poll::Pending });
+    block_on(Driver::default().run_until(node, io, stop, on_event))
+}
+
+/// Runs a node on async hardware until `stop` completes, then stops it cleanly: see
+/// [`Driver::run_until`], also for cancellation.
+pub async fn run_async_until<C, S, const Q: usize, B, L, T, P, K, D>(
+    node: &mut Node<C, S, Q>,
+    io: &mut AsyncIo<'_, B, L, T, P, K, D>,
+    stop: impl Future<Output = ()>,
+    on_event: &mut impl FnMut(RunEvent<'_>),
+) -> Result<Stopped, Error>
+where
+    C: Codec,
+    S: SequenceStore,
+    B: Button,
+    L: Led,
+    T: AsyncTempSensor,
+    P: AsyncPublisher,
+    K: Clock,
+    D: embedded_hal_async::delay::DelayNs,
+{
+    Driver::default().run_until(node, io, stop, on_event).await
 }
 
 /// Drives a future to completion by polling it in a loop: the executor for blocking hardware
@@ -500,33 +707,52 @@ mod tests {
         }
     }
 
-    /// Refuses the first connection attempt; records what it publishes.
+    /// What the fake broker link says when it fails.
+    #[derive(Debug)]
+    struct Refused;
+    impl Display for Refused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot reach the fake broker: connection refused")
+        }
+    }
+    impl core::error::Error for Refused {}
+
+    /// Refuses the first connection attempt (or every one, when `down`); records what it
+    /// publishes and when it disconnects.
     #[derive(Default)]
     struct FakePublisher {
+        down: bool,
         attempts: u32,
         connected: bool,
         wills: Vec<Vec<u8>>,
         published: Vec<(String, Vec<u8>)>,
+        disconnects: u32,
     }
     impl Publisher for FakePublisher {
-        type Error = &'static str;
+        type Error = Refused;
         fn is_connected(&mut self) -> bool {
             self.connected
         }
-        fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), &'static str> {
+        fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Refused> {
             self.attempts += 1;
             self.wills.push(will.frame.to_vec());
-            if self.attempts == 1 {
-                return Err("connection refused");
+            if self.attempts == 1 || self.down {
+                return Err(Refused);
             }
             self.connected = true;
             Ok(())
         }
-        fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), &'static str> {
+        fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), Refused> {
+            assert!(self.connected && self.disconnects == 0);
             self.published.push((frame.topic.to_string(), frame.frame.to_vec()));
             Ok(())
         }
-        fn poll(&mut self) -> Result<(), &'static str> {
+        fn poll(&mut self) -> Result<(), Refused> {
+            Ok(())
+        }
+        fn disconnect(&mut self) -> Result<(), Refused> {
+            self.disconnects += 1;
+            self.connected = false;
             Ok(())
         }
     }
@@ -560,7 +786,7 @@ mod tests {
         let mut events = Vec::new();
         while clock.0.get() < 3_500 {
             let wake = block_on(driver.step(&mut node, &mut io, &mut |event| {
-                events.push(std::format!("{event:?}"));
+                events.push(std::format!("{event}"));
             }))
             .unwrap();
             assert!(wake.as_millis() > clock.0.get() || wake.as_millis() == clock.0.get());
@@ -569,8 +795,11 @@ mod tests {
 
         // First attempt refused at 0 ms, second after the 1 s backoff.
         assert_eq!(io.publisher.attempts, 2);
-        assert!(events[0].starts_with("ConnectFailed"), "{events:?}");
-        assert!(events.iter().any(|e| e.contains("SensorFailed")));
+        assert_eq!(
+            events[0], "cannot reach the fake broker: connection refused; next attempt in 1 s",
+            "{events:?}"
+        );
+        assert!(events.iter().any(|e| e.starts_with("reading sensor 0 failed")), "{events:?}");
         assert_eq!(io.leds[0].0, [LedState::Off, LedState::On]);
 
         let codec = AesGcmCodec::from_key_bytes(KeyId(1), &[1; 16]).unwrap();
@@ -590,5 +819,103 @@ mod tests {
         assert_eq!(temperatures, 2, "4 samples at 0, 1, 2, 3 s; every second one failed");
         assert_eq!(node.stats().frames_sent as usize, opened.len());
         assert_eq!(node.stats().sensor_errors, 2);
+    }
+
+    fn blocking_node() -> Node<AesGcmCodec, MemorySequenceStore, 16> {
+        Node::new(
+            DeviceId::new("pi").unwrap(),
+            &[LedName::new("red").unwrap()],
+            &[SensorName::new("cpu").unwrap()],
+            AesGcmCodec::from_key_bytes(KeyId(1), &[1; 16]).unwrap(),
+            MemorySequenceStore::new(),
+            NodeConfig::default(),
+            Instant::from_millis(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stopped_blocking_node_publishes_its_will_itself_then_disconnects() {
+        let clock = FakeClock(Rc::new(Cell::new(0)));
+        let mut node = blocking_node();
+        let mut buttons = [FakeButton(clock.clone())];
+        let mut leds = [FakeLed::default()];
+        let mut sensors = [FakeSensor(0)];
+        let mut io = BlockingIo {
+            buttons: &mut buttons,
+            leds: &mut leds,
+            sensors: &mut sensors,
+            publisher: FakePublisher::default(),
+            clock: clock.clone(),
+            delay: clock.clone(),
+        };
+        let mut events = Vec::new();
+        let stop_at = 2_500;
+        let stopped =
+            run_blocking_until(&mut node, &mut io, || clock.0.get() >= stop_at, &mut |event| {
+                events.push(std::format!("{event}"))
+            })
+            .unwrap();
+        assert_eq!(stopped, Stopped::Disconnected);
+        assert!(clock.0.get() < stop_at + 10, "stopped at once: {} ms", clock.0.get());
+        assert!(
+            events.contains(&"stopping: sending 0 queued messages and the offline status".into())
+        );
+        let publisher = &io.publisher;
+        assert_eq!(publisher.disconnects, 1);
+        let (topic, last) = publisher.published.last().unwrap();
+        assert_eq!(topic, "ledtemp/pi/status");
+        assert_eq!(last, publisher.wills.last().unwrap(), "the offline status is the will");
+        assert_eq!(node.stats().queued, 0);
+    }
+
+    #[test]
+    fn a_stopped_node_without_a_broker_gives_up_without_waiting_for_the_deadline() {
+        let clock = FakeClock(Rc::new(Cell::new(0)));
+        let mut node = blocking_node();
+        let mut buttons = [FakeButton(clock.clone())];
+        let mut leds = [FakeLed::default()];
+        let mut sensors = [FakeSensor(0)];
+        let mut io = BlockingIo {
+            buttons: &mut buttons,
+            leds: &mut leds,
+            sensors: &mut sensors,
+            publisher: FakePublisher { down: true, ..FakePublisher::default() },
+            clock: clock.clone(),
+            delay: clock.clone(),
+        };
+        // Attempts at 0, 1 and 3 s; the stop at 3.5 s; the next attempt (7 s) is past the 2 s
+        // deadline, so the node stops at once.
+        let stopped =
+            run_blocking_until(&mut node, &mut io, || clock.0.get() >= 3_500, &mut |_| {}).unwrap();
+        // Unsent: the online status, the LED change of the press at 100 ms, and the readings of
+        // 0 and 2 s (those of 1 and 3 s failed).
+        assert_eq!(stopped, Stopped::Abandoned { unsent: 4 });
+        assert!(clock.0.get() < 3_510, "{} ms", clock.0.get());
+        assert_eq!(io.publisher.disconnects, 0);
+        assert!(io.publisher.published.is_empty());
+
+        // A broker that comes back within the deadline gets everything, the will last.
+        let clock = FakeClock(Rc::new(Cell::new(0)));
+        let mut node = blocking_node();
+        let mut buttons = [FakeButton(clock.clone())];
+        let mut io = BlockingIo {
+            buttons: &mut buttons,
+            leds: &mut leds,
+            sensors: &mut sensors,
+            publisher: FakePublisher::default(),
+            clock: clock.clone(),
+            delay: clock.clone(),
+        };
+        // The first attempt (0 ms) fails, the second is at 1 s; the stop comes at 500 ms.
+        let stopped =
+            run_blocking_until(&mut node, &mut io, || clock.0.get() >= 500, &mut |_| {}).unwrap();
+        assert_eq!(stopped, Stopped::Disconnected);
+        assert_eq!(io.publisher.attempts, 2);
+        let topics: Vec<&str> = io.publisher.published.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            topics,
+            ["ledtemp/pi/status", "ledtemp/pi/temp/cpu", "ledtemp/pi/led/red", "ledtemp/pi/status"]
+        );
     }
 }

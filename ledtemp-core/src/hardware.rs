@@ -106,10 +106,14 @@ pub struct Outgoing<'a> {
 /// The link to the broker, blocking form.
 ///
 /// The driver connects (with a sealed Last Will from the node), publishes the node's frames and
-/// polls the link in between. An implementation without Last Will support may ignore `will`.
+/// polls the link in between; a stopping node's driver ends with [`disconnect`](Self::disconnect).
+/// An implementation without Last Will support may ignore `will`.
+///
+/// Errors are reported to the user as they are displayed: say what happened in plain words, and
+/// name the broker where the error knows it.
 pub trait Publisher {
     /// Why connecting or publishing failed. Frames stay queued in the node and go out later.
-    type Error: core::fmt::Debug;
+    type Error: core::error::Error;
 
     /// Whether publishing can succeed now. While it is `false` the node queues frames.
     fn is_connected(&mut self) -> bool;
@@ -124,12 +128,18 @@ pub trait Publisher {
 
     /// Keeps the link alive (pings, acknowledgements). An error means the link is down.
     fn poll(&mut self) -> Result<(), Self::Error>;
+
+    /// Ends the connection cleanly: MQTT DISCONNECT with reason "normal disconnection", so that
+    /// the broker discards the Last Will, then closes the transport. Called once, when a stopping
+    /// node has published its offline status. `Err` means the connection ended without it (the
+    /// broker then publishes the will); either way the link is down afterwards.
+    fn disconnect(&mut self) -> Result<(), Self::Error>;
 }
 
 /// The link to the broker, async form; same contract as [`Publisher`].
 pub trait AsyncPublisher {
     /// Why connecting or publishing failed.
-    type Error: core::fmt::Debug;
+    type Error: core::error::Error;
 
     /// Whether publishing can succeed now.
     fn is_connected(&self) -> bool;
@@ -142,6 +152,9 @@ pub trait AsyncPublisher {
 
     /// Keeps the link alive; must return promptly when there is nothing to do.
     async fn poll(&mut self) -> Result<(), Self::Error>;
+
+    /// Ends the connection cleanly with MQTT DISCONNECT (the broker discards the will).
+    async fn disconnect(&mut self) -> Result<(), Self::Error>;
 }
 
 macro_rules! forward_mut {
@@ -169,6 +182,7 @@ forward_mut! {
         fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Self::Error> { (**self).connect(will) }
         fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), Self::Error> { (**self).publish(frame) }
         fn poll(&mut self) -> Result<(), Self::Error> { (**self).poll() }
+        fn disconnect(&mut self) -> Result<(), Self::Error> { (**self).disconnect() }
     }
 }
 
@@ -192,5 +206,8 @@ impl<T: AsyncPublisher + ?Sized> AsyncPublisher for &mut T {
     }
     async fn poll(&mut self) -> Result<(), Self::Error> {
         (**self).poll().await
+    }
+    async fn disconnect(&mut self) -> Result<(), Self::Error> {
+        (**self).disconnect().await
     }
 }

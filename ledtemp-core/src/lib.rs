@@ -19,7 +19,8 @@
 //!   driver ([`Tmp102`]) and simulated hardware ([`ScriptedButton`], [`SimulatedTemperature`]);
 //! - the node itself: [`Node`], a sans-IO state machine (debounce, LED toggling, sampling
 //!   schedule, store-and-forward queue, Last Will), and the thin loops that drive it
-//!   ([`run_blocking`], [`run_async`], [`Driver`]);
+//!   ([`run_blocking`], [`run_async`], [`Driver`]), and their `_until` forms that stop it cleanly
+//!   ([`Stopped`]);
 //! - with the `minimq` feature, an MQTT v5 publisher (`MqttPublisher`).
 //!
 //! It never reads a clock, a socket or a file, never allocates and never panics on input.
@@ -100,8 +101,8 @@ pub use algorithm::{Algorithm, AnyCodec};
 pub use codec::ChaChaCodec;
 pub use codec::{AeadCodec, AesGcmCodec, Codec, OpenedFrame};
 pub use driver::{
-    AsyncIo, BUTTON_POLL_INTERVAL, Backoff, BlockingIo, Driver, NodeIo, RunEvent, block_on,
-    run_async, run_blocking,
+    AsyncIo, BUTTON_POLL_INTERVAL, Backoff, BlockingIo, Driver, LinkError, NodeIo, RunEvent,
+    Stopped, block_on, run_async, run_async_until, run_blocking, run_blocking_until,
 };
 pub use error::Error;
 pub use frame::{
@@ -118,11 +119,13 @@ pub use message::{
 };
 #[cfg(feature = "minimq")]
 pub use mqtt::{
-    Connector, MAX_CLIENT_ID_LEN, MQTT_RX_LEN, MQTT_TX_LEN, MqttBuffers, MqttConfig, MqttError,
-    MqttMailbox, MqttPublisher, mqtt_link,
+    Connector, MAX_CLIENT_ID_LEN, MQTT_CLOSE_WAIT, MQTT_RX_LEN, MQTT_TX_LEN, MqttBuffers,
+    MqttConfig, MqttError, MqttMailbox, MqttPublisher, mqtt_link,
 };
 pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
-pub use node::{DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats};
+pub use node::{
+    DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats, SHUTDOWN_TIMEOUT, Shutdown,
+};
 #[cfg(feature = "insecure-plaintext")]
 pub use plaintext::{InsecurePlaintextCodec, SealedOrPlaintext};
 pub use replay::{ReplayState, ReplayWindow};

@@ -78,6 +78,9 @@ impl<const RX: usize, const TX: usize> Default for MqttBuffers<RX, TX> {
 ///
 /// ```
 /// # #[derive(Debug)] struct NetError;
+/// # impl core::fmt::Display for NetError {
+/// #     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result { f.write_str("no route") }
+/// # }
 /// # struct TcpSocket;
 /// # impl embedded_io_async::ErrorType for TcpSocket { type Error = embedded_io_async::ErrorKind; }
 /// # impl embedded_io_async::Read for TcpSocket {
@@ -110,8 +113,9 @@ impl<const RX: usize, const TX: usize> Default for MqttBuffers<RX, TX> {
 pub trait Connector {
     /// The open transport.
     type Io: Read + Write;
-    /// Why no transport could be opened.
-    type Error: fmt::Debug;
+    /// Why no transport could be opened, in words a user can act on ("Connection refused", "no
+    /// route to host"); [`MqttError`] shows it after "cannot reach the MQTT broker".
+    type Error: fmt::Debug + fmt::Display;
 
     /// Opens a transport (a TCP connection, say) to the broker. Cancel-safe: a dropped attempt
     /// leaves nothing behind.
@@ -181,25 +185,79 @@ pub enum MqttError<E> {
     NotConnected,
 }
 
-impl<E: fmt::Debug> fmt::Display for MqttError<E> {
+impl<E: fmt::Display> MqttError<E> {
+    /// The error as a sentence that names the broker: `cannot reach the MQTT broker at
+    /// 10.0.0.2:1883: Connection refused (os error 111)`. Plain `{error}` says the same
+    /// without the address (the error itself does not know it).
+    pub fn at<'a>(&'a self, broker: &'a str) -> impl fmt::Display + 'a {
+        MqttErrorAt { error: self, broker: Some(broker) }
+    }
+}
+
+/// An [`MqttError`] displayed with (or without) the broker's address.
+struct MqttErrorAt<'a, E> {
+    error: &'a MqttError<E>,
+    broker: Option<&'a str>,
+}
+
+impl<E: fmt::Display> fmt::Display for MqttErrorAt<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MqttError::Connect(e) => write!(f, "cannot reach the MQTT broker: {e:?}"),
+        let broker = Broker(self.broker);
+        match self.error {
+            // Never connected: the transport could not be opened.
+            MqttError::Connect(e) => write!(f, "cannot reach {broker}: {e}"),
+            // Connected, then the transport failed or the broker went away.
             MqttError::Transport(kind) => {
-                write!(f, "connection to the MQTT broker failed: {kind:?}")
+                write!(f, "lost the connection to {broker}: {}", kind_in_words(*kind))
             }
-            MqttError::Closed => f.write_str("the MQTT broker closed the connection"),
-            MqttError::Broker(e) => write!(f, "the MQTT broker refused: {e}"),
+            MqttError::Closed => {
+                write!(f, "lost the connection to {broker}: it closed the connection")
+            }
+            MqttError::Broker(minimq::PeerError::Rejected(code)) => {
+                write!(f, "{broker} refused: {code:?}")
+            }
+            MqttError::Broker(e) => write!(f, "{broker} failed: {e}"),
             MqttError::Config(e) => write!(f, "invalid MQTT configuration: {e}"),
             MqttError::Resource(e) => write!(f, "MQTT buffers too small: {e}"),
-            MqttError::Refused => f.write_str("MQTT request not allowed by this broker"),
-            MqttError::Timeout => f.write_str("the MQTT broker did not answer in time"),
-            MqttError::NotConnected => f.write_str("not connected to the MQTT broker"),
+            MqttError::Refused => write!(f, "{broker} does not allow this request"),
+            MqttError::Timeout => write!(f, "{broker} did not answer in time"),
+            MqttError::NotConnected => write!(f, "not connected to {broker}"),
         }
     }
 }
 
-impl<E: fmt::Debug> core::error::Error for MqttError<E> {}
+/// "the MQTT broker", with its address when known.
+struct Broker<'a>(Option<&'a str>);
+
+impl fmt::Display for Broker<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(address) => write!(f, "the MQTT broker at {address}"),
+            None => f.write_str("the MQTT broker"),
+        }
+    }
+}
+
+fn kind_in_words(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ConnectionReset => "the connection was reset",
+        ErrorKind::ConnectionAborted => "the connection was aborted",
+        ErrorKind::BrokenPipe | ErrorKind::NotConnected => "the connection is gone",
+        ErrorKind::TimedOut => "the connection timed out",
+        ErrorKind::WriteZero => "could not write to the connection",
+        ErrorKind::Interrupted => "interrupted",
+        ErrorKind::OutOfMemory => "out of memory",
+        _ => "input/output error",
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for MqttError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        MqttErrorAt { error: self, broker: None }.fmt(f)
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for MqttError<E> {}
 
 impl<E, T: embedded_io_async::Error> From<minimq::Error<T>> for MqttError<E> {
     fn from(error: minimq::Error<T>) -> Self {
@@ -260,6 +318,7 @@ enum Request {
     Connect(OwnedFrame),
     Publish(OwnedFrame),
     Poll,
+    Disconnect,
 }
 
 /// Where an [`MqttPublisher`] hands requests to its [`mqtt_link`] and gets the answers. Create
@@ -329,6 +388,12 @@ async fn poll_once<F: Future>(future: F) -> Option<F::Output> {
 /// How many packets one [`AsyncPublisher::poll`] handles at most before it returns.
 const MAX_PACKETS_PER_POLL: usize = 8;
 
+/// After DISCONNECT, how long the link waits for the broker to close the connection (MQTT 5:
+/// the server closes it) before closing it itself. Closing first with bytes unread (a PINGRESP,
+/// say) would make TCP reset the connection, and a reset may lose the DISCONNECT, and with it
+/// the broker's knowledge that the will is to be discarded.
+pub const MQTT_CLOSE_WAIT: Duration = Duration::from_millis(500);
+
 fn embassy_duration(duration: Duration) -> embassy_time::Duration {
     embassy_time::Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
@@ -340,7 +405,8 @@ fn embassy_duration(duration: Duration) -> embassy_time::Duration {
 /// Each connect opens a fresh transport with `connector`, then sends CONNECT with clean start
 /// and the will from the request. Any failure drops the connection (without DISCONNECT, so the
 /// broker publishes the will) and is answered as an error; the next connect starts afresh.
-/// Dropping the future drops the connection the same way.
+/// Dropping the future drops the connection the same way. Only a disconnect request ends it with
+/// DISCONNECT (then waits up to [`MQTT_CLOSE_WAIT`] for the broker to close the connection).
 pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
     mailbox: &MqttMailbox<C::Error>,
     mut connector: C,
@@ -356,7 +422,7 @@ pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
         };
         let will = match request {
             Request::Connect(will) => will,
-            Request::Publish(_) | Request::Poll => {
+            Request::Publish(_) | Request::Poll | Request::Disconnect => {
                 mailbox.answer(Err(MqttError::NotConnected));
                 continue;
             }
@@ -395,12 +461,12 @@ pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
         mailbox.connected.set(true);
         mailbox.answer(Ok(()));
 
-        loop {
+        let disconnected = loop {
             let result = match mailbox.next_request().await {
                 Request::Connect(will) => {
                     // Asked to reconnect while connected: start over with the new will.
                     next = Some(Request::Connect(will));
-                    break;
+                    break None;
                 }
                 Request::Publish(frame) => {
                     match with_timeout(timeout, publish(&mut connection, &frame)).await {
@@ -409,15 +475,35 @@ pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
                     }
                 }
                 Request::Poll => poll(&mut connection).await,
+                Request::Disconnect => {
+                    break Some(match with_timeout(timeout, connection.disconnect()).await {
+                        Ok(result) => result.map_err(MqttError::from),
+                        Err(_) => Err(MqttError::Timeout),
+                    });
+                }
             };
             let failed = result.is_err();
             mailbox.answer(result);
             if failed {
-                break;
+                break None;
             }
-        }
+        };
         mailbox.connected.set(false);
+        if let Some(result) = disconnected {
+            if result.is_ok() {
+                let mut io = connection.into_inner();
+                let _ =
+                    with_timeout(embassy_duration(MQTT_CLOSE_WAIT), until_closed(&mut io)).await;
+            }
+            mailbox.answer(result);
+        }
     }
+}
+
+/// Reads (and discards) until the peer closes the transport or it fails.
+async fn until_closed<IO: Read>(io: &mut IO) {
+    let mut scratch = [0u8; 32];
+    while let Ok(1..) = io.read(&mut scratch).await {}
 }
 
 fn session_config<'b>(
@@ -557,6 +643,9 @@ async fn poll<E, IO: minimq::Io>(
 ///   [`QoS::AtMostOnce`], once written.
 /// - [`poll`](AsyncPublisher::poll): handles what has arrived and pings when due; returns at once
 ///   when nothing is there.
+/// - [`disconnect`](AsyncPublisher::disconnect): MQTT DISCONNECT (reason 0, normal disconnection:
+///   the broker discards the will), then waits up to [`MQTT_CLOSE_WAIT`] for the broker to close
+///   the connection.
 ///
 /// Each call is bounded by [`MqttConfig::timeout`]; any failure closes the connection and returns
 /// `Err`, and the node keeps the frame. Cancelling a call is safe: the next call first finishes
@@ -609,7 +698,11 @@ impl<E, L> fmt::Debug for MqttPublisher<'_, E, L> {
     }
 }
 
-impl<E: fmt::Debug, L: Future<Output = Infallible>> AsyncPublisher for MqttPublisher<'_, E, L> {
+impl<E, L> AsyncPublisher for MqttPublisher<'_, E, L>
+where
+    E: fmt::Debug + fmt::Display,
+    L: Future<Output = Infallible>,
+{
     type Error = MqttError<E>;
 
     fn is_connected(&self) -> bool {
@@ -632,5 +725,12 @@ impl<E: fmt::Debug, L: Future<Output = Infallible>> AsyncPublisher for MqttPubli
             return Err(MqttError::NotConnected);
         }
         self.call(Request::Poll).await
+    }
+
+    async fn disconnect(&mut self) -> Result<(), Self::Error> {
+        if !self.is_connected() {
+            return Err(MqttError::NotConnected);
+        }
+        self.call(Request::Disconnect).await
     }
 }

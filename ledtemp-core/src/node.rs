@@ -19,6 +19,15 @@ pub const MAX_SENSORS: usize = 4;
 /// Default capacity of the store-and-forward queue, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 32;
 
+/// How long a stopping node may take, by default, to deliver its queue and its offline status
+/// before it gives up ([`NodeConfig::shutdown_timeout`], [`Node::handle_shutdown`]): 2 s.
+///
+/// Long enough for a broker on a LAN or a nearby cloud region to acknowledge a full queue
+/// ([`DEFAULT_QUEUE_CAPACITY`] QoS 1 publishes, each a round trip), short enough that a stop
+/// (systemd's SIGTERM, Ctrl-C) feels prompt. A driver may overrun it by one publisher call, whose
+/// own timeout bounds it; a service manager's stop timeout must cover both.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How a node behaves; [`NodeConfig::default`] is what the original project did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -31,6 +40,9 @@ pub struct NodeConfig {
     pub announce_period: Duration,
     /// Sequence numbers reserved per write to the [`SequenceStore`]. Default 1024.
     pub sequence_block: u32,
+    /// How long a stopping node may take to deliver its queue and its offline status
+    /// ([`Node::handle_shutdown`]). Default [`SHUTDOWN_TIMEOUT`], 2 s.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -40,6 +52,7 @@ impl Default for NodeConfig {
             temperature_period: Duration::from_secs(1),
             announce_period: Duration::from_secs(30),
             sequence_block: SequenceCounter::DEFAULT_BLOCK,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -79,18 +92,44 @@ enum Pending {
         leds: u8,
         at: Uptime,
     },
+    /// The offline status of a stopping node, always the last entry: the current connection's
+    /// Last Will, sealed again from `Node::will` into the identical frame.
+    Offline,
 }
 
 impl Pending {
     /// Which entry to drop when the queue is full: temperatures first (the next one is a period
-    /// away), then online announcements, LED changes last.
+    /// away), then online announcements, LED changes last; the offline status never
+    /// ([`Node::drop_one`] stops below its rank).
     fn drop_rank(&self) -> u8 {
         match self {
             Pending::Temperature { .. } => 0,
             Pending::Online { .. } => 1,
             Pending::Led { .. } => 2,
+            Pending::Offline => 3,
         }
     }
+}
+
+/// What a stopping node asks of its driver: the answer of [`Node::poll_shutdown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Still delivering the queue, the offline status last: go on publishing what
+    /// [`Node::poll_transmit`] gives (and connecting, if the link is down) until `deadline`.
+    Flushing {
+        /// When the node gives up ([`NodeConfig::shutdown_timeout`] after the stop request).
+        deadline: Instant,
+    },
+    /// The offline status was published: end the connection with MQTT DISCONNECT, so that the
+    /// broker discards the Last Will (the same frame, already delivered), and stop.
+    Disconnect,
+    /// The deadline passed before the offline status went out (the broker is unreachable or too
+    /// slow): close the connection *without* DISCONNECT, so that the broker publishes the Last
+    /// Will itself, and stop. `unsent` messages besides the offline status are lost.
+    Abandon {
+        /// Messages still queued, not counting the offline status.
+        unsent: usize,
+    },
 }
 
 /// Debounces one button: a new level counts once it has held for the debounce time.
@@ -152,6 +191,17 @@ struct LedSlot {
 ///    - [`poll_led`] until `None`, driving each LED;
 ///    - while the publisher is up: [`poll_transmit`], publish, then [`handle_sent`];
 ///    - sleep until [`poll_timeout`] (or the next button poll).
+/// 4. To stop (SIGTERM, Ctrl-C): [`handle_shutdown`] once, then go on with the loop of step 3
+///    (the node takes no new input but still gives frames, reconnecting if need be) and after
+///    each pass ask [`poll_shutdown`]:
+///    - [`Shutdown::Flushing`]: keep going;
+///    - [`Shutdown::Disconnect`]: the queue and then the offline status were published; send
+///      MQTT DISCONNECT (the broker discards the will) and stop;
+///    - [`Shutdown::Abandon`]: the deadline passed first; drop the connection without
+///      DISCONNECT (the broker publishes the will) and stop.
+///
+///    The sequence store needs nothing at a stop: it already holds a mark above every number
+///    the node used (see [`SequenceStore`]).
 ///
 /// While the publisher is down, messages wait in a queue of `QUEUE` entries. When it is full the
 /// oldest temperature is dropped first, then the oldest online announcement, and an LED change
@@ -167,6 +217,8 @@ struct LedSlot {
 /// [`poll_led`]: Self::poll_led
 /// [`poll_transmit`]: Self::poll_transmit
 /// [`handle_sent`]: Self::handle_sent
+/// [`handle_shutdown`]: Self::handle_shutdown
+/// [`poll_shutdown`]: Self::poll_shutdown
 pub struct Node<C, S, const QUEUE: usize = DEFAULT_QUEUE_CAPACITY> {
     device: DeviceId,
     codec: C,
@@ -185,6 +237,13 @@ pub struct Node<C, S, const QUEUE: usize = DEFAULT_QUEUE_CAPACITY> {
     /// The sequence number reserved for the online status of the current connection (kept out of
     /// the queue entries so that each stays 12 bytes).
     online_reserved: Option<SequenceNumber>,
+    /// The current connection's Last Will: its sequence number and uptime, from which
+    /// [`Pending::Offline`] seals the identical frame.
+    will: Option<(SequenceNumber, Uptime)>,
+    /// Set by `handle_shutdown`: when a stopping node gives up.
+    shutdown_deadline: Option<Instant>,
+    /// A stopping node's offline status was published.
+    offline_sent: bool,
     stats: NodeStats,
 }
 
@@ -228,6 +287,9 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
             next_sample: now,
             next_announce: now + config.announce_period,
             online_reserved: None,
+            will: None,
+            shutdown_deadline: None,
+            offline_sent: false,
             stats: NodeStats::default(),
         })
     }
@@ -250,6 +312,9 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
     /// Feeds the raw level of button `index` (`true` = pressed). A press that survives the
     /// debounce time toggles LED `index`. Unknown indices are ignored.
     pub fn handle_button(&mut self, now: Instant, index: usize, pressed: bool) {
+        if self.is_stopping() {
+            return;
+        }
         if let Some(led) = self.leds.get_mut(index) {
             led.button.input(now, pressed);
         }
@@ -258,6 +323,9 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
 
     /// Sets LED `index` directly (a command, a schedule), reported like a button toggle.
     pub fn set_led(&mut self, now: Instant, index: usize, state: LedState) {
+        if self.is_stopping() {
+            return;
+        }
         if self.leds.get(index).is_some_and(|led| led.state != state) {
             self.change_led(now, index, state);
         }
@@ -265,6 +333,9 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
 
     /// Advances timers: settles buttons, marks sensors due, queues the periodic LED announcement.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_stopping() {
+            return;
+        }
         self.settle_buttons(now);
         if now >= self.next_sample {
             self.samples_due = all_bits(self.sensors.len());
@@ -281,8 +352,12 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         }
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    /// When [`handle_timeout`](Self::handle_timeout) (or, for a stopping node,
+    /// [`poll_shutdown`](Self::poll_shutdown)) must be called next.
     pub fn poll_timeout(&self) -> Instant {
+        if let Some(deadline) = self.shutdown_deadline {
+            return deadline;
+        }
         let debounce = self.config.debounce;
         self.leds
             .iter()
@@ -298,7 +373,7 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
 
     /// A reading of sensor `index`, taken at `now`; queues a temperature frame.
     pub fn handle_temperature(&mut self, now: Instant, index: usize, value: MilliCelsius) {
-        if index < self.sensors.len() {
+        if index < self.sensors.len() && !self.is_stopping() {
             self.enqueue(Pending::Temperature { index: index as u8, value, at: now.uptime() });
         }
     }
@@ -319,6 +394,9 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
     /// states that will be sealed with the first. A receiver accepts an offline frame only if its
     /// number directly follows the last online status it accepted, so a replayed or stale will is
     /// rejected. Call before every connection attempt.
+    ///
+    /// A stopping node publishes this same frame itself, last, before it disconnects
+    /// ([`handle_shutdown`](Self::handle_shutdown)).
     pub fn handle_connect<'b>(
         &mut self,
         now: Instant,
@@ -332,6 +410,7 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         self.stats.frames_sealed += 1;
         self.queue.retain(|p| !matches!(p, Pending::Online { .. }));
         self.online_reserved = Some(online);
+        self.will = Some((will, now.uptime()));
         let entry = Pending::Online { leds: self.led_bits(), at: now.uptime() };
         if self.queue.is_full() {
             self.drop_one();
@@ -355,14 +434,20 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         let Some(&pending) = self.queue.first() else {
             return Ok(None);
         };
-        let message = self.message_of(pending)?;
         let reserved = match pending {
             Pending::Online { .. } => self.online_reserved,
+            // Nothing to send before a connection was prepared (not in the documented order).
+            Pending::Offline => match self.will {
+                Some((sequence, _)) => Some(sequence),
+                None => return Ok(None),
+            },
             _ => None,
         };
+        let message = self.message_of(pending)?;
         // A retry of the connection's online status keeps its reserved number: the message is
         // identical, so the frame is byte for byte the same one and no nonce is reused with a
-        // different plaintext. Its will names exactly that number.
+        // different plaintext. Its will names exactly that number. The offline status of a
+        // stopping node is the will itself: same number, same message, the identical frame.
         let sequence = match reserved {
             Some(sequence) => sequence,
             None => self.counter.next(&mut self.store)?,
@@ -385,11 +470,59 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
     /// The frame from the last [`poll_transmit`](Self::poll_transmit) was published.
     pub fn handle_sent(&mut self) {
         if !self.queue.is_empty() {
-            if let Pending::Online { .. } = self.queue.remove(0) {
-                self.online_reserved = None;
+            match self.queue.remove(0) {
+                Pending::Online { .. } => self.online_reserved = None,
+                Pending::Offline => self.offline_sent = true,
+                Pending::Led { .. } | Pending::Temperature { .. } => {}
             }
             self.stats.frames_sent += 1;
         }
+    }
+
+    /// Asks the node to stop, at `now`. It takes no new input from then on (buttons, LED
+    /// commands, samples and announcements are ignored), queues its offline status behind
+    /// everything already queued, and gives itself [`NodeConfig::shutdown_timeout`] to deliver
+    /// them; follow [`poll_shutdown`](Self::poll_shutdown). Calling it again changes nothing.
+    ///
+    /// The offline status is the current connection's Last Will, the frame
+    /// [`handle_connect`](Self::handle_connect) sealed, published as an ordinary retained QoS 1
+    /// message: a receiver accepts it by the will's rule (its number follows the online status
+    /// it accepted last), and the broker, told DISCONNECT afterwards, discards the will instead
+    /// of publishing it again. Should the connection drop before that, the broker publishes the
+    /// identical frame, which the receiver refuses as a duplicate. Nothing new is sealed with
+    /// the will's number, so no nonce is reused; a reconnection while stopping makes a new will,
+    /// and the offline status follows it.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        if self.is_stopping() {
+            return;
+        }
+        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        self.samples_due = 0;
+        if self.queue.is_full() {
+            self.drop_one();
+        }
+        if self.queue.push(Pending::Offline).is_err() {
+            // Only with a zero-capacity queue: the broker publishes the will.
+            self.stats.frames_dropped += 1;
+        }
+    }
+
+    /// Where a stop stands at `now`: `None` while the node runs (no
+    /// [`handle_shutdown`](Self::handle_shutdown) yet), else what the driver must do next.
+    pub fn poll_shutdown(&self, now: Instant) -> Option<Shutdown> {
+        let deadline = self.shutdown_deadline?;
+        Some(if self.offline_sent {
+            Shutdown::Disconnect
+        } else if now >= deadline {
+            let unsent = self.queue.iter().filter(|p| !matches!(p, Pending::Offline)).count();
+            Shutdown::Abandon { unsent }
+        } else {
+            Shutdown::Flushing { deadline }
+        })
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.shutdown_deadline.is_some()
     }
 
     fn settle_buttons(&mut self, now: Instant) {
@@ -459,6 +592,10 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
                 }
                 let status = NodeStatus::Online { leds: statuses };
                 Message::Status(StatusReport { status, uptime: at })
+            }
+            Pending::Offline => {
+                let (_, uptime) = self.will.ok_or(Error::Capacity)?;
+                Message::Status(StatusReport { status: NodeStatus::Offline, uptime })
             }
         })
     }
@@ -732,6 +869,121 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 15);
+    }
+
+    /// Opens `frame` as the server does: the codec, then the replay window with the will rule.
+    fn accept_as_server(window: &mut crate::ReplayWindow, topic: &str, frame: &[u8]) -> Message {
+        let opened = codec().open(&Topic::parse(topic).unwrap(), frame).unwrap();
+        window.accept_frame(&opened).unwrap_or_else(|e| panic!("{opened:?}: {e}"));
+        opened.message
+    }
+
+    #[test]
+    fn a_stopping_node_sends_its_queue_then_its_own_will_and_asks_to_disconnect() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let mut window = crate::ReplayWindow::new();
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let will = node.handle_connect(at(0), &mut buf).unwrap();
+        let (will_topic, will_frame) = (will.topic.to_string(), will.frame.to_vec());
+        assert_eq!(node.poll_shutdown(at(0)), None, "running");
+        let online = node.poll_transmit(&mut buf).unwrap().unwrap();
+        accept_as_server(&mut window, &online.topic, online.frame);
+        node.handle_sent();
+        // Two LED changes wait in the queue when the stop comes.
+        node.set_led(at(100), 0, LedState::On);
+        node.set_led(at(110), 1, LedState::On);
+        node.handle_shutdown(at(200));
+        let deadline = at(200) + SHUTDOWN_TIMEOUT;
+        assert_eq!(node.poll_shutdown(at(200)), Some(Shutdown::Flushing { deadline }));
+        assert_eq!(node.poll_timeout(), deadline);
+
+        // No new input once stopping: no toggles, samples or announcements.
+        node.set_led(at(300), 0, LedState::Off);
+        for (ms, level) in [(300, true), (400, true)] {
+            node.handle_button(at(ms), 1, level);
+        }
+        node.handle_timeout(at(60_000));
+        assert_eq!(node.poll_sample(), None);
+        node.handle_temperature(at(300), 0, MilliCelsius(1));
+        assert_eq!(node.led_state(0), Some(LedState::On));
+
+        let mut sent = StdVec::new();
+        while let Some(frame) = node.poll_transmit(&mut buf).unwrap() {
+            let message = accept_as_server(&mut window, &frame.topic, frame.frame);
+            sent.push((frame.topic.to_string(), frame.frame.to_vec(), message, frame.qos));
+            node.handle_sent();
+        }
+        let messages: StdVec<&Message> = sent.iter().map(|(_, _, m, _)| m).collect();
+        assert_eq!(
+            messages,
+            [
+                &led_change("red", LedState::On, 100),
+                &led_change("green", LedState::On, 110),
+                &Message::Status(StatusReport { status: NodeStatus::Offline, uptime: Uptime(0) }),
+            ]
+        );
+        let (topic, frame, _, qos) = sent.last().unwrap();
+        assert_eq!((topic, frame), (&will_topic, &will_frame), "the offline status is the will");
+        assert_eq!(*qos, QoS::AtLeastOnce);
+        assert_eq!(window.state().expected_will, 0, "the server took it as this connection's will");
+        assert_eq!(node.poll_shutdown(at(300)), Some(Shutdown::Disconnect));
+        assert_eq!(node.poll_shutdown(deadline), Some(Shutdown::Disconnect));
+        // The broker's copy of the will, should it publish it after all, is a duplicate.
+        let duplicate = codec().open(&Topic::parse(&will_topic).unwrap(), &will_frame).unwrap();
+        assert_eq!(window.accept_frame(&duplicate), Err(Error::Replayed));
+    }
+
+    #[test]
+    fn a_stop_that_cannot_deliver_gives_up_at_the_deadline() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        node.handle_connect(at(0), &mut buf).unwrap();
+        node.set_led(at(10), 0, LedState::On);
+        node.handle_shutdown(at(1_000));
+        node.handle_shutdown(at(1_500)); // a second request moves nothing
+        let deadline = at(1_000) + SHUTDOWN_TIMEOUT;
+        assert_eq!(node.poll_shutdown(at(2_999)), Some(Shutdown::Flushing { deadline }));
+        // Unsent: the online status and the LED change; the offline status is the broker's will.
+        assert_eq!(node.poll_shutdown(deadline), Some(Shutdown::Abandon { unsent: 2 }));
+    }
+
+    #[test]
+    fn a_stopping_node_that_reconnects_sends_the_new_will_and_never_drops_it() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<3>(&mut store);
+        let mut window = crate::ReplayWindow::new();
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        node.handle_connect(at(0), &mut buf).unwrap();
+        let online = node.poll_transmit(&mut buf).unwrap().unwrap();
+        accept_as_server(&mut window, &online.topic, online.frame);
+        node.handle_sent();
+        // The link drops; three changes fill the queue; then the stop and a reconnection.
+        for (i, ms) in [10, 20, 30].into_iter().enumerate() {
+            node.set_led(at(ms), i % 2, LedState::from(i < 2));
+        }
+        node.handle_shutdown(at(40));
+        let will = node.handle_connect(at(50), &mut buf).unwrap().frame.to_vec();
+        let mut messages = StdVec::new();
+        let mut last = StdVec::new();
+        while let Some(frame) = node.poll_transmit(&mut buf).unwrap() {
+            messages.push(accept_as_server(&mut window, &frame.topic, frame.frame));
+            last = frame.frame.to_vec();
+            node.handle_sent();
+        }
+        assert_eq!(last, will, "the offline status is the new connection's will");
+        assert!(matches!(&messages[0], Message::Status(s) if s.status != NodeStatus::Offline));
+        assert!(matches!(
+            messages.last(),
+            Some(Message::Status(StatusReport { status: NodeStatus::Offline, .. }))
+        ));
+        assert_eq!(node.poll_shutdown(at(60)), Some(Shutdown::Disconnect));
+        assert_eq!(
+            node.stats().frames_dropped,
+            2,
+            "LED changes made room; the offline status stayed"
+        );
     }
 
     #[test]

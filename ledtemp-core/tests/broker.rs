@@ -1,8 +1,8 @@
 //! A node publishing through `MqttPublisher` to a real broker (mosquitto, else rumqttd), read
 //! back by a subscriber that opens every frame like the server does.
 //!
-//! The node runs as on a Raspberry Pi, through `ledtemp_tokio::run_node`. Each test starts its
-//! own broker on a free port and bounds every wait.
+//! The node runs as on a Raspberry Pi, through `ledtemp_tokio::run_node` (or `run_node_until`,
+//! to stop it cleanly). Each test starts its own broker on a free port and bounds every wait.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::pin::pin;
@@ -11,7 +11,8 @@ use std::time::Duration;
 use ledtemp_core::{
     AesGcmCodec, Backoff, DeviceId, Instant, KeyId, LedName, LedState, MemorySequenceStore,
     Message, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Node, NodeConfig, NodeStats,
-    NodeStatus, ScriptedButton, SensorName, SimulatedTemperature, mqtt_link,
+    NodeStatus, SHUTDOWN_TIMEOUT, ScriptedButton, SensorName, SimulatedTemperature, Stopped,
+    mqtt_link,
 };
 use ledtemp_test_support::WAIT;
 use ledtemp_test_support::broker::TestBroker;
@@ -324,4 +325,134 @@ async fn largest_frames_fit_the_default_buffers() {
             (topic.as_str(), &frame[..])
         );
     }
+}
+
+fn is_offline(frame: &Checked) -> bool {
+    matches!(&frame.message, Message::Status(s) if s.status == NodeStatus::Offline)
+}
+
+/// Runs `node` through `ledtemp_tokio::run_node_until` with the broker behind `network`, pressing
+/// at `presses`, until `stop`; returns how it stopped.
+async fn run_until_stopped(
+    node: &mut TestNode,
+    clock: StdClock,
+    presses: &'static [Instant],
+    network: u16,
+    stop: impl Future<Output = ()>,
+) -> Stopped {
+    use ledtemp_core::Clock;
+    let mut buttons = [ScriptedButton::from_presses(clock, presses)];
+    let mut leds = [LoggedLed::new(LED)];
+    let mut sensors = [SimulatedTemperature::new(clock, 7)];
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+    let world = NodeWorld::new(BrokerAddress::new("127.0.0.1", network, DEVICE), clock)
+        .buttons(&mut buttons)
+        .leds(&mut leds)
+        .sensors(&mut sensors)
+        .backoff(backoff);
+    let mut log = |event: ledtemp_core::RunEvent<'_>| {
+        eprintln!("{:>6} ms {event}", { clock }.now().as_millis());
+    };
+    ledtemp_tokio::run_node_until(node, world, stop, &mut log).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_stopped_node_delivers_what_it_queued_then_its_offline_status_then_disconnects() {
+    use ledtemp_core::Clock;
+    // The network is cut from 1.0 s to 2.0 s; two presses fall into the gap, and the stop
+    // comes at 1.8 s, while the node cannot publish. It reconnects within its 2 s to stop.
+    static PRESSES: [Instant; 3] =
+        [Instant::from_millis(400), Instant::from_millis(1_200), Instant::from_millis(1_500)];
+    let (broker, mut subscriber, mut checker) = broker_and_subscriber().await;
+    let mut network = Proxy::start(broker.port).await;
+    let mut frames = Vec::new();
+    let mut clock = StdClock::new();
+    let mut node = node(&mut clock);
+
+    let port = network.port();
+    let stop = sleep_until(clock, Instant::from_millis(1_800));
+    let (stopped, ()) =
+        tokio::join!(run_until_stopped(&mut node, clock, &PRESSES, port, stop), async {
+            collect(&mut subscriber, &mut checker, &mut frames, |f| !led_changes(f).is_empty())
+                .await;
+            sleep_until(clock, Instant::from_millis(1_000)).await;
+            network.close();
+            sleep_until(clock, Instant::from_millis(2_000)).await;
+            network.open().await;
+        });
+    let stopped_at = { clock }.now();
+    assert_eq!(stopped, Stopped::Disconnected);
+    assert!(stopped_at < Instant::from_millis(1_800) + SHUTDOWN_TIMEOUT, "{stopped_at:?}");
+
+    // Everything until the second offline status (the first is the will the broker published
+    // when the network was cut), then nothing more: no will after the clean stop.
+    collect(&mut subscriber, &mut checker, &mut frames, |f| {
+        f.iter().filter(|f| is_offline(f)).count() >= 2
+    })
+    .await;
+    assert!(subscriber.next(Duration::from_millis(1_500)).await.is_none(), "a will after all");
+    let offline = frames.last().unwrap();
+    assert!(is_offline(offline), "{frames:#?}");
+    let last_online = online_statuses(&frames).last().unwrap().sequence;
+    assert_eq!(offline.sequence, last_online + 1, "the reconnection's will, sent by the node");
+    // The presses made while cut off went out before it.
+    assert_presses(&led_changes(&frames), &PRESSES);
+    // In publishing order, but for the offline statuses: the will the broker published when
+    // the network was cut, and the node's own, which carries the number reserved at connect.
+    let published: Vec<Checked> = frames.iter().filter(|f| !is_offline(f)).cloned().collect();
+    assert_increasing(&published);
+    assert_eq!(node.stats().queued, 0);
+    assert_eq!(node.stats().frames_dropped, 0);
+}
+
+#[tokio::test]
+async fn a_stopped_node_that_cannot_reach_the_broker_gives_up_at_its_deadline() {
+    use ledtemp_core::Clock;
+    static PRESSES: [Instant; 1] = [Instant::from_millis(1_200)];
+    let (broker, mut subscriber, mut checker) = broker_and_subscriber().await;
+    let mut network = Proxy::start(broker.port).await;
+    let mut frames = Vec::new();
+    let mut clock = StdClock::new();
+    let mut node = node(&mut clock);
+
+    let port = network.port();
+    let stop = sleep_until(clock, Instant::from_millis(1_500));
+    let (stopped, ()) =
+        tokio::join!(run_until_stopped(&mut node, clock, &PRESSES, port, stop), async {
+            collect(&mut subscriber, &mut checker, &mut frames, |f| !online_statuses(f).is_empty())
+                .await;
+            sleep_until(clock, Instant::from_millis(1_000)).await;
+            network.close();
+        });
+    let stopped_at = { clock }.now();
+    // Unsent: the online status of the next connection, the press, and the readings since the cut.
+    let Stopped::Abandoned { unsent } = stopped else { panic!("{stopped:?}") };
+    assert!(unsent >= 2, "{unsent}");
+    assert!(
+        stopped_at <= Instant::from_millis(1_500) + SHUTDOWN_TIMEOUT + Duration::from_millis(500)
+    );
+    // The broker published the connection's will when the network was cut: offline all the same.
+    collect(&mut subscriber, &mut checker, &mut frames, |f| f.iter().any(is_offline)).await;
+}
+
+#[tokio::test]
+async fn the_publisher_disconnects_cleanly_and_the_broker_keeps_the_will_to_itself() {
+    use ledtemp_core::{AsyncPublisher, Outgoing, QoS};
+    let broker = TestBroker::start().await;
+    let mut subscriber = Subscriber::start(broker.port).await;
+    let mut topic = ledtemp_core::TopicString::new();
+    topic.push_str("ledtemp/n/status").unwrap();
+    let will = Outgoing { topic, frame: b"the will", qos: QoS::AtLeastOnce, retain: false };
+    let mailbox = MqttMailbox::new();
+    let mut buffers = MqttBuffers::new();
+    let connector = TcpConnector::new("127.0.0.1", broker.port);
+    let link = pin!(mqtt_link(&mailbox, connector, MqttConfig::new("n"), &mut buffers));
+    let mut publisher = MqttPublisher::new(&mailbox, link);
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, publisher.connect(&will)).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, publisher.disconnect()).await.unwrap().unwrap();
+        assert!(!publisher.is_connected());
+        assert!(subscriber.next(Duration::from_millis(500)).await.is_none(), "the will came");
+    }
+    assert!(publisher.disconnect().await.is_err(), "not connected");
 }

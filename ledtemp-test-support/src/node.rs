@@ -99,7 +99,8 @@ impl<C: Codec> SimulatedNode<C> {
 }
 
 /// Runs `node` in `world` until `until` completes, and returns its output; then drops the node's
-/// future, which closes its connection without DISCONNECT (the broker publishes its will).
+/// future, which closes its connection without DISCONNECT (the broker publishes its will). For a
+/// clean stop (offline status, then DISCONNECT) use `ledtemp_tokio::run_node_until` instead.
 /// Writes the node's events to stderr, timed on the node's clock. Panics if the node stops first.
 pub async fn run_node_until<C, S, const Q: usize, B, L, T, O>(
     node: &mut Node<C, S, Q>,

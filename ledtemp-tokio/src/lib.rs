@@ -5,10 +5,11 @@
 //! std runtime must provide: a clock ([`StdClock`]), a delay ([`TokioDelay`]), a TCP
 //! [`TcpConnector`] and a TLS [`TlsConnector`] (rustls with the ring provider, checking the
 //! broker's certificate against a CA file: [`BrokerTls`]), an adapter that reads a blocking sensor
-//! off the executor ([`BlockingSensor`]), and [`run_node`], which wires them to the driver. What a
-//! node runs with (its hardware, [`BrokerAddress`], clock and backoff) is one value,
-//! [`NodeWorld`]. The Raspberry Pi node (`examples/rpi_node.rs`) and the server's demo nodes both
-//! run through it.
+//! off the executor ([`BlockingSensor`]), and [`run_node`], which wires them to the driver, or
+//! [`run_node_until`], which also stops the node cleanly on a signal (offline status, then MQTT
+//! DISCONNECT). What a node runs with (its hardware, [`BrokerAddress`], clock and backoff) is
+//! one value, [`NodeWorld`]. The Raspberry Pi node (`examples/rpi_node.rs`) and the server's demo
+//! nodes both run through it. Broker errors name the broker ([`Error::Broker`]).
 //!
 //! # Example
 //!
@@ -17,7 +18,7 @@
 //!     AesGcmCodec, Clock, DeviceId, KeyId, LedName, MemorySequenceStore, Node, NodeConfig,
 //!     ScriptedButton, SensorName, SimulatedTemperature,
 //! };
-//! use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
+//! use ledtemp_tokio::{BlockingSensor, BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node_until};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,7 +45,10 @@
 //!     .buttons(&mut buttons)
 //!     .leds(&mut leds)
 //!     .sensors(&mut sensors);
-//! run_node(&mut node, world, &mut |event| println!("{event:?}")).await?;
+//! // For an hour (in real life until SIGTERM or Ctrl-C: examples/rpi_node.rs); then the queue
+//! // and the offline status go out, and a clean MQTT DISCONNECT.
+//! let stop = tokio::time::sleep(Duration::from_secs(3600));
+//! run_node_until(&mut node, world, stop, &mut |event| println!("{event}")).await?;
 //! # Ok(()) }
 //! ```
 
@@ -65,7 +69,7 @@ mod run;
 mod tls;
 
 pub use error::Error;
-pub use run::{Absent, NodeWorld, run_node};
+pub use run::{Absent, NodeWorld, run_node, run_node_until};
 pub use tls::{BrokerTls, MAX_CA_FILE_LEN, TlsConnector, TlsTransport};
 
 /// Milliseconds since a start shared by every copy: give the same clock to the node and to any
@@ -129,6 +133,17 @@ impl BrokerAddress {
             client_id: client_id.into(),
             credentials: None,
             tls: None,
+        }
+    }
+}
+
+impl fmt::Display for BrokerAddress {
+    /// `host:port` (an IPv6 address in brackets), as messages name the broker.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
         }
     }
 }

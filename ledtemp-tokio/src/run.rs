@@ -1,15 +1,18 @@
-//! [`run_node`] and the one value it is configured with, [`NodeWorld`].
+//! [`run_node`] and [`run_node_until`], and the one value they are configured with,
+//! [`NodeWorld`].
 
 use std::convert::Infallible;
+use std::future::{Future, pending};
+use std::io;
 use std::pin::pin;
 
 use ledtemp_core::{
-    AsyncIo, AsyncTempSensor, Backoff, Button, Codec, Connector, Driver, Led, LedState,
-    MilliCelsius, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Node, RunEvent,
-    SequenceStore, mqtt_link,
+    AsyncIo, AsyncPublisher, AsyncTempSensor, Backoff, Button, Codec, Connector, Driver, Led,
+    LedState, MilliCelsius, MqttBuffers, MqttConfig, MqttError, MqttMailbox, MqttPublisher, Node,
+    Outgoing, RunEvent, SequenceStore, Stopped, mqtt_link,
 };
 
-use crate::{BrokerAddress, StdClock, TcpConnector, TlsConnector, TokioDelay};
+use crate::{BrokerAddress, Error, StdClock, TcpConnector, TlsConnector, TokioDelay};
 
 /// Everything [`run_node`] drives a node with, besides the node itself: its buttons, LEDs and
 /// sensors, the broker it publishes to, the clock it was created with, and how it retries a
@@ -150,12 +153,13 @@ impl AsyncTempSensor for Absent {
 /// Runs `node` in `world` forever: connects to the world's broker over TCP, or TLS when its
 /// [`BrokerAddress::tls`] is set (retrying with the world's backoff; an untrusted certificate is
 /// a failed attempt like any other), publishes the node's frames through minimq, and drives the
-/// world's hardware. Reports what happens through `on_event`.
+/// world's hardware. Reports what happens through `on_event`; a broker failure's error is an
+/// [`Error::Broker`] that names the broker.
 ///
 /// Returns only on an error the node cannot go on from (the sequence store failed, or the key is
 /// used up). Dropping the future stops the node at once: its connection closes without an MQTT
 /// DISCONNECT, so the broker publishes the node's sealed will (it is offline), and frames still
-/// queued stay in `node`.
+/// queued stay in `node`. To stop it cleanly, run it with [`run_node_until`].
 pub async fn run_node<C, S, const Q: usize, B, L, T>(
     node: &mut Node<C, S, Q>,
     world: NodeWorld<'_, B, L, T>,
@@ -168,10 +172,46 @@ where
     L: Led,
     T: AsyncTempSensor,
 {
+    run_node_until(node, world, pending(), on_event).await?;
+    // A stop that never comes cannot end the run; this is never reached.
+    pending().await
+}
+
+/// Runs `node` in `world` as [`run_node`] does until `stop` completes (a signal: see
+/// `examples/rpi_node.rs` for SIGTERM and Ctrl-C), then stops it cleanly
+/// ([`Driver::run_until`]): the node takes no new input, publishes what is queued and then its
+/// offline status (the sealed Last Will of the connection, sent as an ordinary retained
+/// message), and ends the connection with MQTT DISCONNECT, so that the broker discards the will
+/// ([`Stopped::Disconnected`]). If the offline status cannot go out within the node's
+/// [`shutdown_timeout`](ledtemp_core::NodeConfig::shutdown_timeout) (2 s by default), the
+/// connection closes without DISCONNECT and the broker publishes the will instead
+/// ([`Stopped::Abandoned`]). Either way the broker ends up holding the offline status, and the
+/// node's sequence store already holds a mark above every number it used.
+///
+/// `stop` is polled between the driver's passes. A stop takes at most the shutdown timeout plus
+/// one publisher call (bounded by the MQTT timeout, 5 s) plus [`MQTT_CLOSE_WAIT`] (0.5 s).
+///
+/// Cancellation: dropping the future, before or during the stop, stops the node at once as with
+/// [`run_node`]: no DISCONNECT, the broker publishes the will, queued frames stay in `node`.
+///
+/// [`MQTT_CLOSE_WAIT`]: ledtemp_core::MQTT_CLOSE_WAIT
+pub async fn run_node_until<C, S, const Q: usize, B, L, T>(
+    node: &mut Node<C, S, Q>,
+    world: NodeWorld<'_, B, L, T>,
+    stop: impl Future<Output = ()>,
+    on_event: &mut impl FnMut(RunEvent<'_>),
+) -> Result<Stopped, ledtemp_core::Error>
+where
+    C: Codec,
+    S: SequenceStore,
+    B: Button,
+    L: Led,
+    T: AsyncTempSensor,
+{
     let (host, port) = (world.broker.host.clone(), world.broker.port);
     match world.broker.tls.clone() {
-        None => drive(node, world, TcpConnector::new(host, port), on_event).await,
-        Some(tls) => drive(node, world, TlsConnector::new(host, port, tls), on_event).await,
+        None => drive(node, world, TcpConnector::new(host, port), stop, on_event).await,
+        Some(tls) => drive(node, world, TlsConnector::new(host, port, tls), stop, on_event).await,
     }
 }
 
@@ -179,15 +219,16 @@ async fn drive<C, S, const Q: usize, B, L, T, K>(
     node: &mut Node<C, S, Q>,
     world: NodeWorld<'_, B, L, T>,
     connector: K,
+    stop: impl Future<Output = ()>,
     on_event: &mut impl FnMut(RunEvent<'_>),
-) -> Result<Infallible, ledtemp_core::Error>
+) -> Result<Stopped, ledtemp_core::Error>
 where
     C: Codec,
     S: SequenceStore,
     B: Button,
     L: Led,
     T: AsyncTempSensor,
-    K: Connector,
+    K: Connector<Error = io::Error>,
 {
     let NodeWorld { buttons, leds, sensors, broker, clock, backoff } = world;
     let mailbox = MqttMailbox::new();
@@ -196,7 +237,51 @@ where
     config.credentials =
         broker.credentials.as_ref().map(|(user, password)| (user.as_str(), password.as_bytes()));
     let link = pin!(mqtt_link(&mailbox, connector, config, &mut buffers));
-    let publisher = MqttPublisher::new(&mailbox, link);
+    let publisher = NamedPublisher {
+        publisher: MqttPublisher::new(&mailbox, link),
+        address: broker.to_string(),
+    };
     let mut io = AsyncIo { buttons, leds, sensors, publisher, clock, delay: TokioDelay };
-    Driver::new(backoff).run(node, &mut io, on_event).await
+    Driver::new(backoff).run_until(node, &mut io, stop, on_event).await
+}
+
+/// The core's publisher, with errors that name the broker ([`Error::Broker`]).
+struct NamedPublisher<P> {
+    publisher: P,
+    /// `host:port`.
+    address: String,
+}
+
+impl<P> NamedPublisher<P> {
+    fn named(&self, result: Result<(), MqttError<io::Error>>) -> Result<(), Error> {
+        result.map_err(|source| Error::Broker { address: self.address.clone(), source })
+    }
+}
+
+impl<P: AsyncPublisher<Error = MqttError<io::Error>>> AsyncPublisher for NamedPublisher<P> {
+    type Error = Error;
+
+    fn is_connected(&self) -> bool {
+        self.publisher.is_connected()
+    }
+
+    async fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Error> {
+        let result = self.publisher.connect(will).await;
+        self.named(result)
+    }
+
+    async fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), Error> {
+        let result = self.publisher.publish(frame).await;
+        self.named(result)
+    }
+
+    async fn poll(&mut self) -> Result<(), Error> {
+        let result = self.publisher.poll().await;
+        self.named(result)
+    }
+
+    async fn disconnect(&mut self) -> Result<(), Error> {
+        let result = self.publisher.disconnect().await;
+        self.named(result)
+    }
 }
