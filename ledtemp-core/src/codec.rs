@@ -78,7 +78,8 @@ pub struct AeadCodec<A> {
     key_id: KeyId,
 }
 
-/// AES-128-GCM: the default, fast wherever the CPU has AES instructions.
+/// AES-128-GCM: fast wherever the CPU has AES instructions (the firmware's cipher). A key entry
+/// always names its algorithm; neither is a protocol default.
 pub type AesGcmCodec = AeadCodec<aes_gcm::Aes128Gcm>;
 
 /// ChaCha20-Poly1305: faster than AES-GCM on CPUs without AES instructions (Raspberry Pi 3/4).

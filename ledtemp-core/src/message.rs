@@ -96,7 +96,7 @@ pub struct LedStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant, reason = "no allocator to box into; messages are transient")]
 pub enum NodeStatus {
-    /// The node is running (sent at boot, on every connect and periodically), with the current
+    /// The node is running (sent on every connection, before anything else), with the current
     /// state of each of its LEDs.
     Online {
         /// Every LED of the node and its state.

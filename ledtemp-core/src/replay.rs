@@ -17,8 +17,10 @@ use crate::{Error, Message, NodeStatus, OpenedFrame, SequenceNumber, StatusRepor
 /// connects, with the number right after that connection's online status, but the broker
 /// publishes it much later, when it is far below the window. [`accept_frame`](Self::accept_frame)
 /// therefore accepts an offline status exactly when its number is one above the last accepted
-/// online status, once, and never otherwise: a will replayed later, or the stale will of an
-/// earlier connection that a broker publishes after the node reconnected, is rejected.
+/// online status, once, and never otherwise: a will replayed later, or the will of an earlier
+/// connection that arrives after a later connection's online status was accepted, is rejected.
+/// (The will of the previous connection that arrives before the next online status is still
+/// accepted: it is what happened, in order; see `docs/protocol.md`.)
 ///
 /// Check only frames that opened: a forged frame must never move the window.
 ///
