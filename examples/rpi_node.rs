@@ -204,7 +204,9 @@ impl TempSensor for DynSensor {
 }
 
 fn main() -> ExitCode {
+    // Colour only for a terminal: journald and pipes get plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

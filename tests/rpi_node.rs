@@ -392,6 +392,7 @@ async fn an_unreachable_broker_is_named_in_plain_words_and_sigterm_still_stops_t
     assert!(line.contains("refused"), "the operating system's reason: {line}");
     assert!(line.contains("next attempt in "), "{line}");
     assert!(!log.contains("Os {") && !log.contains("Connect("), "Rust debug output: {log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a pipe: {log}");
 
     node.terminate();
     let status = node.exit_within(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await;
