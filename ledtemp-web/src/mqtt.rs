@@ -31,9 +31,12 @@ use crate::{Error, RejectReason};
 /// oversized frame of a few KiB reach the pipeline, where it is counted.
 pub const MAX_PACKET_SIZE: u32 = 4 * 1024;
 
-/// First and longest wait between reconnection attempts (doubling in between).
+/// First and longest wait between reconnection attempts (doubling in between). The longest is
+/// short: after a broker outage the server must be back before the nodes, which reconnect too,
+/// flush their queues of LED changes into a broker with no subscriber (a 30 s cap lost them).
+/// One connection attempt every 2 s to one broker costs nothing.
 pub const RECONNECT_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(30));
+    (Duration::from_millis(100), Duration::from_secs(2));
 
 /// MQTT's port without TLS.
 pub const MQTT_PORT: u16 = 1883;
