@@ -195,3 +195,31 @@ fn a_clean_stop_leaves_only_the_database_file() {
     left.sort();
     assert_eq!(left, ["keyring.toml", "ledtemp.db"]);
 }
+
+/// The demo as a newcomer runs it: it names its dashboard, says that its forger's warnings are
+/// expected, prints no colour codes into a pipe, and stops cleanly on SIGTERM.
+#[test]
+fn the_demo_says_its_forgers_warnings_are_expected_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_ledtemp-web"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(demo.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("those warnings are expected") {
+            break;
+        }
+    }
+    let killed = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(demo.wait().unwrap().success(), "{seen}");
+    assert!(seen.contains("ledtemp demo: open http://127.0.0.1:"), "{seen}");
+    assert!(seen.contains("those warnings are expected"), "{seen}");
+    assert!(!seen.contains('\u{1b}'), "colour codes in a pipe: {seen}");
+}
