@@ -24,6 +24,8 @@ pub struct Stats {
     accepted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     store_errors: AtomicU64,
+    /// Set while the last commit failed (until one succeeds).
+    store_failing: AtomicBool,
     keyring_reload_failures: AtomicU64,
     broker_connected: AtomicBool,
     sse_clients: AtomicUsize,
@@ -62,6 +64,8 @@ pub struct StatsSnapshot {
     pub rejected: RejectedCounts,
     /// Whether the MQTT subscriber is connected and subscribed.
     pub broker_connected: bool,
+    /// Whether the database takes commits (false from a failed commit until one succeeds).
+    pub store_ok: bool,
     /// Open `/api/events` streams.
     pub sse_clients: usize,
     /// **INSECURE teaching mode** (`--insecure-plaintext`): frames are accepted in the clear
@@ -96,6 +100,16 @@ impl Stats {
     /// Failed commits so far.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the last commit succeeded; returns whether that changed the state.
+    pub(crate) fn set_store_ok(&self, ok: bool) -> bool {
+        self.store_failing.swap(!ok, Ordering::Relaxed) == ok
+    }
+
+    /// Whether the database takes commits (false from a failed commit until one succeeds).
+    pub fn store_ok(&self) -> bool {
+        !self.store_failing.load(Ordering::Relaxed)
     }
 
     /// Counts a keyring reload (SIGHUP) that failed; the keys loaded before stayed in use.
@@ -153,6 +167,7 @@ impl Stats {
                 redelivered: r(RejectReason::Redelivered),
             },
             broker_connected: self.broker_connected(),
+            store_ok: self.store_ok(),
             sse_clients: self.sse_clients.load(Ordering::Relaxed),
             insecure_plaintext: self.insecure_plaintext(),
         }

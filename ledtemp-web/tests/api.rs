@@ -158,6 +158,7 @@ async fn stats_health_and_metrics_report_counters_and_link_state() {
             "accepted": 5,
             "rejected": {"unknown_device": 1, "bad_tag": 0, "replay": 1, "malformed": 0, "oversize": 0, "revoked": 0, "limit": 0, "stale_will": 0, "redelivered": 0},
             "broker_connected": false,
+            "store_ok": true,
             "sse_clients": 0,
             "insecure_plaintext": false
         })
@@ -168,7 +169,7 @@ async fn stats_health_and_metrics_report_counters_and_link_state() {
     state.live.stats.set_broker_connected(true);
     let (status, health) = get_json(&state, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(health, json!({"status": "ok", "broker": "connected"}));
+    assert_eq!(health, json!({"status": "ok", "broker": "connected", "store": "ok"}));
 
     let (status, headers, metrics) = get(&state, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
@@ -216,4 +217,37 @@ async fn the_event_stream_counts_its_clients() {
     assert_eq!(state.live.stats.snapshot().sse_clients, 1);
     drop(response);
     assert_eq!(state.live.stats.snapshot().sse_clients, 0);
+}
+
+/// A database that refuses commits (a real failure: a table renamed away) is visible, not
+/// silent: `/healthz` 503 naming the store, `store_ok` false in `/api/stats`, the gauge and the
+/// counter in `/metrics`; a rejected frame is still only a rejection; once the database works
+/// again the next frame is stored and everything says so.
+#[tokio::test]
+async fn a_failing_database_is_reported_and_recovery_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = pipeline(dir.path());
+    state.live.stats.set_broker_connected(true);
+    let saboteur = rusqlite::Connection::open(dir.path().join("ledtemp.db")).unwrap();
+    saboteur.execute_batch("ALTER TABLE temperatures RENAME TO temperatures_away").unwrap();
+    let (topic, frame) = seal(&kitchen_codec(), KITCHEN, 1, &temperature("cpu", 21_000));
+    let error = ingest.handle(incoming(&topic, &frame)).unwrap_err();
+    assert!(error.reject_reason().is_none(), "a database failure, not a rejection: {error}");
+
+    let (status, health) = get_json(&state, "/healthz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health, json!({"status": "unavailable", "broker": "connected", "store": "failing"}));
+    let (_, stats) = get_json(&state, "/api/stats").await;
+    assert_eq!((stats["store_ok"].clone(), stats["accepted"].clone()), (json!(false), json!(0)));
+    let (_, _, metrics) = get(&state, "/metrics").await;
+    assert!(metrics.contains("ledtemp_store_ok 0\n"), "{metrics}");
+    assert!(metrics.contains("ledtemp_store_errors_total 1\n"), "{metrics}");
+
+    saboteur.execute_batch("ALTER TABLE temperatures_away RENAME TO temperatures").unwrap();
+    // The frame that was dropped was never stored, so it is not a replay: it is taken now.
+    ingest.handle(incoming(&topic, &frame)).unwrap();
+    let (status, health) = get_json(&state, "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let (_, stats) = get_json(&state, "/api/stats").await;
+    assert_eq!((stats["store_ok"].clone(), stats["accepted"].clone()), (json!(true), json!(1)));
 }

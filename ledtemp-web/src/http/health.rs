@@ -1,4 +1,5 @@
-//! `GET /healthz`: 200 while the MQTT link is up, 503 while it is down.
+//! `GET /healthz`: 200 while the MQTT link is up and the database takes commits, 503 (with
+//! which of the two is not) otherwise.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,12 +9,13 @@ use serde_json::{Value, json};
 use super::AppState;
 
 pub(crate) async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.live.stats.broker_connected() {
-        (StatusCode::OK, Json(json!({ "status": "ok", "broker": "connected" })))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "broker": "disconnected" })),
-        )
-    }
+    let stats = &state.live.stats;
+    let (broker, store) = (stats.broker_connected(), stats.store_ok());
+    let status = if broker && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
+        "broker": if broker { "connected" } else { "disconnected" },
+        "store": if store { "ok" } else { "failing" },
+    });
+    (status, Json(body))
 }

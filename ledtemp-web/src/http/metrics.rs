@@ -93,6 +93,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let _ = writeln!(out, "ledtemp_store_errors_total {}", stats.store_errors());
     let _ = writeln!(
         out,
+        "# HELP ledtemp_store_ok 1 while the database takes commits, 0 from a failed commit until \
+         one succeeds."
+    );
+    let _ = writeln!(out, "# TYPE ledtemp_store_ok gauge");
+    let _ = writeln!(out, "ledtemp_store_ok {}", u8::from(stats.store_ok()));
+    let _ = writeln!(
+        out,
         "# HELP ledtemp_keyring_reload_failures_total Keyring reloads (SIGHUP) that failed; the \
          keys loaded before stayed in use."
     );

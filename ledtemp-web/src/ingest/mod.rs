@@ -52,6 +52,9 @@ use reject_log::RejectLog;
 pub const MAX_BATCH: usize = 1024;
 const _: () = assert!(MAX_BATCH <= crate::live::EVENT_CHANNEL_CAPACITY);
 
+/// How often a store that keeps failing is logged at most.
+const STORE_LOG_PERIOD: Duration = Duration::from_secs(60);
+
 /// One MQTT PUBLISH as received, before any check.
 #[derive(Debug, Clone)]
 pub struct IncomingFrame {
@@ -176,6 +179,8 @@ pub struct Ingest {
     log: RejectLog,
     alerts: Option<AlertRunner>,
     last_stats: Option<StatsSnapshot>,
+    /// When a failing store was last logged.
+    store_log: Option<Instant>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -205,6 +210,7 @@ impl Ingest {
             log: RejectLog::new(),
             alerts,
             last_stats: None,
+            store_log: None,
         }
     }
 
@@ -378,10 +384,10 @@ impl Ingest {
             if let Some(alerts) = &mut self.alerts {
                 alerts.rolled_back();
             }
-            self.live.stats.add_store_error();
-            tracing::error!(frames = batch.accepted.len(), "dropping frames: {error}");
+            self.store_failed(batch.accepted.len(), &error);
             return Err(error.to_string());
         }
+        self.store_recovered();
         self.windows.extend(batch.windows.iter().map(|(key, window)| (key.clone(), *window)));
         let updates: Vec<&DeviceUpdate> = batch.accepted.iter().map(|f| &f.update).collect();
         let states = batch.devices.iter().map(|(id, state)| (id.clone(), state.clone())).collect();
@@ -392,6 +398,35 @@ impl Ingest {
             alerts.committed(&self.live);
         }
         Ok(())
+    }
+
+    /// A commit failed: counted, shown in `/healthz` and `/api/stats`, and logged once when the
+    /// store starts failing and then at most once a minute (a failing disk must not also flood
+    /// the log).
+    fn store_failed(&mut self, frames: usize, error: &Error) {
+        let stats = &self.live.stats;
+        stats.add_store_error();
+        let started = stats.set_store_ok(false);
+        let due = self.store_log.is_none_or(|at| at.elapsed() >= STORE_LOG_PERIOD);
+        if started || due {
+            self.store_log = Some(Instant::now());
+            tracing::error!(
+                frames,
+                failed_commits = stats.store_errors(),
+                "the database refused a commit, its frames are dropped: {error}"
+            );
+        }
+    }
+
+    /// A commit succeeded: if the store was failing, say that it works again.
+    fn store_recovered(&mut self) {
+        if self.live.stats.set_store_ok(true) {
+            self.store_log = None;
+            tracing::info!(
+                failed_commits = self.live.stats.store_errors(),
+                "the database takes commits again"
+            );
+        }
     }
 
     /// Time passed: ticks the alert engine (committing its state if that changed), announces
@@ -414,8 +449,7 @@ impl Ingest {
             Ok(()) => alerts.committed(&self.live),
             Err(error) => {
                 alerts.rolled_back();
-                self.live.stats.add_store_error();
-                tracing::error!("storing the alert state failed: {error}");
+                self.store_failed(0, &error);
             }
         }
     }
