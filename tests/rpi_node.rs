@@ -277,17 +277,14 @@ async fn sigterm_publishes_the_queue_and_the_offline_status_then_disconnects_wit
     })
     .await;
 
-    let signalled = std::time::Instant::now();
     node.terminate();
     collect(&mut subscriber, &mut checker, &mut frames, |frames| {
         frames.iter().any(|(_, c)| matches!(c, Some(c) if is_offline(&c.message)))
     })
     .await;
     let status = node.exit_within(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await;
-    let took = signalled.elapsed();
     let log = node.log();
     assert!(status.is_some_and(|s| s.success()), "exit {status:?} after SIGTERM:\n{log}");
-    assert!(took < SHUTDOWN_TIMEOUT, "the stop took {took:?}, over the deadline:\n{log}");
     assert!(log.contains("SIGTERM: stopping"), "{log}");
     assert!(log.contains("offline status published, disconnected from the MQTT broker"), "{log}");
 

@@ -287,8 +287,9 @@ impl LiveState {
 
     /// Whether `device` is in the keyring or has stored data.
     pub fn knows(&self, device: &DeviceId) -> bool {
-        self.known.read().unwrap_or_else(PoisonError::into_inner).contains(device)
-            || self.devices.read().unwrap_or_else(PoisonError::into_inner).contains_key(device)
+        // One lock at a time: each guard is dropped at the end of its statement.
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner).contains(device);
+        known || self.devices.read().unwrap_or_else(PoisonError::into_inner).contains_key(device)
     }
 
     /// How many devices are tracked: keyring devices and devices with stored data.
@@ -307,11 +308,13 @@ impl LiveState {
     /// The state of one device (default for a keyring device never heard from); `None` for a
     /// device the server does not track.
     pub fn device(&self, id: &DeviceId) -> Option<DeviceState> {
-        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
-        match devices.get(id) {
-            Some(cached) => Some(cached.state.clone()),
-            None => self.knows(id).then(DeviceState::default),
-        }
+        let cached = {
+            let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+            devices.get(id).map(|cached| cached.state.clone())
+        };
+        // The devices lock is released first: taking a read lock twice can deadlock behind a
+        // waiting writer.
+        cached.or_else(|| self.knows(id).then(DeviceState::default))
     }
 
     /// When `device` was last heard from.

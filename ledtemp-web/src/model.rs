@@ -40,11 +40,6 @@ impl UnixMillis {
         UnixMillis(self.0.saturating_sub(duration_ms(duration)))
     }
 
-    /// `duration` later (saturating).
-    pub fn saturating_add(self, duration: Duration) -> UnixMillis {
-        UnixMillis(self.0.saturating_add(duration_ms(duration)))
-    }
-
     /// RFC 3339 in UTC, e.g. `2026-11-29T15:33:21.5Z` (empty for a time jiff cannot represent).
     pub fn to_rfc3339(self) -> String {
         jiff::Timestamp::from_millisecond(self.0).map(|t| t.to_string()).unwrap_or_default()

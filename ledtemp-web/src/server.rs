@@ -127,7 +127,6 @@ impl Pipeline {
     /// alert notifier that cannot be built; [`Error::Store`] or [`Error::SchemaTooNew`] for the
     /// database.
     pub fn open(options: &PipelineOptions, keys: KeyTable) -> Result<Pipeline, Error> {
-        check_device_cap(keys.devices().len(), options.limits.max_devices)?;
         let store = SqliteStore::open(&options.database)?;
         let history = SqliteHistory::open(&options.database)?;
         Pipeline::with_store(Box::new(store), Arc::new(history), options, keys)

@@ -267,7 +267,7 @@ impl Ingest {
             }
         }
         self.log.maybe_summarise();
-        let stored = if batch.accepted.is_empty() { Ok(()) } else { self.commit(&batch) };
+        let stored = if batch.accepted.is_empty() { Ok(()) } else { self.commit(&mut batch) };
         let mut accepted = batch.accepted.into_iter();
         rejections
             .into_iter()
@@ -375,7 +375,7 @@ impl Ingest {
     }
 
     /// Steps 8 and 9.
-    fn commit(&mut self, batch: &Batch) -> Result<(), String> {
+    fn commit(&mut self, batch: &mut Batch) -> Result<(), String> {
         let devices: Vec<(&DeviceId, &DeviceState)> = batch.devices.iter().collect();
         let alert_state = self.alerts.as_ref().and_then(AlertRunner::changed_state);
         let commit =
@@ -388,10 +388,10 @@ impl Ingest {
             return Err(error.to_string());
         }
         self.store_recovered();
-        self.windows.extend(batch.windows.iter().map(|(key, window)| (key.clone(), *window)));
+        self.windows.extend(std::mem::take(&mut batch.windows));
         let updates: Vec<&DeviceUpdate> = batch.accepted.iter().map(|f| &f.update).collect();
-        let states = batch.devices.iter().map(|(id, state)| (id.clone(), state.clone())).collect();
-        self.live.publish(states, &updates);
+        // Committed: the batch's device states become the cache's (moved, not copied).
+        self.live.publish(std::mem::take(&mut batch.devices).into_iter().collect(), &updates);
         // Counted after the caches changed: whoever sees the count sees the data too.
         self.live.stats.add_accepted(batch.accepted.len() as u64);
         if let Some(alerts) = &mut self.alerts {
