@@ -128,7 +128,7 @@ pub use node::{
 };
 #[cfg(feature = "insecure-plaintext")]
 pub use plaintext::{InsecurePlaintextCodec, SealedOrPlaintext};
-pub use replay::{ReplayState, ReplayWindow};
+pub use replay::{ReplayRule, ReplayState, ReplayWindow};
 pub use sequence::{MemorySequenceStore, SequenceCounter, SequenceStore};
 pub use sim::{ScriptedButton, SimulatedFault, SimulatedTemperature};
 pub use time::{Clock, Instant};

@@ -53,6 +53,32 @@ pub struct ReplayState {
     pub expected_will: u64,
 }
 
+/// Which of the window's rules a frame is checked by: what a receiver that no longer holds the
+/// frame (a store re-checking a batch against the stored window) needs to know of its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplayRule {
+    /// A reading or an LED change: the plain window.
+    Plain,
+    /// An online status: the plain window, and it makes the next number the expected Last Will.
+    Online,
+    /// An offline status (the Last Will): accepted once, exactly when its number is the expected
+    /// will (see [`ReplayWindow`]).
+    Will,
+}
+
+impl ReplayRule {
+    /// The rule `message` is checked by.
+    pub fn of(message: &Message) -> ReplayRule {
+        match message {
+            Message::Status(StatusReport { status: NodeStatus::Offline, .. }) => ReplayRule::Will,
+            Message::Status(StatusReport { status: NodeStatus::Online { .. }, .. }) => {
+                ReplayRule::Online
+            }
+            Message::Led(_) | Message::Temperature(_) => ReplayRule::Plain,
+        }
+    }
+}
+
 impl ReplayWindow {
     /// How many sequence numbers the window tracks.
     pub const WIDTH: u64 = 64;
@@ -110,9 +136,19 @@ impl ReplayWindow {
     /// change. Applies the Last Will rule (see the type's documentation) to offline statuses and
     /// the plain window to everything else.
     pub fn state_after_frame(&self, frame: &OpenedFrame) -> Result<ReplayState, Error> {
-        let sequence = frame.header.sequence;
-        match &frame.message {
-            Message::Status(StatusReport { status: NodeStatus::Offline, .. }) => {
+        self.state_after_rule(frame.header.sequence, ReplayRule::of(&frame.message))
+    }
+
+    /// The state after accepting a frame numbered `sequence` that is checked by `rule`, or why it
+    /// is refused; the window does not change. [`state_after_frame`](Self::state_after_frame)
+    /// for a frame known only by its number and kind.
+    pub fn state_after_rule(
+        &self,
+        sequence: SequenceNumber,
+        rule: ReplayRule,
+    ) -> Result<ReplayState, Error> {
+        match rule {
+            ReplayRule::Will => {
                 if self.state.expected_will == 0 || sequence.get() != self.state.expected_will {
                     return Err(Error::Replayed);
                 }
@@ -120,11 +156,11 @@ impl ReplayWindow {
                 let state = self.state_after(sequence).unwrap_or(self.state);
                 Ok(ReplayState { expected_will: 0, ..state })
             }
-            Message::Status(StatusReport { status: NodeStatus::Online { .. }, .. }) => {
+            ReplayRule::Online => {
                 let state = self.state_after(sequence)?;
                 Ok(ReplayState { expected_will: sequence.get() + 1, ..state })
             }
-            Message::Led(_) | Message::Temperature(_) => self.state_after(sequence),
+            ReplayRule::Plain => self.state_after(sequence),
         }
     }
 
@@ -147,6 +183,19 @@ mod tests {
 
     fn seq(n: u64) -> SequenceNumber {
         SequenceNumber::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_rule_checks_a_number_as_the_frame_it_stands_for() {
+        let online = ReplayWindow::new().state_after_rule(seq(10), ReplayRule::Online).unwrap();
+        assert_eq!((online.top, online.expected_will), (11, 11));
+        let armed = ReplayWindow::restore(online);
+        assert_eq!(armed.state_after_rule(seq(12), ReplayRule::Will), Err(Error::Replayed));
+        let gone = armed.state_after_rule(seq(11), ReplayRule::Will).unwrap();
+        assert_eq!((gone.top, gone.expected_will), (12, 0));
+        let after = ReplayWindow::restore(gone);
+        assert_eq!(after.state_after_rule(seq(11), ReplayRule::Plain), Err(Error::Replayed));
+        assert_eq!(after.state_after_rule(seq(11), ReplayRule::Will), Err(Error::Replayed));
     }
 
     #[test]
