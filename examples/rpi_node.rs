@@ -39,7 +39,7 @@ use std::time::Duration;
 use clap::Parser;
 use ledtemp_core::{
     Button, Clock, DeviceId, InsecurePlaintextCodec, Led, LedName, LedState, MilliCelsius, Node,
-    NodeConfig, RunEvent, ScriptedButton, SealedOrPlaintext, SensorName, SimulatedTemperature,
+    NodeConfig, QoS, RunEvent, ScriptedButton, SealedOrPlaintext, SensorName, SimulatedTemperature,
     Stopped, TempSensor,
 };
 use ledtemp_tokio::{BlockingSensor, BrokerAddress, NodeWorld, StdClock, run_node_until};
@@ -82,6 +82,10 @@ struct Config {
     /// Temperature period in milliseconds.
     #[serde(default = "default_period_ms")]
     period_ms: u64,
+    /// MQTT QoS of temperature frames: 1 (default, queued by the broker while the server is
+    /// away) or 0 (no round trip per reading; readings sent while the server is away are lost).
+    #[serde(default = "default_temperature_qos")]
+    temperature_qos: u8,
     broker: BrokerConfig,
     #[serde(default, rename = "led")]
     leds: Vec<LedConfig>,
@@ -91,6 +95,10 @@ struct Config {
 
 fn default_period_ms() -> u64 {
     1_000
+}
+
+fn default_temperature_qos() -> u8 {
+    1
 }
 
 /// `[broker]`: where the broker is and how the node proves who it is (docs/broker.md).
@@ -257,6 +265,15 @@ async fn run(args: Args) -> Result<(), StartError> {
     if config.period_ms == 0 {
         return Err(StartError("config field `period_ms` must be at least 1".into()));
     }
+    let temperature_qos = match config.temperature_qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        other => {
+            return Err(StartError(format!(
+                "config field `temperature_qos` is {other}; it must be 0 or 1"
+            )));
+        }
+    };
     let mut led_names = Vec::new();
     for (i, led) in config.leds.iter().enumerate() {
         led_names.push(
@@ -344,6 +361,7 @@ async fn run(args: Args) -> Result<(), StartError> {
 
     let node_config = NodeConfig {
         temperature_period: Duration::from_millis(config.period_ms),
+        temperature_qos,
         ..NodeConfig::default()
     };
     let mut node: Node<_, _> = Node::new(

@@ -82,10 +82,11 @@ pub trait AsyncTempSensor {
 /// MQTT delivery guarantee for one publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QoS {
-    /// Fire and forget (temperatures: the next one is a second away).
+    /// Fire and forget: temperatures of a node that accepts losing some
+    /// ([`NodeConfig::temperature_qos`](crate::NodeConfig::temperature_qos)).
     AtMostOnce,
-    /// Delivered at least once (LED changes, status); duplicates are dropped by the receiver's
-    /// replay window.
+    /// Delivered at least once (LED changes, status, and temperatures by default); duplicates
+    /// are dropped by the receiver's replay window.
     AtLeastOnce,
 }
 

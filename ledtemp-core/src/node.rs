@@ -28,7 +28,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 32;
 /// own timeout bounds it; a service manager's stop timeout must cover both.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How a node behaves; [`NodeConfig::default`] is what the original project did.
+/// How a node behaves; [`NodeConfig::default`] is what the original project did, except that
+/// temperatures go out at QoS 1 ([`temperature_qos`](Self::temperature_qos)), so that a server
+/// restart loses none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeConfig {
     /// A button level must hold this long before it counts (contact bounce). Default 20 ms.
@@ -43,6 +45,18 @@ pub struct NodeConfig {
     /// How long a stopping node may take to deliver its queue and its offline status
     /// ([`Node::handle_shutdown`]). Default [`SHUTDOWN_TIMEOUT`], 2 s.
     pub shutdown_timeout: Duration,
+    /// How temperatures are published. Default [`QoS::AtLeastOnce`]. LED changes and status
+    /// frames are always QoS 1 and retained; temperatures are never retained.
+    ///
+    /// - [`QoS::AtLeastOnce`]: the broker queues readings for a server that is away (restarting,
+    ///   upgrading) in its persistent session, so a server restart loses no reading. Each
+    ///   reading costs a round trip: the publish waits for the broker's PUBACK before the next
+    ///   frame goes out, and a reading stays in the node's queue until then.
+    /// - [`QoS::AtMostOnce`]: fire and forget, for a node on a metered or slow link that
+    ///   accepts losing readings: a broker does not queue QoS 0 messages for an absent
+    ///   subscriber (Mosquitto's `queue_qos0_messages false`), so readings published while the
+    ///   server is away are lost, and so is a reading in flight when the link drops.
+    pub temperature_qos: QoS,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +67,7 @@ impl Default for NodeConfig {
             announce_period: Duration::from_secs(30),
             sequence_block: SequenceCounter::DEFAULT_BLOCK,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
+            temperature_qos: QoS::AtLeastOnce,
         }
     }
 }
@@ -455,7 +470,7 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         let len = self.codec.seal(&self.device, sequence, &message, buf)?;
         self.stats.frames_sealed += 1;
         let (qos, retain) = match message {
-            Message::Temperature(_) => (QoS::AtMostOnce, false),
+            Message::Temperature(_) => (self.config.temperature_qos, false),
             Message::Led(_) | Message::Status(_) => (QoS::AtLeastOnce, true),
         };
         let frame = buf.get(..len).ok_or(Error::BufferTooSmall)?;
@@ -797,6 +812,39 @@ mod tests {
             .collect();
         assert_eq!(temps[1], (21_013, 1_013));
         assert_eq!(temps.len(), 6);
+    }
+
+    #[test]
+    fn temperatures_go_out_at_the_configured_qos_never_retained() {
+        for (config, expected) in [
+            (NodeConfig::default(), QoS::AtLeastOnce),
+            (
+                NodeConfig { temperature_qos: QoS::AtMostOnce, ..NodeConfig::default() },
+                QoS::AtMostOnce,
+            ),
+        ] {
+            let mut node = Node::<_, _, 8>::new(
+                DeviceId::new("pi").unwrap(),
+                &[LedName::new("red").unwrap()],
+                &[SensorName::new("cpu").unwrap()],
+                codec(),
+                MemorySequenceStore::new(),
+                config,
+                at(0),
+            )
+            .unwrap();
+            node.handle_temperature(at(0), 0, MilliCelsius(21_000));
+            node.set_led(at(1), 0, LedState::On);
+            let mut buf = [0u8; MAX_FRAME_LEN];
+            let reading = node.poll_transmit(&mut buf).unwrap().unwrap();
+            assert_eq!(reading.topic.as_str(), "ledtemp/pi/temp/cpu");
+            assert_eq!((reading.qos, reading.retain), (expected, false));
+            node.handle_sent();
+            // LED changes stay QoS 1 and retained whatever the temperatures do.
+            let change = node.poll_transmit(&mut buf).unwrap().unwrap();
+            assert_eq!(change.topic.as_str(), "ledtemp/pi/led/red");
+            assert_eq!((change.qos, change.retain), (QoS::AtLeastOnce, true));
+        }
     }
 
     #[test]
