@@ -323,6 +323,7 @@ async fn sigterm_publishes_the_queue_and_the_offline_status_then_disconnects_wit
             payload: received.payload.clone(),
             received: UnixMillis::now(),
             retained: received.retained,
+            duplicate: false,
         };
         if let Err(error) = pipeline.ingest.handle(frame) {
             panic!("the server refused a frame on {}: {error}", received.topic);

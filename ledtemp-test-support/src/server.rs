@@ -112,6 +112,7 @@ pub fn incoming(topic: &str, payload: &[u8]) -> IncomingFrame {
         payload: payload.to_vec(),
         received: UnixMillis::now(),
         retained: false,
+        duplicate: false,
     }
 }
 

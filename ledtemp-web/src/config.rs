@@ -21,6 +21,14 @@ use crate::ingest::Limits;
 use crate::mqtt::SubscriberConfig;
 use crate::server::PipelineOptions;
 
+/// The server's MQTT client id when none is configured: stable, so that a restarted server finds
+/// its session (and the frames the broker kept for it).
+pub const DEFAULT_CLIENT_ID: &str = "ledtemp-web";
+
+/// How long the broker keeps the server's session by default, in seconds: a day, long enough to
+/// survive a reboot or a weekend's outage of the server.
+pub const DEFAULT_SESSION_EXPIRY: u32 = 86_400;
+
 /// Options of `ledtemp-web serve`. Every option is optional here; [`ServeArgs::resolve`] fills
 /// the gaps from the file and the defaults.
 #[derive(Debug, Clone, Default, Args)]
@@ -46,9 +54,16 @@ pub struct ServeArgs {
         default_missing_value = "127.0.0.1:1883"
     )]
     pub embedded_broker: Option<SocketAddr>,
-    /// MQTT client id; unique per server instance [default: ledtemp-web-PID, PID being the process id].
+    /// MQTT client id: the name of the server's session at the broker, so it must stay the same
+    /// across restarts and differ between servers on one broker [default: ledtemp-web].
     #[arg(long, env = "LEDTEMP_CLIENT_ID", value_name = "ID")]
     pub client_id: Option<String>,
+    /// How long the broker keeps the server's session (its subscription, and the QoS 1 frames
+    /// that arrive meanwhile) while the server is away; 0 starts a clean session on every
+    /// connection, losing what arrives while it is away (docs/reliability.md) [default: 86400,
+    /// a day].
+    #[arg(long, env = "LEDTEMP_SESSION_EXPIRY_SECS", value_name = "SECS")]
+    pub session_expiry_secs: Option<u32>,
     /// Join an MQTT v5 shared subscription group ($share/NAME/ledtemp/+/#) so several servers
     /// split the stream. Each server has its own database and replay windows and sees only its
     /// share, so a frame one server accepted can be replayed to another: replay protection then
@@ -111,6 +126,7 @@ struct FileConfig {
     broker: Option<String>,
     embedded_broker: Option<SocketAddr>,
     client_id: Option<String>,
+    session_expiry_secs: Option<u32>,
     shared_group: Option<String>,
     broker_user: Option<String>,
     broker_password: Option<String>,
@@ -202,10 +218,11 @@ impl ServeArgs {
                 (at.ip().to_string(), at.port())
             }
         };
-        let client_id = self
-            .client_id
-            .or(file.client_id)
-            .unwrap_or_else(|| format!("ledtemp-web-{}", std::process::id()));
+        let client_id =
+            self.client_id.or(file.client_id).unwrap_or_else(|| DEFAULT_CLIENT_ID.to_owned());
+        let session_expiry = Duration::from_secs(u64::from(
+            self.session_expiry_secs.or(file.session_expiry_secs).unwrap_or(DEFAULT_SESSION_EXPIRY),
+        ));
         let shared_group = self.shared_group.or(file.shared_group);
         if let Some(group) = &shared_group {
             // The same rules as device names: no `/`, `+`, `#`, not empty.
@@ -245,6 +262,7 @@ impl ServeArgs {
                 host,
                 port,
                 client_id,
+                session_expiry,
                 shared_group,
                 credentials,
                 keep_alive: Duration::from_secs(15),

@@ -59,6 +59,7 @@
 //!     payload: buf[..len].to_vec(),
 //!     received: UnixMillis(1_700_000_000_000),
 //!     retained: false,
+//!     duplicate: false,
 //! };
 //! assert!(ingest.handle(frame.clone()).is_ok());
 //! let again = ingest.handle(frame).unwrap_err();
@@ -106,7 +107,7 @@ pub use model::{
     DeviceState, DeviceSummary, DeviceUpdate, LedPoint, Observation, Reading, TemperaturePoint,
     UnixMillis,
 };
-pub use mqtt::{MAX_PACKET_SIZE, SubscriberConfig, run_subscriber};
+pub use mqtt::{DeliveryAck, MAX_PACKET_SIZE, RECEIVE_MAXIMUM, SubscriberConfig, run_subscriber};
 pub use server::{
     INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Pipeline, PipelineOptions, Server, ServerState,
     serve, shutdown_signal,

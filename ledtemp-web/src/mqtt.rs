@@ -10,11 +10,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ledtemp_tokio::BrokerTls;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
@@ -38,6 +39,16 @@ pub const MAX_PACKET_SIZE: u32 = 4 * 1024;
 pub const RECONNECT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(2));
 
+/// Most QoS 1 frames the broker may send the server before it acknowledges them (MQTT v5's
+/// Receive Maximum, which Mosquitto honours in place of its `max_inflight_messages`). The server
+/// acknowledges a frame only after committing it, so this is the flow control between the broker
+/// and the database: two batches ([`MAX_BATCH`](crate::MAX_BATCH)), one being committed while
+/// the next arrives. Fewer would leave the database idle between batches; the ingest queue
+/// ([`INGEST_QUEUE`](crate::INGEST_QUEUE)) holds more, so the subscriber never waits on QoS 1
+/// frames alone.
+pub const RECEIVE_MAXIMUM: u16 = 2 * crate::MAX_BATCH as u16;
+const _: () = assert!(RECEIVE_MAXIMUM as usize + 64 <= crate::INGEST_QUEUE);
+
 /// MQTT's port without TLS.
 pub const MQTT_PORT: u16 = 1883;
 
@@ -54,8 +65,12 @@ pub struct SubscriberConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// MQTT client id; must be unique per server instance.
+    /// MQTT client id: the name of the server's session at the broker. Stable across restarts,
+    /// unique per server on one broker.
     pub client_id: String,
+    /// How long the broker keeps the session (subscription and queued QoS 1 frames) after the
+    /// server disconnects; zero: a clean session on every connection.
+    pub session_expiry: Duration,
     /// MQTT v5 shared subscription group: `$share/<group>/ledtemp/+/#`, so several servers split
     /// the stream.
     pub shared_group: Option<String>,
@@ -148,9 +163,56 @@ pub fn broker_password(
     Ok(Some(password.to_owned()))
 }
 
+/// Acknowledges one QoS 1 frame to the broker. The subscriber hands it to the pipeline with the
+/// frame, and the ingest worker sends it once the frame is committed or rejected, never before:
+/// a frame the broker delivered stays the broker's to deliver again until the server's database
+/// has it (docs/reliability.md).
+pub struct DeliveryAck {
+    link: Arc<AckLink>,
+    pkid: u16,
+    connection: u64,
+}
+
+/// What every [`DeliveryAck`] of one subscriber shares.
+struct AckLink {
+    client: AsyncClient,
+    /// Counts the connections that ended. An acknowledgement belongs to the connection its frame
+    /// came on: on a later one its packet id may name another frame.
+    connection: AtomicU64,
+}
+
+impl std::fmt::Debug for DeliveryAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryAck").field("pkid", &self.pkid).finish_non_exhaustive()
+    }
+}
+
+impl DeliveryAck {
+    /// Sends the acknowledgement (PUBACK). Does nothing if the connection the frame came on is
+    /// gone: the broker sends the frame again on the next connection (flagged DUP), and that
+    /// copy is acknowledged in turn, after the replay window refused it if it was stored.
+    pub fn send(self) {
+        if self.link.connection.load(Ordering::Acquire) != self.connection {
+            return;
+        }
+        let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
+        publish.pkid = self.pkid;
+        if let Err(error) = self.link.client.try_ack(&publish) {
+            // The connection is closing (its requests are dropped), or the server stops.
+            tracing::debug!(pkid = self.pkid, "acknowledgement not sent: {error}");
+        }
+    }
+}
+
 /// Runs the subscriber until `frames` is closed (the pipeline stopped) or the task is dropped.
 /// Reconnects with backoff after any error and subscribes again on every connection. The link
 /// state goes to `live.stats` (connected means connected *and* subscribed).
+///
+/// The session is persistent unless `config.session_expiry` is zero: the broker keeps the
+/// subscription and the QoS 1 frames that arrive while the server is away, and sends again what
+/// was sent but not acknowledged. Acknowledgements are manual: each QoS 1 frame goes to the
+/// pipeline with its [`DeliveryAck`]. Retained frames are asked for only when the subscription is
+/// new, so a restart does not receive every device's retained frames again.
 ///
 /// Cancellation: dropping the future drops the connection without DISCONNECT.
 pub async fn run_subscriber(
@@ -160,7 +222,13 @@ pub async fn run_subscriber(
 ) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options.set_keep_alive(config.keep_alive);
-    options.set_clean_start(true);
+    let expiry = u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX);
+    options.set_clean_start(expiry == 0);
+    if expiry > 0 {
+        options.set_session_expiry_interval(Some(expiry));
+    }
+    options.set_receive_maximum(Some(RECEIVE_MAXIMUM));
+    options.set_manual_acks(true);
     options.set_max_packet_size(Some(MAX_PACKET_SIZE));
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user, password);
@@ -169,7 +237,9 @@ pub async fn run_subscriber(
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.client_config())));
     }
     let filter = config.filter();
-    let (client, mut events) = AsyncClient::new(options, 16);
+    // Room for every acknowledgement the broker can be owed at once, and the subscription.
+    let (client, mut events) = AsyncClient::new(options, usize::from(RECEIVE_MAXIMUM) + 16);
+    let link = Arc::new(AckLink { client: client.clone(), connection: AtomicU64::new(0) });
     let (first, longest) = RECONNECT_BACKOFF;
     let mut backoff = first;
     let mut logged_down = false;
@@ -177,16 +247,20 @@ pub async fn run_subscriber(
     let mut ever_connected = false;
     loop {
         match events.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 tracing::info!(
                     broker = %format!("{}:{}", config.host, config.port),
                     %filter,
+                    client_id = %config.client_id,
+                    session_resumed = connack.session_present,
                     "connected to the broker"
                 );
                 backoff = first;
                 logged_down = false;
                 ever_connected = true;
-                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                let mut subscription = Filter::new(filter.clone(), QoS::AtLeastOnce);
+                subscription.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+                if let Err(error) = client.try_subscribe_many([subscription]) {
                     tracing::error!("cannot subscribe: {error}");
                 }
             }
@@ -206,14 +280,20 @@ pub async fn run_subscriber(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let ack = (publish.qos != QoS::AtMostOnce).then(|| DeliveryAck {
+                    link: Arc::clone(&link),
+                    pkid: publish.pkid,
+                    connection: link.connection.load(Ordering::Acquire),
+                });
                 let frame = IncomingFrame {
                     topic: publish.topic.to_vec(),
                     payload: publish.payload.to_vec(),
                     received: UnixMillis::now(),
                     retained: publish.retain,
+                    duplicate: publish.dup,
                 };
                 // Bounded: when the pipeline falls behind, this waits, and the broker holds back.
-                if frames.send(WorkerInput::Frame(frame)).await.is_err() {
+                if frames.send(WorkerInput::Frame(frame, ack)).await.is_err() {
                     break;
                 }
             }
@@ -222,6 +302,8 @@ pub async fn run_subscriber(
             }
             Ok(_) => {}
             Err(error) => {
+                // Acknowledgements still owed on this connection must not reach the next.
+                link.connection.fetch_add(1, Ordering::AcqRel);
                 live.stats.set_broker_connected(false);
                 if is_oversize(&error) {
                     live.stats.add_rejected(RejectReason::Oversize);

@@ -7,6 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use ledtemp_core::{Algorithm, AnyCodec, KeyId, MAX_FRAME_LEN};
 use ledtemp_web::{RejectedCounts, Server};
@@ -319,9 +320,24 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
     assert_eq!(kitchen["last_seen"], Value::Null, "{kitchen}");
     server.shutdown().await.unwrap();
 
-    // Restarted on the same database: the broker delivers the retained frames again. The LED
-    // frame was stored: a redelivery, not a replay attack; the will is still stale.
+    // Restarted on the same database with its session kept by the broker: the subscription
+    // exists, so the broker sends no retained frame again (nothing to count, no false alarm).
+    // A new frame shows the server is subscribed and what it received.
     let server = start_broker_server(dir.path(), broker.port).await;
+    let node = RawPublisher::connect(broker.port, "retained-node").await;
+    let (topic, frame) = seal(&codec, KITCHEN, 4, &led("red", true));
+    node.publish(&topic, &frame).await;
+    let stats = wait_stats(server.http_addr(), "the new frame", |s| s["accepted"] == 1).await;
+    for reason in ["redelivered", "stale_will", "replay"] {
+        assert_eq!(stats["rejected"][reason], 0, "{stats}");
+    }
+    server.shutdown().await.unwrap();
+
+    // A clean session (session expiry 0): the broker delivers the retained frames again. The
+    // LED frame was stored: a redelivery, not a replay attack; the will is still stale.
+    let mut config = serve_config(dir.path(), broker.port);
+    config.mqtt.session_expiry = Duration::ZERO;
+    let server = start_server(config, keys()).await;
     let stats = wait_stats(server.http_addr(), "the retained frames again", |s| {
         s["rejected"]["redelivered"] == 1 && s["rejected"]["stale_will"] == 1
     })

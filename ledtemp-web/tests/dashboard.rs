@@ -331,6 +331,7 @@ impl Node {
             payload,
             received: UnixMillis(received_ms),
             retained: false,
+            duplicate: false,
         }
     }
 }

@@ -60,6 +60,7 @@ fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
             payload: frame.clone(),
             received: UnixMillis(0),
             retained: false,
+            duplicate: false,
         })
         .unwrap_err();
     assert_eq!(error.reject_reason(), Some(RejectReason::Malformed));
@@ -188,6 +189,7 @@ fn ingest_never_panics_on_arbitrary_topic_and_payload() {
                 payload,
                 received: UnixMillis(0),
                 retained: false,
+                duplicate: false,
             };
             let result = ingest.borrow_mut().handle(frame);
             prop_assert!(result.is_err(), "random bytes were accepted");

@@ -93,6 +93,7 @@ impl Pipeline {
             payload,
             received,
             retained: false,
+            duplicate: false,
         })
     }
 
@@ -171,6 +172,7 @@ fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it() {
         payload,
         received: UnixMillis(retire_at_ms() + 1),
         retained: false,
+        duplicate: false,
     };
     assert_eq!(p.receive(forged), Err(RejectReason::Revoked));
     assert_eq!(p.counts(), (2, 3, 0, 0));
@@ -252,6 +254,7 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
         payload,
         received: UnixMillis(now),
         retained: false,
+        duplicate: false,
     };
     assert_eq!(p.receive(accepted.clone()), Ok(()));
     assert_eq!(

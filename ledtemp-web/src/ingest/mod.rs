@@ -41,6 +41,7 @@ use crate::alerts::{AlertRunner, CapState};
 use crate::keys::KeyTable;
 use crate::live::{LiveEvent, LiveState, StatsSnapshot};
 use crate::model::{DeviceState, DeviceUpdate, UnixMillis};
+use crate::mqtt::DeliveryAck;
 use crate::store::{AcceptedFrame, Commit, Store};
 use crate::{Error, RejectReason};
 use reject_log::RejectLog;
@@ -67,14 +68,21 @@ pub struct IncomingFrame {
     /// Whether the broker delivered it from its retained store (MQTT v5's RETAIN flag on a
     /// delivery): see [`DeviceUpdate::retained`].
     pub retained: bool,
+    /// Whether the broker sent it again (MQTT's DUP flag: a QoS 1 frame it had sent before
+    /// without receiving the acknowledgement, typically to a server that restarted before
+    /// committing or acknowledging it). Only the broker sets it on a delivery, so a copy it
+    /// flags that the replay window refuses is counted as
+    /// [`Redelivered`](crate::RejectReason::Redelivered), not as a replay attack.
+    pub duplicate: bool,
 }
 
 /// What the ingest worker is given: the one queue through which every change of the server's
 /// state passes.
 #[derive(Debug)]
 pub enum WorkerInput {
-    /// A received frame.
-    Frame(IncomingFrame),
+    /// A received frame and, for a QoS 1 frame, its acknowledgement to send once the frame is
+    /// committed or rejected.
+    Frame(IncomingFrame, Option<DeliveryAck>),
     /// Time passed: offline rules, silent devices, the counters' event.
     Tick(UnixMillis),
     /// A notifier's daily cap after a delivery, to store.
@@ -90,10 +98,23 @@ pub struct Retention {
     pub every: Duration,
 }
 
+/// First and longest wait before a batch whose commit failed is tried again.
+pub const COMMIT_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
 /// The ingest worker: takes inputs until every sender is gone, committing frames that arrived
 /// together in one transaction (up to [`MAX_BATCH`]), ticking, storing notifier caps, and pruning
 /// old history. Blocking: run it on its own thread. Closes the store and returns when the channel
 /// is closed and drained.
+///
+/// **Acknowledge after commit.** A batch's QoS 1 frames are acknowledged to the broker, in the
+/// order they arrived, only once the batch is decided: its accepted frames committed, the others
+/// rejected. When the commit fails (disk full, database down) the worker keeps the frames and
+/// tries again, waiting [`COMMIT_RETRY`] (doubling) in between, taking nothing else meanwhile:
+/// the broker, owed the acknowledgements, holds back what follows ([`RECEIVE_MAXIMUM`]) and keeps
+/// it. When the server stops while the store fails, the batch is given up unacknowledged, and
+/// the broker delivers it again to the next start.
+///
+/// [`RECEIVE_MAXIMUM`]: crate::RECEIVE_MAXIMUM
 pub fn run_worker(
     mut ingest: Ingest,
     mut inputs: mpsc::Receiver<WorkerInput>,
@@ -103,22 +124,26 @@ pub fn run_worker(
     let mut others = Vec::new();
     while let Some(first) = inputs.blocking_recv() {
         let mut batch = Vec::new();
+        let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(input) = next.take() {
             match input {
-                WorkerInput::Frame(frame) => batch.push(frame),
+                WorkerInput::Frame(frame, ack) => {
+                    batch.push(frame);
+                    acks.extend(ack);
+                }
                 other => others.push(other),
             }
             if batch.len() < MAX_BATCH {
                 next = inputs.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let _ = ingest.handle_batch(batch);
+        if !batch.is_empty() && ingest.settle(batch, &inputs) {
+            acks.into_iter().for_each(DeliveryAck::send);
         }
         for input in others.drain(..) {
             match input {
-                WorkerInput::Frame(_) => {}
+                WorkerInput::Frame(..) => {}
                 WorkerInput::Tick(now) => ingest.tick(now),
                 WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
             }
@@ -248,10 +273,49 @@ impl Ingest {
         &mut self,
         frames: Vec<IncomingFrame>,
     ) -> Vec<Result<AcceptedFrame, Error>> {
+        self.handle_frames(&frames)
+    }
+
+    /// Runs `frames` through the pipeline until every one is decided: committed or rejected.
+    /// Frames whose commit failed are tried again, waiting [`COMMIT_RETRY`] in between, until the
+    /// store takes them or `inputs` is closed (the server stops). Returns whether all were
+    /// decided; `false` means the store still failed at the stop, and the frames not committed
+    /// are dropped here (unacknowledged, the broker still has the QoS 1 ones).
+    fn settle(&mut self, frames: Vec<IncomingFrame>, inputs: &mpsc::Receiver<WorkerInput>) -> bool {
+        let (first, longest) = COMMIT_RETRY;
+        let mut wait = first;
+        let mut frames = frames;
+        loop {
+            let results = self.handle_frames(&frames);
+            let failed: Vec<IncomingFrame> = frames
+                .into_iter()
+                .zip(results)
+                .filter_map(|(frame, result)| {
+                    matches!(result, Err(Error::Dropped(_))).then_some(frame)
+                })
+                .collect();
+            if failed.is_empty() {
+                return true;
+            }
+            if inputs.is_closed() {
+                tracing::warn!(
+                    frames = failed.len(),
+                    "stopping while the database fails: these frames are not stored; the broker \
+                     delivers the QoS 1 ones again at the next start"
+                );
+                return false;
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(longest);
+            frames = failed;
+        }
+    }
+
+    fn handle_frames(&mut self, frames: &[IncomingFrame]) -> Vec<Result<AcceptedFrame, Error>> {
         let mut batch = Batch::default();
         // `None`: accepted (the next of `batch.accepted`); `Some`: rejected.
         let mut rejections: Vec<Option<Error>> = Vec::with_capacity(frames.len());
-        for frame in &frames {
+        for frame in frames {
             let checked = self.verify(&batch, frame).and_then(|verified| {
                 self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
             });
@@ -310,7 +374,7 @@ impl Ingest {
                             status: ledtemp_core::NodeStatus::Offline,
                             ..
                         }) => RejectReason::StaleWill,
-                        _ if frame.retained => RejectReason::Redelivered,
+                        _ if frame.retained || frame.duplicate => RejectReason::Redelivered,
                         _ => RejectReason::from_core(e),
                     };
                     (Some(device.clone()), Error::Rejected { reason, cause: e })
@@ -413,7 +477,8 @@ impl Ingest {
             tracing::error!(
                 frames,
                 failed_commits = stats.store_errors(),
-                "the database refused a commit, its frames are dropped: {error}"
+                "the database refused a commit; its frames are kept (the broker holds the QoS 1 \
+                 ones, unacknowledged) and the commit is tried again: {error}"
             );
         }
     }
@@ -506,6 +571,7 @@ mod tests {
             payload: buf[..len].to_vec(),
             received: UnixMillis(1_700_000_000_000 + n as i64),
             retained: false,
+            duplicate: false,
         }
     }
 
