@@ -82,6 +82,16 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The write-ahead log is copied into the database file (a checkpoint) once it holds this many
+/// pages (4 KiB each): SQLite's default, 4 MiB.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 1000;
+
+/// After a checkpoint, the write-ahead log file is cut back to at most this many bytes, so it
+/// stays bounded instead of keeping its largest size for ever (SQLite's default is to keep it).
+/// A WAL that a long reader kept from being reset can grow past the checkpoint size; this gives
+/// the space back once it is reset.
+const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -156,6 +166,8 @@ impl SqliteStore {
             conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+            conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
             Ok(conn)
         });
         let mut conn = opened.map_err(|error| open_error(path, &error))?;
@@ -346,7 +358,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let version: i64 =
         conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db)?;
     if version > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew(version));
+        return Err(Error::SchemaTooNew { found: version, known: SCHEMA_VERSION });
     }
     let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
