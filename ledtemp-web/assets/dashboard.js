@@ -496,6 +496,12 @@
       stats.broker_connected === false ? "disconnected" : "unknown";
     broker.dataset.state = state;
     broker.textContent = state;
+    // A failing database: frames wait at the broker until it takes commits again.
+    const store = document.getElementById("store");
+    const storeState =
+      stats.store_ok === true ? "ok" : stats.store_ok === false ? "failing" : "unknown";
+    store.dataset.state = storeState;
+    store.textContent = storeState;
   }
 
   function setNumber(node, n) {

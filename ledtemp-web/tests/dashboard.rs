@@ -544,6 +544,8 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
         "the broker to show connected",
         "document.getElementById('broker').dataset.state === 'connected'",
     );
+    // The database takes commits (a failing one shows `failing`: docs/reliability.md).
+    assert_eq!(browser.eval("document.getElementById('store').dataset.state"), "ok");
 
     // One event stream for the whole page, no errors, no CSP violation.
     assert_eq!(live.stats.snapshot().sse_clients, 1);
