@@ -18,7 +18,7 @@ use crate::broker::local_client_addr;
 use crate::http::HttpLimits;
 use crate::http::{AuthArgs, AuthConfig, AuthSection};
 use crate::ingest::Limits;
-use crate::mqtt::SubscriberConfig;
+use crate::mqtt::{Acknowledge, SubscriberConfig};
 use crate::server::PipelineOptions;
 
 /// The server's MQTT client id when none is configured: stable, so that a restarted server finds
@@ -263,6 +263,7 @@ impl ServeArgs {
                 port,
                 client_id,
                 session_expiry,
+                acknowledge: Acknowledge::AfterCommit,
                 shared_group,
                 credentials,
                 keep_alive: Duration::from_secs(15),

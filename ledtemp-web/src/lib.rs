@@ -107,7 +107,9 @@ pub use model::{
     DeviceState, DeviceSummary, DeviceUpdate, LedPoint, Observation, Reading, TemperaturePoint,
     UnixMillis,
 };
-pub use mqtt::{DeliveryAck, MAX_PACKET_SIZE, RECEIVE_MAXIMUM, SubscriberConfig, run_subscriber};
+pub use mqtt::{
+    Acknowledge, DeliveryAck, MAX_PACKET_SIZE, RECEIVE_MAXIMUM, SubscriberConfig, run_subscriber,
+};
 pub use server::{
     INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Pipeline, PipelineOptions, Server, ServerState,
     serve, shutdown_signal,

@@ -71,6 +71,9 @@ pub struct SubscriberConfig {
     /// How long the broker keeps the session (subscription and queued QoS 1 frames) after the
     /// server disconnects; zero: a clean session on every connection.
     pub session_expiry: Duration,
+    /// When QoS 1 frames are acknowledged to the broker: after commit (the default), or on
+    /// receipt (the baseline of `benches/ingest.rs`; loses frames on a crash).
+    pub acknowledge: Acknowledge,
     /// MQTT v5 shared subscription group: `$share/<group>/ledtemp/+/#`, so several servers split
     /// the stream.
     pub shared_group: Option<String>,
@@ -163,6 +166,19 @@ pub fn broker_password(
     Ok(Some(password.to_owned()))
 }
 
+/// When the subscriber acknowledges a QoS 1 frame to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Once the pipeline has committed or rejected it: a crash at any moment loses nothing the
+    /// broker accepted (docs/reliability.md). The default, and the only setting `serve` offers.
+    #[default]
+    AfterCommit,
+    /// As soon as it is received, before it is committed (what servers before this one did):
+    /// frames received but not yet committed are lost when the server stops or crashes. Kept
+    /// only as the baseline that `benches/ingest.rs` measures acknowledging after commit against.
+    OnReceipt,
+}
+
 /// Acknowledges one QoS 1 frame to the broker. The subscriber hands it to the pipeline with the
 /// frame, and the ingest worker sends it once the frame is committed or rejected, never before:
 /// a frame the broker delivered stays the broker's to deliver again until the server's database
@@ -228,7 +244,8 @@ pub async fn run_subscriber(
         options.set_session_expiry_interval(Some(expiry));
     }
     options.set_receive_maximum(Some(RECEIVE_MAXIMUM));
-    options.set_manual_acks(true);
+    let manual_acks = config.acknowledge == Acknowledge::AfterCommit;
+    options.set_manual_acks(manual_acks);
     options.set_max_packet_size(Some(MAX_PACKET_SIZE));
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user, password);
@@ -280,7 +297,7 @@ pub async fn run_subscriber(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let ack = (publish.qos != QoS::AtMostOnce).then(|| DeliveryAck {
+                let ack = (manual_acks && publish.qos != QoS::AtMostOnce).then(|| DeliveryAck {
                     link: Arc::clone(&link),
                     pkid: publish.pkid,
                     connection: link.connection.load(Ordering::Acquire),
