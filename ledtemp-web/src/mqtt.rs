@@ -18,7 +18,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use rumqttc::{TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
 use crate::ingest::{IncomingFrame, WorkerInput};
@@ -220,9 +220,26 @@ impl DeliveryAck {
     }
 }
 
-/// Runs the subscriber until `frames` is closed (the pipeline stopped) or the task is dropped.
-/// Reconnects with backoff after any error and subscribes again on every connection. The link
-/// state goes to `live.stats` (connected means connected *and* subscribed).
+/// What the server asks of a running [`run_subscriber`], in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberControl {
+    /// Subscribed, handing frames to the pipeline.
+    Run,
+    /// Stopping: hand the pipeline nothing more (frames that still arrive stay unacknowledged,
+    /// and the broker sends them again to the next start), but keep the connection, so that the
+    /// acknowledgements of the frames the pipeline still commits reach the broker.
+    Drain,
+    /// The pipeline is done: disconnect cleanly (the broker keeps the session) and return.
+    Disconnect,
+}
+
+/// Longest wait for the DISCONNECT to be sent when the subscriber stops.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs the subscriber until `control` says [`SubscriberControl::Disconnect`] (or its sender is
+/// gone), `frames` is closed (the pipeline stopped), or the task is dropped. Reconnects with
+/// backoff after any error and subscribes again on every connection. The link state goes to
+/// `live.stats` (connected means connected *and* subscribed).
 ///
 /// The session is persistent unless `config.session_expiry` is zero: the broker keeps the
 /// subscription and the QoS 1 frames that arrive while the server is away, and sends again what
@@ -230,11 +247,14 @@ impl DeliveryAck {
 /// pipeline with its [`DeliveryAck`]. Retained frames are asked for only when the subscription is
 /// new, so a restart does not receive every device's retained frames again.
 ///
-/// Cancellation: dropping the future drops the connection without DISCONNECT.
+/// Cancellation: dropping the future drops the connection without DISCONNECT; nothing is lost
+/// (the broker sends what was not acknowledged again), but frames the pipeline committed after
+/// that are counted as redelivered at the next start. [`SubscriberControl`] stops it cleanly.
 pub async fn run_subscriber(
     config: SubscriberConfig,
     live: Arc<LiveState>,
     frames: mpsc::Sender<WorkerInput>,
+    mut control: watch::Receiver<SubscriberControl>,
 ) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options.set_keep_alive(config.keep_alive);
@@ -262,8 +282,24 @@ pub async fn run_subscriber(
     let mut logged_down = false;
     // Whether a connection ever came up: a broker never reached is not a connection "lost".
     let mut ever_connected = false;
+    // `None` once draining: the pipeline gets nothing more.
+    let mut frames = Some(frames);
+    let mut phase = SubscriberControl::Run;
+    let mut connected = false;
     loop {
-        match events.poll().await {
+        let polled = tokio::select! {
+            biased;
+            next = next_control(&mut control, phase) => {
+                phase = next;
+                frames = None;
+                if phase == SubscriberControl::Disconnect {
+                    break;
+                }
+                continue;
+            }
+            polled = events.poll() => polled,
+        };
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 tracing::info!(
                     broker = %format!("{}:{}", config.host, config.port),
@@ -275,6 +311,7 @@ pub async fn run_subscriber(
                 backoff = first;
                 logged_down = false;
                 ever_connected = true;
+                connected = true;
                 let mut subscription = Filter::new(filter.clone(), QoS::AtLeastOnce);
                 subscription.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
                 if let Err(error) = client.try_subscribe_many([subscription]) {
@@ -297,6 +334,8 @@ pub async fn run_subscriber(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // Draining: not handed on, not acknowledged; the broker keeps it.
+                let Some(sender) = &frames else { continue };
                 let ack = (manual_acks && publish.qos != QoS::AtMostOnce).then(|| DeliveryAck {
                     link: Arc::clone(&link),
                     pkid: publish.pkid,
@@ -310,7 +349,20 @@ pub async fn run_subscriber(
                     duplicate: publish.dup,
                 };
                 // Bounded: when the pipeline falls behind, this waits, and the broker holds back.
-                if frames.send(WorkerInput::Frame(frame, ack)).await.is_err() {
+                // A stop while waiting drops the frame (unacknowledged).
+                let sent = tokio::select! {
+                    biased;
+                    next = next_control(&mut control, phase) => {
+                        phase = next;
+                        frames = None;
+                        if phase == SubscriberControl::Disconnect {
+                            break;
+                        }
+                        continue;
+                    }
+                    sent = sender.send(WorkerInput::Frame(frame, ack)) => sent,
+                };
+                if sent.is_err() {
                     break;
                 }
             }
@@ -321,6 +373,7 @@ pub async fn run_subscriber(
             Err(error) => {
                 // Acknowledgements still owed on this connection must not reach the next.
                 link.connection.fetch_add(1, Ordering::AcqRel);
+                connected = false;
                 live.stats.set_broker_connected(false);
                 if is_oversize(&error) {
                     live.stats.add_rejected(RejectReason::Oversize);
@@ -332,16 +385,53 @@ pub async fn run_subscriber(
                 } else {
                     tracing::debug!("{message}");
                 }
-                if frames.is_closed() {
+                // Stopping, or the pipeline is gone: the acknowledgements are lost with the
+                // connection anyway.
+                if frames.as_ref().is_none_or(mpsc::Sender::is_closed) {
                     break;
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    next = next_control(&mut control, phase) => {
+                        phase = next;
+                        frames = None;
+                        if phase == SubscriberControl::Disconnect {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(longest);
             }
         }
     }
     live.stats.set_broker_connected(false);
-    let _ = client.try_disconnect();
+    if connected && client.try_disconnect().is_ok() {
+        // Sends what is queued (the last acknowledgements), then the DISCONNECT.
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Resolves with the next step once `control` moves past `current`; a sender that is gone
+/// counts as [`SubscriberControl::Disconnect`]. Cancel-safe.
+async fn next_control(
+    control: &mut watch::Receiver<SubscriberControl>,
+    current: SubscriberControl,
+) -> SubscriberControl {
+    if current == SubscriberControl::Disconnect {
+        return std::future::pending().await;
+    }
+    match control.wait_for(|now| *now != current).await {
+        Ok(now) => *now,
+        Err(_) => SubscriberControl::Disconnect,
+    }
 }
 
 /// What went wrong with the broker link, naming the broker: "cannot reach" before the first
