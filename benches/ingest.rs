@@ -110,7 +110,7 @@ fn run_server() {
         broker: Some(format!("127.0.0.1:{port}")),
         client_id: Some("ledtemp-bench-server".into()),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database: Some(dir.join("ledtemp.db")),
+        database: Some(dir.join("ledtemp.db").into()),
         keyring: Some(dir.join("keyring.toml")),
         // Every device of both modes is in the keyring, above the default cap of 1,000.
         max_devices: Some(STEADY_DEVICES + FLOOD_DEVICES),

@@ -254,7 +254,7 @@ async fn collect(
 /// The server's ingest pipeline, on a database in `dir`, with the keys of `keys`.
 fn server_pipeline(dir: &Path, keys: &TempKeyring) -> Pipeline {
     let options =
-        PipelineOptions { database: dir.join("ledtemp.db"), ..PipelineOptions::default() };
+        PipelineOptions { database: dir.join("ledtemp.db").into(), ..PipelineOptions::default() };
     Pipeline::open(&options, KeyTable::from_keyring(keys.keyring())).unwrap()
 }
 

@@ -21,6 +21,9 @@
 //!
 //! - [`server`]: the server's side: the test keyring, sealed frames, a pipeline on a database of
 //!   its own, a server's settings and start, a raw MQTT publisher, an HTTP and event-stream client.
+//! - [`postgres`]: a PostgreSQL database of a test's own
+//!   ([`TestDatabase`](postgres::TestDatabase)), and [`Backend`](postgres::Backend) with
+//!   [`on_both_backends!`], one test body run on SQLite and on PostgreSQL.
 //!
 //! The clock, delay and TCP connector a node needs are `ledtemp-tokio`'s, never copies.
 //!
@@ -32,6 +35,10 @@
 //!   [`TestBroker`](broker::TestBroker) falling back to rumqttd or a Mosquitto-only test skipping.
 //! - `LEDTEMP_TEST_BROKER=rumqttd`: [`TestBroker`](broker::TestBroker) uses rumqttd even where
 //!   Mosquitto is installed, to try the fallback.
+//! - `LEDTEMP_REQUIRE_POSTGRES=1` (CI sets it): a PostgreSQL that cannot be reached fails the
+//!   test, instead of its PostgreSQL half skipping.
+//! - `LEDTEMP_TEST_POSTGRES_URL`: the PostgreSQL server test databases are made on [default:
+//!   `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`].
 //!
 //! # Example
 //!
@@ -76,6 +83,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
 pub mod node;
+pub mod postgres;
 pub mod proxy;
 pub mod secure_broker;
 pub mod server;

@@ -13,8 +13,8 @@ use ledtemp_core::{
     TemperatureReading, Uptime,
 };
 use ledtemp_web::{
-    AccessControl, AppState, DeviceState, HistoryQuery, IncomingFrame, Ingest, KeyTable, Pipeline,
-    PipelineOptions, ServeArgs, ServeConfig, Server, TemperaturePoint, UnixMillis,
+    AccessControl, AppState, Database, DeviceState, HistoryQuery, IncomingFrame, Ingest, KeyTable,
+    Pipeline, PipelineOptions, ServeArgs, ServeConfig, Server, TemperaturePoint, UnixMillis,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -123,13 +123,23 @@ pub fn now_ms() -> i64 {
 
 /// A pipeline on a database file in `dir`, and the HTTP state reading the same file.
 pub fn pipeline(dir: &Path) -> (Ingest, AppState) {
-    let Pipeline { ingest, state, .. } = open_pipeline(dir, PipelineOptions::default());
+    pipeline_on(&Database::Sqlite(dir.join("ledtemp.db")))
+}
+
+/// A pipeline on `database`, and the HTTP state reading the same database.
+pub fn pipeline_on(database: &Database) -> (Ingest, AppState) {
+    let Pipeline { ingest, state, .. } = open_pipeline_on(database, PipelineOptions::default());
     (ingest, state.app_state(AccessControl::open()))
 }
 
 /// A pipeline with the tests' keys and `options`, its database in `dir`.
 pub fn open_pipeline(dir: &Path, options: PipelineOptions) -> Pipeline {
-    let options = PipelineOptions { database: dir.join("ledtemp.db"), ..options };
+    open_pipeline_on(&Database::Sqlite(dir.join("ledtemp.db")), options)
+}
+
+/// A pipeline with the tests' keys and `options` on `database`.
+pub fn open_pipeline_on(database: &Database, options: PipelineOptions) -> Pipeline {
+    let options = PipelineOptions { database: database.clone(), ..options };
     Pipeline::open(&options, keys()).unwrap()
 }
 
@@ -167,7 +177,7 @@ pub fn serve_args(dir: &Path, port: u16) -> ServeArgs {
     ServeArgs {
         broker: Some(format!("127.0.0.1:{port}")),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database: Some(dir.join("ledtemp.db")),
+        database: Some(dir.join("ledtemp.db").into()),
         keyring: Some(PathBuf::from("unused")),
         ..ServeArgs::default()
     }
@@ -183,6 +193,13 @@ pub fn resolve(args: ServeArgs) -> ServeConfig {
 /// A server configuration for a broker on `port`, HTTP on a free port, the database in `dir`.
 pub fn serve_config(dir: &Path, port: u16) -> ServeConfig {
     resolve(serve_args(dir, port))
+}
+
+/// A server configuration for a broker on `port`, HTTP on a free port, on `database`.
+pub fn serve_config_on(database: &Database, port: u16) -> ServeConfig {
+    let mut config = resolve(serve_args(Path::new("unused"), port));
+    config.pipeline.database = database.clone();
+    config
 }
 
 /// Starts a server with `config` and `keys`, and waits until it is subscribed to its broker.

@@ -5,6 +5,7 @@
 //! `127.0.0.1:1883`, HTTP on `127.0.0.1:8080`, database `ledtemp.db`, keyring `keyring.toml`.
 //! `--embedded-broker` replaces the external broker with one inside the server.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::http::{AuthArgs, AuthConfig, AuthSection};
 use crate::ingest::Limits;
 use crate::mqtt::{Acknowledge, SubscriberConfig};
 use crate::server::PipelineOptions;
+use crate::store::Database;
 
 /// The server's MQTT client id when none is configured: stable, so that a restarted server finds
 /// its session (and the frames the broker kept for it).
@@ -93,9 +95,17 @@ pub struct ServeArgs {
     /// Login for the dashboard, API, event stream and metrics (`[auth]` in the file).
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// SQLite database file, created if missing [default: ledtemp.db].
-    #[arg(long, env = "LEDTEMP_DATABASE", value_name = "FILE")]
-    pub database: Option<PathBuf>,
+    /// The database: a SQLite file, created if missing, or a PostgreSQL URL,
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require] (the
+    /// database must exist; prefer the environment variable to a flag for a URL with a
+    /// password, which other users can see) [default: ledtemp.db].
+    #[arg(long, env = "LEDTEMP_DATABASE", value_name = "FILE|URL", hide_env_values = true)]
+    pub database: Option<OsString>,
+    /// With a PostgreSQL database: PEM file of the CA that signed the database server's
+    /// certificate, checked with sslmode=prefer and require [default with sslmode=require: the
+    /// system's CA bundle].
+    #[arg(long, env = "LEDTEMP_DATABASE_CA", value_name = "FILE")]
+    pub database_ca: Option<PathBuf>,
     /// Keyring: the devices and their keys (docs/keys.md); must be mode 0600 [default:
     /// keyring.toml].
     #[arg(long, env = "LEDTEMP_KEYRING", value_name = "FILE")]
@@ -134,7 +144,8 @@ struct FileConfig {
     broker_tls: Option<bool>,
     broker_ca: Option<PathBuf>,
     listen: Option<SocketAddr>,
-    database: Option<PathBuf>,
+    database: Option<String>,
+    database_ca: Option<PathBuf>,
     keyring: Option<PathBuf>,
     retention_days: Option<u32>,
     offline_after_secs: Option<u64>,
@@ -182,6 +193,29 @@ fn parse_broker(text: &str, default_port: u16) -> Result<(String, u16), Error> {
         return Err(bad());
     }
     Ok((host.to_owned(), port))
+}
+
+/// The database setting: a PostgreSQL URL, or else a SQLite file's path (which need not be
+/// UTF-8); `ca_file` only with PostgreSQL.
+fn database(setting: Option<OsString>, ca_file: Option<PathBuf>) -> Result<Database, Error> {
+    let database = match setting {
+        None => Database::Sqlite(PathBuf::from("ledtemp.db")),
+        Some(setting) => match setting.to_str() {
+            Some(text) => Database::parse(text)?,
+            None => Database::Sqlite(PathBuf::from(setting)),
+        },
+    };
+    match (database, ca_file) {
+        (Database::Postgres(config), Some(ca_file)) => {
+            Ok(Database::Postgres(config.with_ca_file(ca_file)))
+        }
+        (Database::Sqlite(_), Some(_)) => Err(Error::Config(
+            "database-ca is set but the database is a SQLite file: drop database-ca, or give a \
+             postgres:// URL"
+                .into(),
+        )),
+        (database, None) => Ok(database),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Error> {
@@ -246,6 +280,10 @@ impl ServeArgs {
             }
             (None, None) => None,
         };
+        let database = database(
+            self.database.or(file.database.map(OsString::from)),
+            self.database_ca.or(file.database_ca),
+        )?;
         let alerts = file.alert.resolve()?;
         let retention_days = self.retention_days.or(file.retention_days).unwrap_or(30);
         let offline_after = self.offline_after_secs.or(file.offline_after_secs).unwrap_or(120);
@@ -276,7 +314,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             keyring: self.keyring.or(file.keyring).unwrap_or_else(|| "keyring.toml".into()),
             pipeline: PipelineOptions {
-                database: self.database.or(file.database).unwrap_or_else(|| "ledtemp.db".into()),
+                database,
                 retention: (retention_days > 0)
                     .then(|| Duration::from_secs(u64::from(retention_days) * 24 * 3600)),
                 offline_after: Duration::from_secs(offline_after),
@@ -299,7 +337,7 @@ mod tests {
         let config = ServeArgs::default().resolve().unwrap();
         assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("127.0.0.1", 1883));
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
-        assert_eq!(config.pipeline.database, PathBuf::from("ledtemp.db"));
+        assert_eq!(config.pipeline.database, Database::Sqlite(PathBuf::from("ledtemp.db")));
         assert_eq!(config.keyring, PathBuf::from("keyring.toml"));
         assert_eq!(config.pipeline.retention, Some(Duration::from_secs(30 * 24 * 3600)));
         assert_eq!(config.mqtt.filter(), "ledtemp/+/#");
@@ -362,8 +400,48 @@ mod tests {
             ServeArgs { config: Some(path), database: Some("y.db".into()), ..ServeArgs::default() };
         let config = args.resolve().unwrap();
         assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("mqtt.local", 1884));
-        assert_eq!(config.pipeline.database, PathBuf::from("y.db"));
+        assert_eq!(config.pipeline.database, Database::Sqlite(PathBuf::from("y.db")));
         assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgresql_and_anything_else_is_a_sqlite_file() {
+        let url = "postgres://ledtemp:s3cret@db.example/readings?sslmode=require";
+        let args = ServeArgs {
+            database: Some(url.into()),
+            database_ca: Some("ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let Database::Postgres(config) = args.resolve().unwrap().pipeline.database else {
+            panic!("not PostgreSQL");
+        };
+        assert_eq!(config.target(), "db.example:5432/readings");
+        assert_eq!(config.ca_file(), Some(Path::new("ca.pem")));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledtemp.toml");
+        std::fs::write(&path, "database = \"postgresql://ledtemp@db.example/readings\"\n").unwrap();
+        let config =
+            ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }.resolve().unwrap();
+        assert!(matches!(config.pipeline.database, Database::Postgres(_)));
+        // A flag's file wins over the file's URL.
+        let args = ServeArgs {
+            config: Some(path),
+            database: Some("postgres.db".into()),
+            ..ServeArgs::default()
+        };
+        let database = args.resolve().unwrap().pipeline.database;
+        assert_eq!(database, Database::Sqlite(PathBuf::from("postgres.db")));
+
+        // A bad URL is a configuration error that shows no password; a CA needs PostgreSQL.
+        let args = ServeArgs {
+            database: Some("postgres://ledtemp:s3cret@db.example/readings?sslmode=verify".into()),
+            ..ServeArgs::default()
+        };
+        let error = args.resolve().unwrap_err().to_string();
+        assert!(error.contains("sslmode") && !error.contains("s3cret"), "{error}");
+        let args = ServeArgs { database_ca: Some("ca.pem".into()), ..ServeArgs::default() };
+        assert!(matches!(args.resolve(), Err(Error::Config(m)) if m.contains("database-ca")));
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl Demo {
             embedded_broker: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             client_id: Some("ledtemp-web-demo".into()),
             listen: Some(args.listen),
-            database: Some(dir.path().join("ledtemp.db")),
+            database: Some(dir.path().join("ledtemp.db").into()),
             keyring: Some(keyring_path.clone()),
             insecure_plaintext: args.insecure_plaintext,
             ..ServeArgs::default()

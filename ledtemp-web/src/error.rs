@@ -31,10 +31,12 @@ pub enum RejectReason {
     /// retained store to a server that never saw the connection, or after the node came back; a
     /// replayed will looks the same. Refused, and counted apart from replays.
     StaleWill,
-    /// A genuine frame the broker delivered again from its retained store (at a
-    /// (re)subscription) that the replay window had already accepted: it was stored before, and
-    /// is not stored again. Counted apart from replays so that a restart does not look like an
-    /// attack; a live replay is never delivered as retained.
+    /// A genuine frame the broker delivered again that the replay window had already accepted:
+    /// from its retained store (at a (re)subscription), or a QoS 1 frame sent again (DUP flag)
+    /// because the server had committed it but stopped before its acknowledgement reached the
+    /// broker. It was stored before, and is not stored again. Counted apart from replays so that
+    /// a restart does not look like an attack: only the broker sets those flags on what it
+    /// delivers (a replay published by an attacker arrives with neither).
     Redelivered,
 }
 
@@ -128,9 +130,32 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
-    /// The database file was written by a newer `ledtemp-web` (its schema version is higher than
-    /// this build knows): upgrade, or point `--database` at another file.
-    SchemaTooNew(i64),
+    /// The database was written by a newer `ledtemp-web` (its schema version is higher than this
+    /// build knows): upgrade, or point `--database` at another database. Nothing was changed.
+    SchemaTooNew {
+        /// The version the database has.
+        found: i64,
+        /// The highest version this build knows.
+        known: i64,
+    },
+    /// The PostgreSQL server at `target` (`host:port/database`) cannot be reached: the connection
+    /// was refused, timed out or dropped, or the server is starting or full. Trying again later
+    /// may work: `serve` retries at start, and the store reconnects by itself while running.
+    DatabaseUnreachable {
+        /// `host:port/database`, never the password.
+        target: String,
+        /// What happened, and what to check.
+        problem: String,
+    },
+    /// The PostgreSQL database at `target` (`host:port/database`) refuses this server: an unknown
+    /// host, a failed authentication, a database that does not exist, a TLS certificate that
+    /// is not trusted. Trying again will not help until the URL or the server is fixed.
+    Postgres {
+        /// `host:port/database`, never the password.
+        target: String,
+        /// What is wrong, and how to fix it.
+        problem: String,
+    },
     /// A file or socket operation failed; `context` says which.
     Io {
         /// What was being done.
@@ -182,11 +207,15 @@ impl fmt::Display for Error {
             Error::Database { path, problem } => {
                 write!(f, "database {}: {problem}", path.display())
             }
-            Error::SchemaTooNew(version) => write!(
+            Error::SchemaTooNew { found, known } => write!(
                 f,
-                "database schema version {version} is newer than this ledtemp-web knows: \
-                 upgrade ledtemp-web or use another database file"
+                "the database has schema version {found}, newer than the {known} this \
+                 ledtemp-web knows: upgrade ledtemp-web, or use another database"
             ),
+            Error::DatabaseUnreachable { target, problem } => {
+                write!(f, "cannot reach PostgreSQL at {target}: {problem}")
+            }
+            Error::Postgres { target, problem } => write!(f, "PostgreSQL at {target}: {problem}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::EmbeddedBroker { addr, source } => {
                 write!(f, "embedded MQTT broker: cannot listen on {addr}: {source}")?;

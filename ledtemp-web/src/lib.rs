@@ -4,12 +4,13 @@
 //! frame with the sending device's key from the keyring ([`KeyTable`]), checks it against that
 //! key's replay window, turns it into the server's one model of a device ([`DeviceUpdate`],
 //! [`DeviceState`]), and stores the reading, the window's new state, the device's new state and
-//! the alert engine's state in one transaction through the [`Store`] seam (SQLite:
-//! [`SqliteStore`]). Only then it shows it: a JSON API, Server-Sent Events, `/healthz`,
-//! Prometheus `/metrics` and the dashboard. Every rejected frame is counted by reason
-//! ([`RejectReason`]) and changes nothing else. Alert rules from the configuration file
-//! ([`alerts`]) watch the verified frames and text through Twilio, post a webhook or log;
-//! `GET /api/alerts` and the dashboard show active and recent alerts.
+//! the alert engine's state in one transaction through the [`Store`] seam ([`Database`]: a
+//! SQLite file by default, [`SqliteStore`], or PostgreSQL, [`PostgresStore`]). Only then it
+//! shows it: a JSON API, Server-Sent Events, `/healthz`, Prometheus `/metrics` and the
+//! dashboard. Every rejected frame is counted by reason ([`RejectReason`]) and changes nothing
+//! else. Alert rules from the configuration file ([`alerts`]) watch the verified frames and text
+//! through Twilio, post a webhook or log; `GET /api/alerts` and the dashboard show active and
+//! recent alerts.
 //!
 //! The data path, one owner per step: [`run_subscriber`] -> [`WorkerInput`] queue ->
 //! [`run_worker`] -> [`Ingest`] (keys, verify, caps, model, alert engine) -> [`Store::commit`]
@@ -43,7 +44,8 @@
 //! keys.insert(device.clone(), AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &key)?);
 //!
 //! let dir = tempfile::tempdir()?;
-//! let options = PipelineOptions { database: dir.path().join("ledtemp.db"), ..Default::default() };
+//! let options =
+//!     PipelineOptions { database: dir.path().join("ledtemp.db").into(), ..Default::default() };
 //! let Pipeline { mut ingest, state, .. } = Pipeline::open(&options, keys)?;
 //!
 //! let node = AnyCodec::new(Algorithm::Aes128Gcm, KeyId(1), &key)?;
@@ -108,13 +110,15 @@ pub use model::{
     UnixMillis,
 };
 pub use mqtt::{
-    Acknowledge, DeliveryAck, MAX_PACKET_SIZE, RECEIVE_MAXIMUM, SubscriberConfig, run_subscriber,
+    Acknowledge, DeliveryAck, MAX_PACKET_SIZE, RECEIVE_MAXIMUM, SubscriberConfig,
+    SubscriberControl, run_subscriber,
 };
 pub use server::{
-    INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Pipeline, PipelineOptions, Server, ServerState,
-    serve, shutdown_signal,
+    DATABASE_RETRY_FIRST, DATABASE_RETRY_MAX, INGEST_QUEUE, INSECURE_PLAINTEXT_WARNING, Pipeline,
+    PipelineOptions, Server, ServerState, serve, shutdown_signal,
 };
 pub use store::{
-    AcceptedFrame, Commit, HistoryQuery, HistoryStore, SCHEMA_VERSION, Snapshot, SqliteHistory,
-    SqliteStore, Store,
+    AcceptedFrame, CONNECT_TIMEOUT, Commit, Database, HistoryQuery, HistoryStore,
+    OPERATION_TIMEOUT, OpenDatabase, POSTGRES_SCHEMA_VERSION, PostgresConfig, PostgresHistory,
+    PostgresStore, SCHEMA_VERSION, Snapshot, SqliteHistory, SqliteStore, Store,
 };

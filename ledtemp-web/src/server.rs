@@ -20,8 +20,8 @@ use crate::ingest::{Ingest, Limits, Retention, WorkerInput, run_worker};
 use crate::keys::{KeyChanges, KeyTable, check_device_cap, load_keys, reload_keys};
 use crate::live::LiveState;
 use crate::model::UnixMillis;
-use crate::mqtt::run_subscriber;
-use crate::store::{HistoryStore, SqliteHistory, SqliteStore, Store};
+use crate::mqtt::{SubscriberControl, run_subscriber};
+use crate::store::{Database, HistoryStore, OpenDatabase, Store};
 
 /// Inputs buffered for the ingest worker (frames from the MQTT subscriber, ticks, notifier
 /// caps); when full, the subscriber waits (and the broker holds back).
@@ -32,6 +32,15 @@ const ALERT_FLUSH: Duration = Duration::from_secs(5);
 
 /// How often the retention prune runs at most.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The first wait before trying an unreachable database again; it doubles after each failure.
+pub const DATABASE_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries of an unreachable database.
+pub const DATABASE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// How often an unreachable database is logged again while the server waits for it.
+const DATABASE_WAIT_LOG: Duration = Duration::from_secs(60);
 
 /// How often the ingest worker is ticked (offline alerts, silent devices, the counters' event).
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -45,8 +54,8 @@ forge and replay every reading. Never run this outside a lesson (docs/attacks.md
 /// How the pipeline is built: where its data lives and the rules it applies.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
-    /// The SQLite database file (created if missing).
-    pub database: PathBuf,
+    /// The database: a SQLite file (created if missing) or PostgreSQL.
+    pub database: Database,
     /// How long history is kept; `None` for ever.
     pub retention: Option<Duration>,
     /// Silence after which a device is shown offline.
@@ -65,7 +74,7 @@ impl Default for PipelineOptions {
     /// alerts, the default caps, sealed frames.
     fn default() -> PipelineOptions {
         PipelineOptions {
-            database: PathBuf::from("ledtemp.db"),
+            database: Database::Sqlite(PathBuf::from("ledtemp.db")),
             retention: None,
             offline_after: Duration::from_secs(120),
             alerts: AlertsConfig::default(),
@@ -119,17 +128,15 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Opens the SQLite database of `options` (creating and migrating it) and builds the
-    /// pipeline on it with `keys` ([`Pipeline::with_store`]).
+    /// Opens the database of `options` ([`Database::open`]: creating and migrating it) and
+    /// builds the pipeline on it with `keys` ([`Pipeline::with_store`]).
     ///
     /// # Errors
     /// [`Error::Config`] for a keyring with more devices than `options.limits.max_devices` or an
-    /// alert notifier that cannot be built; [`Error::Store`] or [`Error::SchemaTooNew`] for the
-    /// database.
+    /// alert notifier that cannot be built; for the database, the errors of [`Database::open`].
     pub fn open(options: &PipelineOptions, keys: KeyTable) -> Result<Pipeline, Error> {
-        let store = SqliteStore::open(&options.database)?;
-        let history = SqliteHistory::open(&options.database)?;
-        Pipeline::with_store(Box::new(store), Arc::new(history), options, keys)
+        let OpenDatabase { store, history } = options.database.open()?;
+        Pipeline::with_store(store, history, options, keys)
     }
 
     /// Builds the pipeline on any database: rebuilds the device cache, the replay windows and the
@@ -199,6 +206,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     mqtt: JoinHandle<()>,
+    mqtt_control: watch::Sender<SubscriberControl>,
     clock: JoinHandle<()>,
     deliveries: Option<JoinHandle<()>>,
     worker: Option<std::thread::JoinHandle<()>>,
@@ -211,6 +219,11 @@ impl Server {
     /// Starts the embedded broker if `config` asks for one, opens the pipeline
     /// ([`Pipeline::open`]), and starts the ingest worker, its clock, the MQTT subscriber, the
     /// alert deliveries and the HTTP server. Returns once the HTTP port is bound.
+    ///
+    /// A PostgreSQL server that cannot be reached ([`Error::DatabaseUnreachable`]: refused,
+    /// timed out, starting up) is waited for: logged once (then once a minute) and tried again,
+    /// every [`DATABASE_RETRY_MAX`] at most, until it answers; drop the future to give up. Any
+    /// other database error (a wrong URL, authentication, a newer schema) is returned at once.
     ///
     /// An embedded broker whose address is taken is [`Error::EmbeddedBroker`], and nothing else
     /// is started. So is HTTP on an address other than loopback without any login configured
@@ -240,7 +253,8 @@ impl Server {
                  of the group accepted can be replayed to this one"
             );
         }
-        let mut pipeline = Pipeline::open(&config.pipeline, keys)?;
+        let OpenDatabase { store, history } = open_database(&config.pipeline.database).await?;
+        let mut pipeline = Pipeline::with_store(store, history, &config.pipeline, keys)?;
         let alerts = &config.pipeline.alerts;
         if !alerts.is_empty() {
             tracing::info!(
@@ -257,10 +271,12 @@ impl Server {
             .name("ledtemp-ingest".into())
             .spawn(move || run_worker(ingest, worker_inputs, retention))
             .map_err(|e| Error::io("starting the ingest thread", e))?;
+        let (mqtt_control, control) = watch::channel(SubscriberControl::Run);
         let mqtt = tokio::spawn(run_subscriber(
             config.mqtt.clone(),
             Arc::clone(&state.live),
             inputs.clone(),
+            control,
         ));
         let clock = tokio::spawn(run_clock(inputs));
 
@@ -271,7 +287,7 @@ impl Server {
         let http = tokio::spawn(crate::http::serve(listener, router, config.http, stopped));
         tracing::info!(
             %http_addr,
-            database = %config.pipeline.database.display(),
+            database = %config.pipeline.database,
             "ledtemp-web running"
         );
         Ok(Server {
@@ -280,6 +296,7 @@ impl Server {
             stop,
             http,
             mqtt,
+            mqtt_control,
             clock,
             deliveries,
             worker: Some(worker),
@@ -330,14 +347,17 @@ impl Server {
     }
 
     /// Stops taking frames, waits (at most 5 s) for queued alert notifications to be delivered,
-    /// lets the ingest worker commit what it has and close the database, closes the event
+    /// lets the ingest worker commit what it has, acknowledges it to the broker and closes the
+    /// database, disconnects from the broker (which keeps the session), closes the event
     /// streams and stops the HTTP server. Frames still queued are committed; none is half
-    /// written. A notification still undelivered after the wait is lost (its alert stays firing,
-    /// and is not sent again after a restart). An embedded broker keeps running until the
-    /// process exits (rumqttd cannot be stopped).
+    /// written; frames that arrive during the stop are not acknowledged, and the broker sends
+    /// them to the next start. A notification still undelivered after the wait is lost (its
+    /// alert stays firing, and is not sent again after a restart). An embedded broker keeps
+    /// running until the process exits (rumqttd cannot be stopped).
     pub async fn shutdown(mut self) -> Result<(), Error> {
-        self.mqtt.abort();
-        let _ = (&mut self.mqtt).await;
+        // The subscriber hands on nothing more but keeps the connection for the
+        // acknowledgements of what the worker still commits.
+        let _ = self.mqtt_control.send(SubscriberControl::Drain);
         self.clock.abort();
         let _ = (&mut self.clock).await;
         let _ = self.stop.send(true);
@@ -356,6 +376,10 @@ impl Server {
                 .await
                 .map_err(|e| Error::TaskFailed(e.to_string()))?
                 .map_err(|_| Error::TaskFailed("the ingest worker panicked".into()))?;
+        }
+        let _ = self.mqtt_control.send(SubscriberControl::Disconnect);
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.mqtt).await.is_err() {
+            self.mqtt.abort();
         }
         // Open event streams never end on their own: give HTTP a moment, then stop it.
         match tokio::time::timeout(Duration::from_secs(2), &mut self.http).await {
@@ -376,6 +400,63 @@ impl Drop for Server {
             deliveries.abort();
         }
         self.http.abort();
+    }
+}
+
+/// Opens `database`, waiting while it cannot be reached (see [`Server::start`]). Cancel-safe: an
+/// attempt under way when the future is dropped ends on its own thread (within the connect
+/// timeout) and is discarded.
+async fn open_database(database: &Database) -> Result<OpenDatabase, Error> {
+    let mut delay = DATABASE_RETRY_FIRST;
+    let mut waiting: Option<(std::time::Instant, std::time::Instant)> = None;
+    loop {
+        let attempt = database.clone();
+        let (opened, result) = tokio::sync::oneshot::channel();
+        // A thread of its own, not spawn_blocking: an abandoned attempt must not hold up the
+        // runtime's shutdown.
+        std::thread::Builder::new()
+            .name("ledtemp-db-open".into())
+            .spawn(move || {
+                let _ = opened.send(attempt.open());
+            })
+            .map_err(|e| Error::io("starting the database thread", e))?;
+        let result =
+            result.await.map_err(|_| Error::TaskFailed("opening the database panicked".into()))?;
+        let (target, problem) = match result {
+            Err(Error::DatabaseUnreachable { target, problem }) => (target, problem),
+            Ok(opened) => {
+                if let Some((since, _)) = waiting {
+                    tracing::info!(
+                        database = %database,
+                        waited_secs = since.elapsed().as_secs(),
+                        "the database answers: starting"
+                    );
+                }
+                return Ok(opened);
+            }
+            Err(other) => return Err(other),
+        };
+        let now = std::time::Instant::now();
+        match &mut waiting {
+            None => {
+                tracing::warn!(
+                    "cannot reach PostgreSQL at {target}: {problem}; retrying every {} s at most \
+                     until it answers (Ctrl-C stops)",
+                    DATABASE_RETRY_MAX.as_secs()
+                );
+                waiting = Some((now, now));
+            }
+            Some((since, logged)) if now.duration_since(*logged) >= DATABASE_WAIT_LOG => {
+                tracing::warn!(
+                    waited_secs = now.duration_since(*since).as_secs(),
+                    "still cannot reach PostgreSQL at {target}: {problem}"
+                );
+                *logged = now;
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(DATABASE_RETRY_MAX);
     }
 }
 
@@ -472,13 +553,20 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     }
     // Listening before anything is printed: SIGHUP's default action would end the process.
     let mut hangups = Hangups::new();
-    let mut server = Server::start(config, keys).await?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // A stop while the server waits for its database ends the wait.
+    let mut server = tokio::select! {
+        started = Server::start(config, keys) => started?,
+        () = &mut shutdown => {
+            tracing::info!("stopped while waiting for the database");
+            return Ok(());
+        }
+    };
     if let Some(addr) = server.embedded_broker_addr() {
         println!("ledtemp-web: embedded MQTT v5 broker on {addr}");
     }
     println!("ledtemp-web: dashboard at http://{}/", server.http_addr());
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),

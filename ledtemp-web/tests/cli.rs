@@ -22,6 +22,8 @@ fn serve_help_explains_every_option() {
         "--broker-password",
         "--listen",
         "--database",
+        "--database-ca",
+        "postgres://",
         "--keyring",
         "--retention-days",
         "--offline-after-secs",

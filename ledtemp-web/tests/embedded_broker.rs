@@ -51,7 +51,7 @@ async fn a_real_nodes_reading_arrives_through_the_embedded_broker() {
     let config = ServeArgs {
         embedded_broker: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        database: Some(dir.path().join("ledtemp.db")),
+        database: Some(dir.path().join("ledtemp.db").into()),
         keyring: Some("unused".into()),
         ..ServeArgs::default()
     }

@@ -70,7 +70,8 @@ struct Pipeline {
 impl Pipeline {
     fn new(dir: &Path, keyring: &Path) -> Pipeline {
         let database = dir.join("ledtemp.db");
-        let options = PipelineOptions { database: database.clone(), ..PipelineOptions::default() };
+        let options =
+            PipelineOptions { database: database.clone().into(), ..PipelineOptions::default() };
         let pipeline = ledtemp_web::Pipeline::open(&options, load_keys(keyring).unwrap()).unwrap();
         let (keys, live) = (pipeline.state.keys, pipeline.state.live);
         Pipeline { ingest: pipeline.ingest, keys, live, database }

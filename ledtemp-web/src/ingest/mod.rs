@@ -576,7 +576,7 @@ mod tests {
     }
 
     fn pipeline(keys: KeyTable, dir: &std::path::Path, options: PipelineOptions) -> Ingest {
-        let options = PipelineOptions { database: dir.join("ledtemp.db"), ..options };
+        let options = PipelineOptions { database: dir.join("ledtemp.db").into(), ..options };
         Pipeline::open(&options, keys).unwrap().ingest
     }
 

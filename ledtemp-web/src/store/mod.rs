@@ -7,14 +7,25 @@
 //! - [`HistoryStore`] answers the read-only history queries of the HTTP handlers, on its own
 //!   connection so that readers never wait for the writer.
 //!
-//! One module per database implements both: [`SqliteStore`] and [`SqliteHistory`] today. Adding
-//! a database is one new module here and one match arm where the server opens its store.
+//! One module per database implements both, with the same guarantees: [`SqliteStore`] and
+//! [`SqliteHistory`] on a SQLite file (the default), [`PostgresStore`] and [`PostgresHistory`] on
+//! a PostgreSQL server (which several servers may share: its replay windows are taken under a
+//! row lock). [`Database`] says which one a server uses, and [`Database::open`] is the one place
+//! that chooses: adding a database is one new module here and one match arm there.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{
+    CONNECT_TIMEOUT, OPERATION_TIMEOUT, POSTGRES_SCHEMA_VERSION, PostgresConfig, PostgresHistory,
+    PostgresStore,
+};
 pub use sqlite::{SCHEMA_VERSION, SqliteHistory, SqliteStore};
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ledtemp_core::{DeviceId, KeyId, ReplayState, SensorName, Uptime};
 
@@ -111,4 +122,124 @@ pub struct HistoryQuery {
 pub trait HistoryStore: Send + Sync + 'static {
     /// The readings `query` asks for, oldest first.
     fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error>;
+}
+
+/// Where the server keeps its data: a SQLite file (the default, `ledtemp.db`) or a PostgreSQL
+/// database. `Display` names it without a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite database file, created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (which must exist; its tables are created).
+    Postgres(PostgresConfig),
+}
+
+impl Database {
+    /// `postgres://...` or `postgresql://...` is PostgreSQL ([`PostgresConfig::parse`]);
+    /// anything else is the path of a SQLite file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a PostgreSQL URL that does not parse (shown without its password).
+    pub fn parse(text: &str) -> Result<Database, Error> {
+        if postgres::is_postgres_url(text) {
+            PostgresConfig::parse(text).map(Database::Postgres)
+        } else {
+            Ok(Database::Sqlite(PathBuf::from(text)))
+        }
+    }
+
+    /// Opens the database (creating and migrating its tables): the writer and the history
+    /// reader, each on a connection of its own.
+    ///
+    /// # Errors
+    /// SQLite: [`Error::Database`] naming the file and the fix, [`Error::SchemaTooNew`], or
+    /// [`Error::Store`]. PostgreSQL: as [`PostgresStore::open`]; only
+    /// [`Error::DatabaseUnreachable`] may pass by itself.
+    pub fn open(&self) -> Result<OpenDatabase, Error> {
+        match self {
+            Database::Sqlite(path) => {
+                // The writer first: it creates and migrates the file the reader opens.
+                let store = SqliteStore::open(path)?;
+                let history = SqliteHistory::open(path)?;
+                Ok(OpenDatabase { store: Box::new(store), history: Arc::new(history) })
+            }
+            Database::Postgres(config) => {
+                let store = PostgresStore::open(config)?;
+                let history = store.history()?;
+                Ok(OpenDatabase { store: Box::new(store), history: Arc::new(history) })
+            }
+        }
+    }
+}
+
+/// An open database ([`Database::open`]): what [`Pipeline::with_store`](crate::Pipeline::with_store)
+/// builds on.
+pub struct OpenDatabase {
+    /// The writer, for the ingest worker.
+    pub store: Box<dyn Store>,
+    /// The history reader, for the HTTP handlers.
+    pub history: Arc<dyn HistoryStore>,
+}
+
+impl fmt::Debug for OpenDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenDatabase").finish_non_exhaustive()
+    }
+}
+
+impl From<PathBuf> for Database {
+    /// A SQLite file.
+    fn from(path: PathBuf) -> Database {
+        Database::Sqlite(path)
+    }
+}
+
+impl From<&Path> for Database {
+    /// A SQLite file.
+    fn from(path: &Path) -> Database {
+        Database::Sqlite(path.to_path_buf())
+    }
+}
+
+impl From<PostgresConfig> for Database {
+    fn from(config: PostgresConfig) -> Database {
+        Database::Postgres(config)
+    }
+}
+
+impl std::str::FromStr for Database {
+    type Err = Error;
+
+    /// As [`Database::parse`].
+    fn from_str(text: &str) -> Result<Database, Error> {
+        Database::parse(text)
+    }
+}
+
+impl fmt::Display for Database {
+    /// The SQLite file's path, or the PostgreSQL URL without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(config) => write!(f, "{config}"),
+        }
+    }
+}
+
+/// A 64-bit unsigned value as a signed database integer: the same bit pattern (the `seen` bitmap
+/// uses all 64 bits; SQLite's integers and PostgreSQL's `BIGINT` are signed).
+fn to_i64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// The inverse of [`to_i64`].
+fn to_u64(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// A name read back from the database; an invalid one (a tampered row) is logged and skipped.
+fn name<T>(what: &str, text: &str, parse: fn(&str) -> Result<T, ledtemp_core::Error>) -> Option<T> {
+    parse(text)
+        .inspect_err(|_| tracing::error!("ignoring a stored row with an invalid {what}: {text:?}"))
+        .ok()
 }

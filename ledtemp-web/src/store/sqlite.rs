@@ -18,7 +18,7 @@ use std::time::Duration;
 use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
-use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store};
+use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store, name, to_i64, to_u64};
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::model::{DeviceState, LedPoint, Observation, Reading, TemperaturePoint, UnixMillis};
@@ -126,22 +126,6 @@ fn open_error(path: &Path, error: &rusqlite::Error) -> Error {
 /// A database failure, for the crate's error type (no `rusqlite` type leaves this module).
 fn db(error: rusqlite::Error) -> Error {
     Error::Store(Box::new(error))
-}
-
-fn to_i64(value: u64) -> i64 {
-    // SQLite integers are signed 64-bit: store the bit pattern (the `seen` bitmap uses all 64).
-    i64::from_ne_bytes(value.to_ne_bytes())
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::from_ne_bytes(value.to_ne_bytes())
-}
-
-/// A name read back from the database; an invalid one (a tampered file) is logged and skipped.
-fn name<T>(what: &str, text: &str, parse: fn(&str) -> Result<T, ledtemp_core::Error>) -> Option<T> {
-    parse(text)
-        .inspect_err(|_| tracing::error!("ignoring a stored row with an invalid {what}: {text:?}"))
-        .ok()
 }
 
 /// The writer's connection.
@@ -539,6 +523,18 @@ mod tests {
 
     /// Each message names the file and the fix (the read-only case cannot be caused as root,
     /// which CI is: root writes read-only files).
+    #[test]
+    fn a_newer_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledtemp.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let error = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(error, Error::SchemaTooNew { found: 99, known: SCHEMA_VERSION }));
+        let message = error.to_string();
+        assert!(message.contains("99") && message.contains(&SCHEMA_VERSION.to_string()));
+    }
+
     #[test]
     fn open_errors_name_the_file_and_the_fix() {
         let path = Path::new("/var/lib/ledtemp/ledtemp.db");

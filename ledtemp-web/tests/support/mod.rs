@@ -1,5 +1,6 @@
 //! The server's integration tests share the workspace's test support: its `server` module (keys,
-//! sealed frames, pipelines, servers, HTTP and MQTT clients) and its brokers.
+//! sealed frames, pipelines, servers, HTTP and MQTT clients), its brokers, and its databases
+//! (a test body run on SQLite and on PostgreSQL: [`Backend`], [`on_both_backends!`]).
 #![allow(unused_imports, reason = "each test file uses part of it")]
 
 /// A broker of the test's own, and a subscriber that checks what reaches it.
@@ -9,4 +10,6 @@ pub mod broker {
 }
 
 pub use ledtemp_test_support::WAIT;
+pub use ledtemp_test_support::on_both_backends;
+pub use ledtemp_test_support::postgres::{Backend, BackendDatabase, TestDatabase};
 pub use ledtemp_test_support::server::*;
