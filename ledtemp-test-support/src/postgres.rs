@@ -206,6 +206,18 @@ impl BackendDatabase {
     pub fn postgres(&self) -> Option<&TestDatabase> {
         self.postgres.as_ref()
     }
+
+    /// Runs `sql` (statements both databases understand, such as `ALTER TABLE ... RENAME TO`)
+    /// on a connection of its own: to break the database under a running server, and mend it.
+    pub fn execute(&self, sql: &str) {
+        match (&self.database, &self.postgres) {
+            (_, Some(postgres)) => postgres.execute(sql),
+            (Database::Sqlite(path), None) => rusqlite::Connection::open(path)
+                .and_then(|connection| connection.execute_batch(sql))
+                .unwrap_or_else(|error| panic!("{sql}: {error}")),
+            (Database::Postgres(_), None) => unreachable!("a PostgreSQL database is kept"),
+        }
+    }
 }
 
 impl Backend {

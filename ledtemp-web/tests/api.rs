@@ -1,5 +1,5 @@
 //! The HTTP API through the router (`tower::ServiceExt::oneshot`), over a pipeline on a real
-//! SQLite file.
+//! SQLite file, and on PostgreSQL for the tests that store and read back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -46,10 +46,10 @@ fn is_rfc3339(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.parse::<jiff::Timestamp>().is_ok())
 }
 
-#[tokio::test]
-async fn devices_lists_latest_led_and_temperature_per_device() {
+async fn devices_lists_latest_led_and_temperature_per_device(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     feed(&mut ingest);
     let (status, devices) = get_json(&state, "/api/devices").await;
     assert_eq!(status, StatusCode::OK);
@@ -81,11 +81,12 @@ async fn devices_lists_latest_led_and_temperature_per_device() {
     assert_eq!(temperatures[1]["celsius"], json!(-1.25));
     assert!(is_rfc3339(&temperatures[0]["at"]));
 }
+on_both_backends!(#[tokio::test] async fn devices_lists_latest_led_and_temperature_per_device);
 
-#[tokio::test]
-async fn temperature_history_defaults_to_the_last_hour_and_filters() {
+async fn temperature_history_defaults_to_the_last_hour_and_filters(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     feed(&mut ingest);
     // A reading from two hours ago: only in an explicit range.
     let (topic, frame) = seal(&kitchen_codec(), KITCHEN, 6, &temperature("cpu", 10_000));
@@ -114,6 +115,7 @@ async fn temperature_history_defaults_to_the_last_hour_and_filters() {
     let (status, body) = get_json(&state, "/api/devices/garage/temperature").await;
     assert_eq!((status, body["points"].as_array().unwrap().len()), (StatusCode::OK, 0));
 }
+on_both_backends!(#[tokio::test] async fn temperature_history_defaults_to_the_last_hour_and_filters);
 
 #[tokio::test]
 async fn bad_requests_get_generic_errors() {
@@ -141,10 +143,10 @@ async fn bad_requests_get_generic_errors() {
     }
 }
 
-#[tokio::test]
-async fn stats_health_and_metrics_report_counters_and_link_state() {
+async fn stats_health_and_metrics_report_counters_and_link_state(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     feed(&mut ingest);
     let (topic, frame) = seal(&kitchen_codec(), KITCHEN, 2, &temperature("cpu", 1));
     ingest.handle(incoming(&topic, &frame)).unwrap_err();
@@ -189,6 +191,7 @@ async fn stats_health_and_metrics_report_counters_and_link_state() {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
 }
+on_both_backends!(#[tokio::test] async fn stats_health_and_metrics_report_counters_and_link_state);
 
 #[tokio::test]
 async fn every_response_carries_the_security_headers() {
@@ -223,13 +226,12 @@ async fn the_event_stream_counts_its_clients() {
 /// silent: `/healthz` 503 naming the store, `store_ok` false in `/api/stats`, the gauge and the
 /// counter in `/metrics`; a rejected frame is still only a rejection; once the database works
 /// again the next frame is stored and everything says so.
-#[tokio::test]
-async fn a_failing_database_is_reported_and_recovery_is_seen() {
+async fn a_failing_database_is_reported_and_recovery_is_seen(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     state.live.stats.set_broker_connected(true);
-    let saboteur = rusqlite::Connection::open(dir.path().join("ledtemp.db")).unwrap();
-    saboteur.execute_batch("ALTER TABLE temperatures RENAME TO temperatures_away").unwrap();
+    database.execute("ALTER TABLE temperatures RENAME TO temperatures_away");
     let (topic, frame) = seal(&kitchen_codec(), KITCHEN, 1, &temperature("cpu", 21_000));
     let error = ingest.handle(incoming(&topic, &frame)).unwrap_err();
     assert!(error.reject_reason().is_none(), "a database failure, not a rejection: {error}");
@@ -243,7 +245,7 @@ async fn a_failing_database_is_reported_and_recovery_is_seen() {
     assert!(metrics.contains("ledtemp_store_ok 0\n"), "{metrics}");
     assert!(metrics.contains("ledtemp_store_errors_total 1\n"), "{metrics}");
 
-    saboteur.execute_batch("ALTER TABLE temperatures_away RENAME TO temperatures").unwrap();
+    database.execute("ALTER TABLE temperatures_away RENAME TO temperatures");
     // The frame that was dropped was never stored, so it is not a replay: it is taken now.
     ingest.handle(incoming(&topic, &frame)).unwrap();
     let (status, health) = get_json(&state, "/healthz").await;
@@ -251,3 +253,4 @@ async fn a_failing_database_is_reported_and_recovery_is_seen() {
     let (_, stats) = get_json(&state, "/api/stats").await;
     assert_eq!((stats["store_ok"].clone(), stats["accepted"].clone()), (json!(true), json!(1)));
 }
+on_both_backends!(#[tokio::test] async fn a_failing_database_is_reported_and_recovery_is_seen);

@@ -1,6 +1,6 @@
-//! The ingest pipeline without a broker, on a real SQLite file: each rejection counted under its
-//! reason and changing nothing; the Last Will rule; replay windows surviving a restart; no panic on
-//! any bytes.
+//! The ingest pipeline without a broker, on a real SQLite file and on PostgreSQL (each test that
+//! stores something runs on both): each rejection counted under its reason and changing nothing;
+//! the Last Will rule; replay windows surviving a restart; no panic on any bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -19,10 +19,10 @@ fn devices_json(state: &ledtemp_web::AppState) -> Vec<(DeviceId, DeviceState)> {
     state.live.devices()
 }
 
-#[test]
-fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
+fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     let kitchen = kitchen_codec();
     let (topic, frame) = seal(&kitchen, KITCHEN, 5, &temperature("cpu", 21_375));
     ingest.handle(incoming(&topic, &frame)).unwrap();
@@ -82,21 +82,23 @@ fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].temperature, MilliCelsius(21_375));
 }
+on_both_backends!(fn every_bad_frame_is_counted_under_its_reason_and_changes_nothing);
 
-#[test]
-fn a_frame_accepted_before_a_restart_is_rejected_after_it() {
+fn a_frame_accepted_before_a_restart_is_rejected_after_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
+    let database = database.database();
     let kitchen = kitchen_codec();
     let first = seal(&kitchen, KITCHEN, 100, &temperature("cpu", 20_000));
     let late = seal(&kitchen, KITCHEN, 90, &temperature("cpu", 19_000));
     let online = seal(&kitchen, KITCHEN, 101, &online(&[("red", true)]));
     let will = seal(&kitchen, KITCHEN, 102, &offline());
     {
-        let (mut ingest, _) = pipeline(dir.path());
+        let (mut ingest, _) = pipeline_on(database);
         ingest.handle(incoming(&first.0, &first.1)).unwrap();
         ingest.handle(incoming(&online.0, &online.1)).unwrap();
     }
-    let (mut ingest, state) = pipeline(dir.path());
+    let (mut ingest, state) = pipeline_on(database);
     // Restored: history, LED state, and the window (incl. the expected will).
     let kitchen_state = device_state(&state, KITCHEN);
     assert_eq!(kitchen_state.temperatures[&sensor("cpu")].temperature, MilliCelsius(20_000));
@@ -112,14 +114,15 @@ fn a_frame_accepted_before_a_restart_is_rejected_after_it() {
     assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::StaleWill);
     assert!(!device_state(&state, KITCHEN).online);
     drop(ingest);
-    let (mut ingest, _) = pipeline(dir.path());
+    let (mut ingest, _) = pipeline_on(database);
     assert_eq!(rejected(&mut ingest, &will.0, &will.1), RejectReason::StaleWill);
 }
+on_both_backends!(fn a_frame_accepted_before_a_restart_is_rejected_after_it);
 
-#[test]
-fn a_stale_will_is_rejected_and_a_batch_checks_frames_against_each_other() {
+fn a_stale_will_is_rejected_and_a_batch_checks_frames_against_each_other(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     let garage = garage_codec();
     let online_1 = seal(&garage, GARAGE, 10, &online(&[]));
     let will_1 = seal(&garage, GARAGE, 11, &offline());
@@ -141,11 +144,12 @@ fn a_stale_will_is_rejected_and_a_batch_checks_frames_against_each_other() {
     let StatsSnapshot { accepted, .. } = state.live.stats.snapshot();
     assert_eq!(accepted, 3);
 }
+on_both_backends!(fn a_stale_will_is_rejected_and_a_batch_checks_frames_against_each_other);
 
-#[test]
-fn retention_prunes_old_readings_but_keeps_state_and_windows() {
+fn retention_prunes_old_readings_but_keeps_state_and_windows(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut ingest, state) = pipeline(dir.path());
+    let Some(database) = backend.database(dir.path()) else { return };
+    let (mut ingest, state) = pipeline_on(database.database());
     let kitchen = kitchen_codec();
     let (topic, frame) = seal(&kitchen, KITCHEN, 1, &temperature("cpu", 1_000));
     let mut old = incoming(&topic, &frame);
@@ -157,6 +161,7 @@ fn retention_prunes_old_readings_but_keeps_state_and_windows() {
     assert_eq!(history(&state, KITCHEN).len(), 1);
     assert_eq!(rejected(&mut ingest, &topic, &frame), RejectReason::Replay);
 }
+on_both_backends!(fn retention_prunes_old_readings_but_keeps_state_and_windows);
 
 /// Whatever arrives, the pipeline answers with a result, never a panic, and a rejection changes
 /// no state. One pipeline and database for all cases, so that earlier cases' windows are there.
@@ -224,16 +229,16 @@ fn kitchen_offline_alerts() -> ledtemp_web::PipelineOptions {
 /// The alert engine's state is committed with the frames that changed it: a restart neither
 /// forgets a firing alert nor fires it again, and a failed commit (a real database error) takes
 /// the frames and the alert decisions back together.
-#[test]
-fn alert_state_is_committed_with_the_frames_that_changed_it() {
+fn alert_state_is_committed_with_the_frames_that_changed_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
     let kitchen = kitchen_codec();
     let first_online = seal(&kitchen, KITCHEN, 1, &online(&[]));
     let will = seal(&kitchen, KITCHEN, 2, &offline());
     let online_frame = seal(&kitchen, KITCHEN, 3, &online(&[]));
     {
         let ledtemp_web::Pipeline { mut ingest, state, .. } =
-            open_pipeline(dir.path(), kitchen_offline_alerts());
+            open_pipeline_on(database.database(), kitchen_offline_alerts());
         ingest.handle(incoming(&first_online.0, &first_online.1)).unwrap();
         // The sealed Last Will fires the alert at once, in the will's own transaction.
         ingest.handle(incoming(&will.0, &will.1)).unwrap();
@@ -242,7 +247,7 @@ fn alert_state_is_committed_with_the_frames_that_changed_it() {
     }
     // Restarted: still firing, not fired again by the silence that follows.
     let ledtemp_web::Pipeline { mut ingest, state, .. } =
-        open_pipeline(dir.path(), kitchen_offline_alerts());
+        open_pipeline_on(database.database(), kitchen_offline_alerts());
     let board = state.alerts.clone().unwrap();
     ingest.tick(UnixMillis(now_ms() + 3_600_000));
     let alerts = board.snapshot();
@@ -250,9 +255,7 @@ fn alert_state_is_committed_with_the_frames_that_changed_it() {
 
     // The database refuses the next commit: the frame is dropped and the alert it would have
     // resolved stays firing.
-    let database = dir.path().join("ledtemp.db");
-    let saboteur = rusqlite::Connection::open(&database).unwrap();
-    saboteur.execute_batch("ALTER TABLE alert_engine RENAME TO alert_engine_away").unwrap();
+    database.execute("ALTER TABLE alert_engine RENAME TO alert_engine_away");
     let error = ingest.handle(incoming(&online_frame.0, &online_frame.1)).unwrap_err();
     assert!(error.reject_reason().is_none(), "a database failure, not a rejection: {error}");
     assert_eq!(state.live.stats.store_errors(), 1);
@@ -261,27 +264,27 @@ fn alert_state_is_committed_with_the_frames_that_changed_it() {
     assert!(!kitchen_state.online, "the failed batch changed the device");
 
     // Back: the same frame (never stored, so not a replay) resolves it, once.
-    saboteur.execute_batch("ALTER TABLE alert_engine_away RENAME TO alert_engine").unwrap();
+    database.execute("ALTER TABLE alert_engine_away RENAME TO alert_engine");
     ingest.handle(incoming(&online_frame.0, &online_frame.1)).unwrap();
     let alerts = board.snapshot();
     assert_eq!((alerts.active.len(), alerts.counters.resolved), (0, 1));
     assert_eq!(alerts.recent.len(), 1);
     drop(ingest);
-    let ledtemp_web::Pipeline { state, .. } = open_pipeline(dir.path(), kitchen_offline_alerts());
+    let ledtemp_web::Pipeline { state, .. } =
+        open_pipeline_on(database.database(), kitchen_offline_alerts());
     let alerts = state.alerts.unwrap().snapshot();
     assert_eq!((alerts.active.len(), alerts.counters.resolved), (0, 1), "{alerts:?}");
 }
+on_both_backends!(fn alert_state_is_committed_with_the_frames_that_changed_it);
 
 /// A stored alert state that does not parse is logged and replaced, not a start-up failure.
-#[test]
-fn unreadable_alert_state_starts_afresh() {
+fn unreadable_alert_state_starts_afresh(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    drop(open_pipeline(dir.path(), kitchen_offline_alerts()));
-    let database = dir.path().join("ledtemp.db");
-    rusqlite::Connection::open(&database)
-        .unwrap()
-        .execute("INSERT INTO alert_engine (id, state) VALUES (1, '{not json')", [])
-        .unwrap();
-    let ledtemp_web::Pipeline { state, .. } = open_pipeline(dir.path(), kitchen_offline_alerts());
+    let Some(database) = backend.database(dir.path()) else { return };
+    drop(open_pipeline_on(database.database(), kitchen_offline_alerts()));
+    database.execute("INSERT INTO alert_engine (id, state) VALUES (1, '{not json')");
+    let ledtemp_web::Pipeline { state, .. } =
+        open_pipeline_on(database.database(), kitchen_offline_alerts());
     assert!(state.alerts.unwrap().snapshot().active.is_empty());
 }
+on_both_backends!(fn unreadable_alert_state_starts_afresh);
