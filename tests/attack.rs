@@ -1,5 +1,6 @@
 //! `examples/attack.rs` as a student runs it, against a real broker (mosquitto; see
-//! `TestBroker`), a real `ledtemp-web` server on a SQLite file and a genuine node publishing:
+//! `TestBroker`), a real `ledtemp-web` server (on a SQLite file, and the sealed suite on
+//! PostgreSQL too) and a genuine node publishing:
 //!
 //! - sealed (the default): sniff reads nothing, every forgery, replay (also after a server
 //!   restart on the same database) and flood frame is refused and counted exactly, and the
@@ -21,6 +22,8 @@ use ledtemp_test_support::WAIT;
 use ledtemp_test_support::broker::TestBroker;
 use ledtemp_test_support::keys::TempKeyring;
 use ledtemp_test_support::node::{NodeThread, SimulatedNode};
+use ledtemp_test_support::on_both_backends;
+use ledtemp_test_support::postgres::{Backend, BackendDatabase};
 use ledtemp_test_support::server::{resolve, serve_args};
 use ledtemp_web::{KeyTable, ServeArgs, Server};
 use serde_json::Value;
@@ -48,6 +51,7 @@ fn attack_binary() -> PathBuf {
 struct Rig {
     broker: TestBroker,
     dir: tempfile::TempDir,
+    database: BackendDatabase,
     insecure: bool,
     keyring: Option<TempKeyring>,
     server: Option<Server>,
@@ -56,9 +60,11 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(insecure: bool) -> Rig {
-        let broker = TestBroker::start().await;
+    /// `None`: `backend` is PostgreSQL, which cannot be reached here (the test is skipped).
+    async fn start(insecure: bool, backend: Backend) -> Option<Rig> {
         let dir = tempfile::tempdir().unwrap();
+        let database = backend.database(dir.path())?;
+        let broker = TestBroker::start().await;
         let keyring = TempKeyring::generate(&[
             (NODE, Algorithm::ChaCha20Poly1305),
             (SPARE, Algorithm::ChaCha20Poly1305),
@@ -71,6 +77,7 @@ impl Rig {
         let mut rig = Rig {
             broker,
             dir,
+            database,
             insecure,
             // The plaintext server takes any device and reads no keyring (as `serve` does).
             keyring: (!insecure).then_some(keyring),
@@ -86,15 +93,16 @@ impl Rig {
                     .is_some_and(|d| !d["temperatures"].as_array().unwrap().is_empty())
         })
         .await;
-        rig
+        Some(rig)
     }
 
     async fn start_server(&mut self) {
-        let config = resolve(ServeArgs {
+        let mut config = resolve(ServeArgs {
             max_devices: Some(MAX_DEVICES),
             insecure_plaintext: self.insecure,
             ..serve_args(self.dir.path(), self.broker.port)
         });
+        config.pipeline.database = self.database.database().clone();
         let keys = self
             .keyring
             .as_ref()
@@ -289,10 +297,9 @@ fn shows_forged_value(devices: &Value) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_attack_fails_against_sealed_frames_and_changes_nothing() {
+async fn every_attack_fails_against_sealed_frames_and_changes_nothing(backend: Backend) {
     let started = std::time::Instant::now();
-    let mut rig = Rig::start(false).await;
+    let Some(mut rig) = Rig::start(false, backend).await else { return };
     let (_, devices) = rig.observe().await;
     let shape_before = shape(&devices);
 
@@ -343,13 +350,17 @@ async fn every_attack_fails_against_sealed_frames_and_changes_nothing() {
     assert_eq!(ids(&devices), [NODE, SPARE]);
 
     rig.stop().await;
-    eprintln!("sealed attack suite took {:?}", started.elapsed());
+    eprintln!("sealed attack suite ({backend:?}) took {:?}", started.elapsed());
 }
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_attack_fails_against_sealed_frames_and_changes_nothing
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_attacks_succeed_against_the_insecure_plaintext_target() {
     let started = std::time::Instant::now();
-    let mut rig = Rig::start(true).await;
+    let mut rig = Rig::start(true, Backend::Sqlite).await.unwrap();
     let (stats, _) = rig.observe().await;
     assert_eq!(stats["insecure_plaintext"], true);
 

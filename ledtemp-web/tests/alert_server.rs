@@ -1,6 +1,7 @@
 //! Alerts in the running server: a device that stops sending through a real broker (mosquitto,
 //! else rumqttd) fires an offline alert, a local HTTP server standing in for Twilio receives
-//! exactly one SMS, and a restart on the same database file sends nothing again.
+//! exactly one SMS, and a restart on the same database sends nothing again; on SQLite and on
+//! PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -15,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use ledtemp_web::{ServeArgs, ServeConfig};
+use ledtemp_web::{Database, ServeArgs, ServeConfig};
 use serde_json::Value;
 use support::broker::TestBroker;
 use support::*;
@@ -59,8 +60,9 @@ async fn start_twilio() -> (Requests, SocketAddr) {
     (requests, addr)
 }
 
-/// The server's configuration: an offline rule on kitchen-pi that texts through `twilio`.
-fn config(dir: &Path, broker_port: u16, twilio: SocketAddr) -> ServeConfig {
+/// The server's configuration on `database`: an offline rule on kitchen-pi that texts through
+/// `twilio` (its files in `dir`).
+fn config(dir: &Path, database: &Database, broker_port: u16, twilio: SocketAddr) -> ServeConfig {
     let token = dir.join("twilio-token");
     std::fs::write(&token, format!("{AUTH_TOKEN}\n")).unwrap();
     let file = dir.join("ledtemp.toml");
@@ -89,7 +91,9 @@ fn config(dir: &Path, broker_port: u16, twilio: SocketAddr) -> ServeConfig {
         ),
     )
     .unwrap();
-    resolve(ServeArgs { config: Some(file), ..serve_args(dir, broker_port) })
+    let mut config = resolve(ServeArgs { config: Some(file), ..serve_args(dir, broker_port) });
+    config.pipeline.database = database.clone();
+    config
 }
 
 async fn alerts(addr: SocketAddr) -> Value {
@@ -98,16 +102,17 @@ async fn alerts(addr: SocketAddr) -> Value {
     alerts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_device_texts_once_and_a_restart_does_not_text_again() {
+async fn a_silent_device_texts_once_and_a_restart_does_not_text_again(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
+    let database = database.database();
     let broker = TestBroker::start().await;
     eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
     let (requests, twilio) = start_twilio().await;
-    let dir = tempfile::tempdir().unwrap();
     let codec = kitchen_codec();
     let sms_count = || requests.lock().unwrap().len();
 
-    let server = start_server(config(dir.path(), broker.port, twilio), keys()).await;
+    let server = start_server(config(dir.path(), database, broker.port, twilio), keys()).await;
     let addr = server.http_addr();
     let node = RawPublisher::connect(broker.port, "test-node").await;
     let (topic, frame) = seal(&codec, KITCHEN, 0, &temperature("cpu", 21_000));
@@ -148,7 +153,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again() {
 
     // The same database after a restart: still firing, and nothing sent again, even after
     // longer than the rule's silence.
-    let server = start_server(config(dir.path(), broker.port, twilio), keys()).await;
+    let server = start_server(config(dir.path(), database, broker.port, twilio), keys()).await;
     let addr = server.http_addr();
     let mut events = EventStream::open(addr).await;
     let restored = alerts(addr).await;
@@ -174,3 +179,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again() {
     server.shutdown().await.unwrap();
     assert_eq!(sms_count(), 2);
 }
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_device_texts_once_and_a_restart_does_not_text_again
+);

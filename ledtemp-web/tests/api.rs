@@ -115,7 +115,10 @@ async fn temperature_history_defaults_to_the_last_hour_and_filters(backend: Back
     let (status, body) = get_json(&state, "/api/devices/garage/temperature").await;
     assert_eq!((status, body["points"].as_array().unwrap().len()), (StatusCode::OK, 0));
 }
-on_both_backends!(#[tokio::test] async fn temperature_history_defaults_to_the_last_hour_and_filters);
+on_both_backends!(
+    #[tokio::test]
+    async fn temperature_history_defaults_to_the_last_hour_and_filters
+);
 
 #[tokio::test]
 async fn bad_requests_get_generic_errors() {

@@ -1,5 +1,6 @@
 //! End to end: sealed frames published on a real broker (mosquitto, else rumqttd), received by
-//! the server's MQTT subscriber, stored in a real SQLite file and shown over real HTTP.
+//! the server's MQTT subscriber, stored in a real SQLite file (and, for the tests about what is
+//! stored, in PostgreSQL too) and shown over real HTTP.
 //!
 //! Each test starts its own broker on a free port and bounds every wait.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,6 +18,10 @@ use support::*;
 
 async fn start_broker_server(dir: &std::path::Path, port: u16) -> Server {
     start_server(serve_config(dir, port), keys()).await
+}
+
+async fn start_server_on(database: &ledtemp_web::Database, port: u16) -> Server {
+    start_server(serve_config_on(database, port), keys()).await
 }
 
 async fn wait_healthy(addr: SocketAddr, expected: u16) {
@@ -67,12 +72,13 @@ fn kitchen(devices: &Value) -> &Value {
     devices.as_array().unwrap().iter().find(|d| d["id"] == KITCHEN).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing() {
+async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing(backend: Backend) {
     let broker = TestBroker::start().await;
     eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
     let dir = tempfile::tempdir().unwrap();
-    let server = start_broker_server(dir.path(), broker.port).await;
+    let Some(database) = backend.database(dir.path()) else { return };
+    let database = database.database();
+    let server = start_server_on(database, broker.port).await;
     let addr = server.http_addr();
     let mut events = EventStream::open(addr).await;
     let node = RawPublisher::connect(broker.port, "test-node").await;
@@ -189,23 +195,28 @@ async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing() 
     wait_healthy(addr, 200).await;
     server.shutdown().await.unwrap();
 }
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_keeps_history_and_replay_windows() {
+async fn a_restart_keeps_history_and_replay_windows(backend: Backend) {
     let broker = TestBroker::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
+    let database = database.database();
     let codec = garage_codec();
     let reading = seal(&codec, GARAGE, 7, &temperature("air", 4_500));
     let press = seal(&codec, GARAGE, 8, &led("door", true));
     {
-        let server = start_broker_server(dir.path(), broker.port).await;
+        let server = start_server_on(database, broker.port).await;
         let node = RawPublisher::connect(broker.port, "test-node").await;
         node.publish(&reading.0, &reading.1).await;
         node.publish(&press.0, &press.1).await;
         wait_stats(server.http_addr(), "2 accepted", |s| s["accepted"] == 2).await;
         server.shutdown().await.unwrap();
     }
-    let server = start_broker_server(dir.path(), broker.port).await;
+    let server = start_server_on(database, broker.port).await;
     let addr = server.http_addr();
     let (_, devices) = get_json(addr, "/api/devices").await;
     let garage = devices.as_array().unwrap().iter().find(|d| d["id"] == GARAGE).unwrap();
@@ -224,6 +235,10 @@ async fn a_restart_keeps_history_and_replay_windows() {
     assert_eq!(history["points"].as_array().unwrap().len(), 1);
     server.shutdown().await.unwrap();
 }
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_keeps_history_and_replay_windows
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_turns_503_while_the_broker_is_down() {
@@ -285,8 +300,9 @@ async fn two_servers_in_a_shared_group_split_the_stream() {
 /// in the retained store) reach a server that starts later on a fresh database: the LED state is
 /// taken, but the device is not shown online and has no last-seen time, and the will, which no
 /// accepted online status expects, is counted as a stale will, not as a replay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stale() {
+async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stale(
+    backend: Backend,
+) {
     let broker = TestBroker::start().await;
     let node = RawPublisher::connect(broker.port, "retained-node").await;
     let codec = kitchen_codec();
@@ -305,7 +321,9 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
     drop(node);
 
     let dir = tempfile::tempdir().unwrap();
-    let server = start_broker_server(dir.path(), broker.port).await;
+    let Some(database) = backend.database(dir.path()) else { return };
+    let database = database.database();
+    let server = start_server_on(database, broker.port).await;
     let addr = server.http_addr();
     let stats = wait_stats(addr, "the retained frames handled", |s| {
         s["accepted"] == 1 && s["rejected"]["stale_will"] == 1
@@ -323,7 +341,7 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
     // Restarted on the same database with its session kept by the broker: the subscription
     // exists, so the broker sends no retained frame again (nothing to count, no false alarm).
     // A new frame shows the server is subscribed and what it received.
-    let server = start_broker_server(dir.path(), broker.port).await;
+    let server = start_server_on(database, broker.port).await;
     let node = RawPublisher::connect(broker.port, "retained-node").await;
     let (topic, frame) = seal(&codec, KITCHEN, 4, &led("red", true));
     node.publish(&topic, &frame).await;
@@ -335,7 +353,7 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
 
     // A clean session (session expiry 0): the broker delivers the retained frames again. The
     // LED frame was stored: a redelivery, not a replay attack; the will is still stale.
-    let mut config = serve_config(dir.path(), broker.port);
+    let mut config = serve_config_on(database, broker.port);
     config.mqtt.session_expiry = Duration::ZERO;
     let server = start_server(config, keys()).await;
     let stats = wait_stats(server.http_addr(), "the retained frames again", |s| {
@@ -348,3 +366,7 @@ async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stal
     );
     server.shutdown().await.unwrap();
 }
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retained_frames_set_values_but_not_liveness_and_a_retained_will_is_stale
+);

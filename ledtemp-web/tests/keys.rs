@@ -1,5 +1,5 @@
 //! Key rotation, revocation and keyring reload through the real ingest pipeline on a SQLite file
-//! (docs/keys.md): an old key is accepted during its grace period and refused after it, a revoked
+//! and on PostgreSQL (docs/keys.md): an old key is accepted during its grace period and refused after it, a revoked
 //! key is refused, a reload (the function SIGHUP calls, and a real SIGHUP to `ledtemp-web serve`)
 //! adds devices and keeps the replay windows. Every refusal is counted exactly and stores nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,7 +9,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -18,11 +18,13 @@ use jiff::Timestamp;
 use ledtemp_core::{Algorithm, AnyCodec, KeyId, Message};
 use ledtemp_keys::{KeyEntry, Keyring};
 use ledtemp_web::{
-    DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable, LiveState,
-    PipelineOptions, RejectReason, Snapshot, SqliteStore, Store, UnixMillis, load_keys,
-    reload_keys,
+    DEFAULT_MAX_DEVICES, Database, IncomingFrame, Ingest, KeyChanges, KeyStatus, KeyTable,
+    LiveState, PipelineOptions, RejectReason, Snapshot, UnixMillis, load_keys, reload_keys,
 };
-use support::{GARAGE, KITCHEN, RawPublisher, device, get_json, http_get, seal, temperature};
+use support::{
+    Backend, GARAGE, KITCHEN, RawPublisher, device, get_json, http_get, on_both_backends, seal,
+    temperature,
+};
 
 const KEY_1: [u8; 16] = [0x31; 16];
 const KEY_2: [u8; 32] = [0x32; 32];
@@ -58,23 +60,21 @@ fn save(path: &Path, entries: Vec<KeyEntry>, revoked: &[(&str, u8)]) {
     keyring.save(path).unwrap();
 }
 
-/// The pipeline on `dir/ledtemp.db` with the keys of the keyring at `keyring`, sharing the
-/// table as the server does.
+/// The pipeline on `database` with the keys of the keyring at `keyring`, sharing the table as
+/// the server does.
 struct Pipeline {
     ingest: Ingest,
     keys: Arc<KeyTable>,
     live: Arc<LiveState>,
-    database: PathBuf,
+    database: Database,
 }
 
 impl Pipeline {
-    fn new(dir: &Path, keyring: &Path) -> Pipeline {
-        let database = dir.join("ledtemp.db");
-        let options =
-            PipelineOptions { database: database.clone().into(), ..PipelineOptions::default() };
+    fn new(database: &Database, keyring: &Path) -> Pipeline {
+        let options = PipelineOptions { database: database.clone(), ..PipelineOptions::default() };
         let pipeline = ledtemp_web::Pipeline::open(&options, load_keys(keyring).unwrap()).unwrap();
         let (keys, live) = (pipeline.state.keys, pipeline.state.live);
-        Pipeline { ingest: pipeline.ingest, keys, live, database }
+        Pipeline { ingest: pipeline.ingest, keys, live, database: database.clone() }
     }
 
     /// Seals `message` as `name` with `codec` and runs it through the pipeline, received at
@@ -107,7 +107,7 @@ impl Pipeline {
 
     /// What is stored, read through a connection of its own.
     fn stored(&self) -> Snapshot {
-        SqliteStore::open(&self.database).unwrap().load().unwrap()
+        self.database.open().unwrap().store.load().unwrap()
     }
 
     fn counts(&self) -> (u64, u64, u64, u64) {
@@ -126,9 +126,9 @@ fn assert_same(a: &Snapshot, b: &Snapshot) {
     assert_eq!(a.devices, b.devices);
 }
 
-#[test]
-fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it() {
+fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
     let keyring = dir.path().join("keyring.toml");
     let retire_at = RETIRE_AT.parse().unwrap();
     save(
@@ -139,7 +139,7 @@ fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it() {
         ],
         &[],
     );
-    let mut p = Pipeline::new(dir.path(), &keyring);
+    let mut p = Pipeline::new(database.database(), &keyring);
     assert_eq!(
         p.keys.status(&device(KITCHEN), KeyId(1)),
         Some(KeyStatus::Usable { retire_at_ms: Some(retire_at_ms()) })
@@ -191,10 +191,11 @@ fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it() {
     );
     assert_eq!(p.counts(), (3, 3, 1, 0));
 }
+on_both_backends!(fn an_old_key_is_accepted_during_the_grace_period_and_refused_after_it);
 
-#[test]
-fn a_revoked_key_is_refused_and_changes_nothing() {
+fn a_revoked_key_is_refused_and_changes_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
     let keyring = dir.path().join("keyring.toml");
     save(
         &keyring,
@@ -208,7 +209,7 @@ fn a_revoked_key_is_refused_and_changes_nothing() {
     // The revoked keys' bytes are gone from the file.
     let text = std::fs::read_to_string(&keyring).unwrap();
     assert!(!text.contains(&hex::encode(KEY_1)) && !text.contains(&hex::encode(GARAGE_KEY)));
-    let mut p = Pipeline::new(dir.path(), &keyring);
+    let mut p = Pipeline::new(database.database(), &keyring);
     assert_eq!(p.keys.status(&device(KITCHEN), KeyId(1)), Some(KeyStatus::Revoked));
     // A device whose keys are all revoked is still known (listed), not unknown.
     assert!(p.keys.devices().contains(&device(GARAGE)));
@@ -239,13 +240,14 @@ fn a_revoked_key_is_refused_and_changes_nothing() {
     assert_eq!(after.windows.keys().collect::<Vec<_>>(), vec![&(device(KITCHEN), KeyId(2))]);
     assert!(!after.devices.contains_key(&device(GARAGE)) && stored.windows.is_empty());
 }
+on_both_backends!(fn a_revoked_key_is_refused_and_changes_nothing);
 
-#[test]
-fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
+fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(database) = backend.database(dir.path()) else { return };
     let keyring = dir.path().join("keyring.toml");
     save(&keyring, vec![key_entry(KITCHEN, 1, &KEY_1)], &[]);
-    let mut p = Pipeline::new(dir.path(), &keyring);
+    let mut p = Pipeline::new(database.database(), &keyring);
     let now = support::now_ms();
     let (old, new, garage) = (codec(1, &KEY_1), codec(2, &KEY_2), codec(1, &GARAGE_KEY));
 
@@ -346,6 +348,7 @@ fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows() {
     assert_eq!(p.send(&garage, GARAGE, 1, &temperature("bench", 2), now), Ok(()));
     assert_eq!(p.counts(), (5, 2, 1, 1));
 }
+on_both_backends!(fn a_reload_adds_devices_retires_and_revokes_keys_and_keeps_replay_windows);
 
 #[test]
 fn the_server_refuses_a_keyring_with_one_key_under_two_devices() {

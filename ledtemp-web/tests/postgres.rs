@@ -221,7 +221,7 @@ fn a_newer_schema_is_refused_naming_both_versions() {
     postgres.execute("UPDATE schema_version SET version = 99");
     let error = PostgresStore::open(&config).unwrap_err();
     assert!(
-        matches!(error, Error::SchemaTooNew { found: 99, known } if known == POSTGRES_SCHEMA_VERSION),
+        matches!(error, Error::SchemaTooNew { found: 99, known: POSTGRES_SCHEMA_VERSION }),
         "{error:?}"
     );
     let message = error.to_string();

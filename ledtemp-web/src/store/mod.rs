@@ -172,8 +172,8 @@ impl Database {
     }
 }
 
-/// An open database ([`Database::open`]): what [`Pipeline::with_store`](crate::Pipeline::with_store)
-/// builds on.
+/// An open database ([`Database::open`]): what
+/// [`Pipeline::with_store`](crate::Pipeline::with_store) builds on.
 pub struct OpenDatabase {
     /// The writer, for the ingest worker.
     pub store: Box<dyn Store>,

@@ -653,7 +653,8 @@ impl Link {
         };
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::warn!(database = %target, "the connection to PostgreSQL ended: {}", describe(&error));
+                let error = describe(&error);
+                tracing::warn!(database = %target, "the connection to PostgreSQL ended: {error}");
             }
         });
         Ok(client)
