@@ -37,8 +37,8 @@
 //!   Mosquitto is installed, to try the fallback.
 //! - `LEDTEMP_REQUIRE_POSTGRES=1` (CI sets it): a PostgreSQL that cannot be reached fails the
 //!   test, instead of its PostgreSQL half skipping.
-//! - `LEDTEMP_TEST_POSTGRES_URL`: the PostgreSQL server test databases are made on [default:
-//!   `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`].
+//! - `LEDTEMP_TEST_POSTGRES_URL`: the PostgreSQL server test databases are made on (by default
+//!   `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`).
 //!
 //! # Example
 //!

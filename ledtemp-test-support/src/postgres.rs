@@ -148,6 +148,16 @@ impl TestDatabase {
         .unwrap_or_else(|error| panic!("{sql}: {error:?}"))
     }
 
+    /// The first column of each row `sql` returns, as text (cast others in the query).
+    pub fn query_text(&self, sql: &str) -> Vec<String> {
+        run(async {
+            let client = connect(&self.url).await.unwrap();
+            let rows = client.query(sql, &[]).await?;
+            Ok::<_, tokio_postgres::Error>(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+        })
+        .unwrap_or_else(|error| panic!("{sql}: {error:?}"))
+    }
+
     /// Ends every other connection to it (as a database restart or a network cut would), the
     /// way `pg_terminate_backend` does.
     pub fn terminate_connections(&self) {

@@ -96,9 +96,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     /// The database: a SQLite file, created if missing, or a PostgreSQL URL,
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require] (the
-    /// database must exist; prefer the environment variable to a flag for a URL with a
-    /// password, which other users can see) [default: ledtemp.db].
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=prefer (password, port and sslmode
+    /// optional; sslmode disable, prefer or require; the database must exist; prefer the
+    /// environment variable to a flag for a URL with a password, which other users can see)
+    /// [default: ledtemp.db].
     #[arg(long, env = "LEDTEMP_DATABASE", value_name = "FILE|URL", hide_env_values = true)]
     pub database: Option<OsString>,
     /// With a PostgreSQL database: PEM file of the CA that signed the database server's

@@ -422,3 +422,65 @@ fn an_empty_database_loads_an_empty_snapshot() {
     assert!(snapshot.windows.is_empty() && snapshot.devices.is_empty());
     assert!(snapshot.alerts.is_none() && snapshot.notifier_caps.is_empty());
 }
+
+/// TLS to this machine's PostgreSQL, where it has TLS on with its certificate for `localhost`
+/// (Debian's snakeoil certificate, as the CI image has it; skipped otherwise): `prefer` encrypts
+/// without a CA, `require` checks the certificate against `--database-ca` and the host name, and
+/// refuses a certificate for another name or one no CA given signed.
+#[test]
+fn tls_follows_the_sslmode_and_checks_the_certificate_when_asked() {
+    let Some(postgres) = TestDatabase::create() else { return };
+    let settings = postgres
+        .query_text("SELECT current_setting('ssl') || ' ' || current_setting('ssl_cert_file')");
+    let (ssl, cert_file) = settings[0].split_once(' ').unwrap();
+    let cert_file = std::path::PathBuf::from(cert_file);
+    if ssl != "on" || !cert_file.is_file() {
+        ledtemp_test_support::skip_unless_required(
+            "LEDTEMP_REQUIRE_POSTGRES_TLS",
+            "the PostgreSQL TLS test",
+            &format!(
+                "the test server has ssl = {ssl} and its certificate {} is not readable here",
+                cert_file.display()
+            ),
+        );
+        return;
+    }
+    let server = config_of(&postgres.database()).target();
+    let port = server.split('/').next().unwrap().rsplit(':').next().unwrap().to_owned();
+    let url = |host: &str, mode: &str| {
+        format!("postgres://postgres@{host}:{port}/{}?sslmode={mode}", postgres.name())
+    };
+    let encrypted = || {
+        postgres.query_i64(
+            "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+             WHERE ssl AND application_name = 'ledtemp-web'",
+        )[0]
+    };
+    let open = |url: &str, ca: Option<&std::path::Path>| {
+        let config = config_of(&Database::parse(url).unwrap());
+        let config = match ca {
+            Some(ca) => config.with_ca_file(ca),
+            None => config,
+        };
+        PostgresStore::open(&config)
+    };
+
+    let store = open(&url("127.0.0.1", "prefer"), None).unwrap();
+    assert!(encrypted() >= 1, "sslmode=prefer did not encrypt");
+    drop(store);
+    let store = open(&url("localhost", "require"), Some(&cert_file)).unwrap();
+    assert!(encrypted() >= 1);
+    drop(store);
+
+    for (url, ca) in [
+        // The certificate is for localhost, not for this address.
+        (url("127.0.0.1", "require"), Some(cert_file.as_path())),
+        // No CA given: the system's bundle does not hold the server's self-signed certificate.
+        (url("localhost", "require"), None),
+    ] {
+        let error = open(&url, ca).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, Error::Postgres { .. }), "{url}: {error:?}");
+        assert!(message.contains("TLS") && message.contains("--database-ca"), "{message}");
+    }
+}
