@@ -225,3 +225,61 @@ fn the_demo_says_its_forgers_warnings_are_expected_and_stops_on_sigterm() {
     assert!(seen.contains("those warnings are expected"), "{seen}");
     assert!(!seen.contains('\u{1b}'), "colour codes in a pipe: {seen}");
 }
+
+/// `serve` on a PostgreSQL that does not answer (a port nothing listens on) says so once,
+/// naming `host:port/database` and never the password, waits instead of exiting, and still
+/// stops at once on SIGTERM.
+#[test]
+fn serve_waits_for_an_unreachable_postgres_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring.toml");
+    ledtemp_keys::Keyring::new().save(&keyring).unwrap();
+    let port = ledtemp_test_support::net::free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ledtemp-web"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--keyring"])
+        .arg(&keyring)
+        .arg("--database")
+        .arg(format!("postgres://ledtemp:s3cret@127.0.0.1:{port}/readings"))
+        .env_remove("LEDTEMP_BROKER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(server.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("cannot reach PostgreSQL") {
+            break;
+        }
+    }
+    let expected = format!("cannot reach PostgreSQL at 127.0.0.1:{port}/readings");
+    assert!(seen.contains(&expected) && seen.contains("retrying"), "{seen}");
+    assert!(!seen.contains("s3cret"), "the password leaked: {seen}");
+    assert!(server.try_wait().unwrap().is_none(), "serve exited instead of waiting");
+    let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < ledtemp_test_support::WAIT, "serve did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// A PostgreSQL URL that does not parse stops `serve` at once with the reason, the URL shown
+/// without its password.
+#[test]
+fn a_wrong_postgres_url_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Path::new("postgres://ledtemp:s3cret@db.example/readings?sslmode=verify-full");
+    let stderr = serve_fails(dir.path(), url, None);
+    assert!(stderr.contains("database URL postgres://ledtemp:***@db.example"), "{stderr}");
+    assert!(stderr.contains("sslmode"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+}
