@@ -101,8 +101,10 @@ impl TestDatabase {
             }
             Err(error) if error.as_db_error().is_none() => {
                 let test = std::thread::current().name().unwrap_or("a test").to_owned();
+                let cause = std::error::Error::source(&error)
+                    .map_or_else(|| error.to_string(), |cause| format!("{error}: {cause}"));
                 let why = format!(
-                    "PostgreSQL at {} cannot be reached ({error}; set {ADMIN_URL_ENV} to use \
+                    "PostgreSQL at {} cannot be reached ({cause}; set {ADMIN_URL_ENV} to use \
                      another server)",
                     redacted(&admin)
                 );
