@@ -24,6 +24,10 @@
 //! - [`postgres`]: a PostgreSQL database of a test's own
 //!   ([`TestDatabase`](postgres::TestDatabase)), and [`Backend`](postgres::Backend) with
 //!   [`on_both_backends!`], one test body run on SQLite and on PostgreSQL.
+//! - [`delivery`]: counting frames end to end: what the nodes published
+//!   ([`RecordingCodec`](delivery::RecordingCodec)), what the broker routed
+//!   ([`Observer`](delivery::Observer)), and whether a store holds each exactly once
+//!   ([`SequenceTally`](delivery::SequenceTally)).
 //!
 //! The clock, delay and TCP connector a node needs are `ledtemp-tokio`'s, never copies.
 //!
@@ -78,6 +82,7 @@
 use std::time::Duration;
 
 pub mod broker;
+pub mod delivery;
 pub mod keys;
 pub mod mosquitto;
 pub mod mqtt;

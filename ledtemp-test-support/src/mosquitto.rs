@@ -57,21 +57,28 @@ pub fn mosquitto_programs<const N: usize>(what: &str, programs: [&str; N]) -> Op
 ///
 /// Every configuration starts with `user root` (when the tests run as root, Mosquitto stays root,
 /// so the files in its private directory stay readable; as any other user it has no effect) and
-/// `persistence false`, then [`global`](Self::global), then the listener line
-/// `listener <port> 127.0.0.1`, then [`listener`](Self::listener).
+/// the [`persistence`](Self::persistence) lines, then [`global`](Self::global), then the listener
+/// line `listener <port> 127.0.0.1`, then [`listener`](Self::listener).
 #[derive(Debug, Clone, Default)]
 pub struct MosquittoConfig {
     /// Lines before the listener line: settings of the whole broker (`allow_anonymous`,
-    /// `password_file`, `max_queued_messages`, `log_type` ...).
+    /// `password_file`, `max_queued_messages`, `autosave_interval`, `log_type` ...).
     pub global: String,
     /// Lines after it: settings of that listener (`certfile`, `keyfile` ...).
     pub listener: String,
+    /// `false`: `persistence false`, everything in memory, gone when the broker stops. `true`:
+    /// `persistence true` with `persistence_location` in the broker's directory, so that
+    /// sessions, their queued messages and retained messages survive a
+    /// [`terminate`](Mosquitto::terminate) and [`resume`](Mosquitto::resume) (Mosquitto saves
+    /// them when it exits cleanly and every `autosave_interval`, 30 min by default; a
+    /// [`stop`](Mosquitto::stop), a kill, loses what arrived since the last save).
+    pub persistence: bool,
 }
 
 impl MosquittoConfig {
     /// Anyone may connect, publish and subscribe; nothing else changed from Mosquitto's defaults.
     pub fn anonymous() -> Self {
-        MosquittoConfig { global: "allow_anonymous true\n".into(), listener: String::new() }
+        MosquittoConfig { global: "allow_anonymous true\n".into(), ..MosquittoConfig::default() }
     }
 }
 
@@ -93,8 +100,14 @@ impl Mosquitto {
     /// Panics, with its log, if it exits or does not listen within [`WAIT`].
     pub async fn start(binary: &Path, dir: TempDir, config: &MosquittoConfig) -> Mosquitto {
         let port = free_port();
+        let persistence = if config.persistence {
+            // The trailing slash: Mosquitto appends the file name to the location as it is.
+            format!("persistence true\npersistence_location {}/\n", dir.path().display())
+        } else {
+            "persistence false\n".to_owned()
+        };
         let text = format!(
-            "user root\npersistence false\n{global}listener {port} 127.0.0.1\n{listener}",
+            "user root\n{persistence}{global}listener {port} 127.0.0.1\n{listener}",
             global = with_newline(&config.global),
             listener = with_newline(&config.listener),
         );
@@ -130,11 +143,32 @@ impl Mosquitto {
     }
 
     /// Kills it: no clean shutdown, its clients see their connections drop (and it publishes no
-    /// will). Does nothing if it is stopped.
+    /// will); with [`persistence`](MosquittoConfig::persistence), what arrived since its last
+    /// save is lost. Does nothing if it is stopped.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops it as a service manager does (SIGTERM) and waits until it has exited: with
+    /// [`persistence`](MosquittoConfig::persistence) it first saves its sessions, their queued
+    /// messages and the retained messages, which a [`resume`](Self::resume) loads again. Its
+    /// clients see their connections close. Kills it, and panics with its log, if it has not
+    /// exited within [`WAIT`]. Does nothing if it is stopped.
+    pub async fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -TERM mosquitto failed");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mosquitto did not exit within {WAIT:?} of SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -38,10 +38,27 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Connects and waits for the first SUBACK.
+    /// Connects with a clean session and waits for the first SUBACK.
     pub async fn start(port: u16) -> Subscriber {
         let mut options = MqttOptions::new("ledtemp-test-subscriber", "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
+        Subscriber::connect(options).await
+    }
+
+    /// Connects as `client_id` with a persistent session (clean start off, session expiry a
+    /// day), as the server does, and waits for the first SUBACK. The broker keeps its
+    /// subscription and queues the QoS 1 messages published while it is away, and, with
+    /// persistence, across a clean broker restart: it sees every QoS 1 message the broker
+    /// accepted. It acknowledges each on receipt.
+    pub async fn start_persistent(port: u16, client_id: &str) -> Subscriber {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(86_400));
+        Subscriber::connect(options).await
+    }
+
+    async fn connect(options: MqttOptions) -> Subscriber {
         let (client, mut events) = AsyncClient::new(options, 64);
         let (tx, frames) = mpsc::unbounded_channel();
         let subscriptions = Arc::new(AtomicUsize::new(0));

@@ -1,16 +1,18 @@
-//! Running nodes in tests, always through `ledtemp_tokio::run_node`: the way a Raspberry Pi node
-//! and the server's demo nodes run.
+//! Running nodes in tests, always through `ledtemp_tokio::run_node` (or `run_node_until`, to stop
+//! one cleanly): the way a Raspberry Pi node and the server's demo nodes run.
 //!
 //! minimq's mailbox is not `Sync`, so a running node cannot move between the workers of a
 //! multi-threaded runtime: run it on the test's own task (a `LocalSet`, or `tokio::select!` with
 //! what the test does meanwhile), or on a [`NodeThread`].
 
 use std::convert::Infallible;
+use std::future::pending;
 use std::time::Duration;
 
 use ledtemp_core::{
-    AsyncTempSensor, Button, Clock, Codec, Instant, Led, MemorySequenceStore, MilliCelsius, Node,
-    NodeConfig, RunEvent, ScriptedButton, SequenceStore, SimulatedTemperature,
+    AsyncTempSensor, Backoff, Button, Clock, Codec, Instant, Led, MemorySequenceStore,
+    MilliCelsius, Node, NodeConfig, NodeStats, RunEvent, ScriptedButton, SequenceStore,
+    SimulatedTemperature, Stopped,
 };
 use ledtemp_core::{DeviceId, LedName, SensorName};
 use ledtemp_tokio::{BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
@@ -53,6 +55,9 @@ pub struct SimulatedNode<C> {
     pub base: MilliCelsius,
     /// The seed of the temperature's noise (default 7).
     pub seed: u32,
+    /// Waits between its connection attempts (default [`Backoff::default`]: 1 s doubling to
+    /// 60 s).
+    pub backoff: Backoff,
 }
 
 impl<C: Codec> SimulatedNode<C> {
@@ -68,12 +73,28 @@ impl<C: Codec> SimulatedNode<C> {
             press_for: Duration::from_millis(100),
             base: MilliCelsius(21_500),
             seed: 7,
+            backoff: Backoff::default(),
         }
     }
 
     /// Runs the node against `broker` until its future is dropped; panics if the node stops.
     /// Dropping the future closes the node's connection without DISCONNECT.
     pub async fn run(self, broker: BrokerAddress) -> Infallible {
+        let (stopped, _) = self.run_until(broker, pending(), &mut |_| {}).await;
+        panic!("the node stopped unasked: {stopped:?}")
+    }
+
+    /// Runs the node against `broker`, reporting what happens to `on_event`, until `stop`
+    /// completes; then stops it cleanly (`ledtemp_tokio::run_node_until`: it publishes its queue
+    /// and its offline status, then disconnects) and returns how it ended and its counters.
+    /// Panics if the node fails (its sequence store, its key used up). Dropping the future stops
+    /// the node at once, without DISCONNECT.
+    pub async fn run_until(
+        self,
+        broker: BrokerAddress,
+        stop: impl Future<Output = ()>,
+        on_event: &mut impl FnMut(RunEvent<'_>),
+    ) -> (Stopped, NodeStats) {
         let mut clock = StdClock::new();
         let mut node: Node<C, MemorySequenceStore> = Node::new(
             DeviceId::new(&self.device).unwrap(),
@@ -91,9 +112,11 @@ impl<C: Codec> SimulatedNode<C> {
         let world = NodeWorld::new(broker, clock)
             .buttons(&mut buttons)
             .leds(&mut leds)
-            .sensors(&mut sensors);
-        match run_node(&mut node, world, &mut |_| {}).await {
-            Err(error) => panic!("the node stopped: {error}"),
+            .sensors(&mut sensors)
+            .backoff(self.backoff);
+        match ledtemp_tokio::run_node_until(&mut node, world, stop, on_event).await {
+            Ok(stopped) => (stopped, node.stats()),
+            Err(error) => panic!("the node {} failed: {error}", self.device),
         }
     }
 }

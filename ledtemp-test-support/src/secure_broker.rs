@@ -130,6 +130,7 @@ impl SecureBroker {
                 cert = path("server.pem").display(),
                 key = path("server.key").display(),
             ),
+            persistence: false,
         };
         let ca_file = path("ca.pem");
         let mosquitto = Mosquitto::start(&mosquitto, dir, &config).await;
