@@ -414,6 +414,30 @@ async fn the_server_waits_for_a_database_it_cannot_reach_yet() {
     assert!(matches!(refused, Err(Error::Postgres { .. })), "{:?}", refused.err());
 }
 
+/// A database that holds another program's table of the same name, or a role that may not
+/// create tables there: refused, saying what to do, and nothing is created.
+#[test]
+fn a_database_that_is_not_ledtemps_is_refused() {
+    let Some(postgres) = TestDatabase::create() else { return };
+    let config = config_of(&postgres.database());
+    postgres.execute("CREATE TABLE devices (name TEXT)");
+    let error = PostgresStore::open(&config).unwrap_err();
+    assert!(matches!(error, Error::Postgres { .. }), "{error:?}");
+    assert!(error.to_string().contains("a database of its own"), "{error}");
+    assert_eq!(postgres.query_i64("SELECT COUNT(*) FROM pg_tables WHERE tablename = 'leds'"), [0]);
+    postgres.execute("DROP TABLE devices");
+
+    let role = format!("{}_reader", postgres.name());
+    postgres
+        .execute(&format!("CREATE ROLE {role} LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC"));
+    let url =
+        config.to_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let error = PostgresStore::open(&config_of(&Database::parse(&url).unwrap())).unwrap_err();
+    postgres.execute(&format!("DROP ROLE {role}"));
+    assert!(matches!(error, Error::Postgres { .. }), "{error:?}");
+    assert!(error.to_string().contains("OWNER TO"), "{error}");
+}
+
 /// A new database gets its tables and loads as nothing at all.
 #[test]
 fn an_empty_database_loads_an_empty_snapshot() {

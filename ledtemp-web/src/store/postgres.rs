@@ -64,10 +64,8 @@ mod batch;
 mod config;
 mod connection;
 
-use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
 pub use config::PostgresConfig;
 pub(crate) use config::is_postgres_url;
-use connection::{Link, connection_lost, db, timed_out};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -75,6 +73,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -82,6 +81,8 @@ use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store, name, to_u64};
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::model::{LedPoint, TemperaturePoint, UnixMillis};
+use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
+use connection::{Link, connection_lost, db, describe, timed_out};
 
 /// Schema migrations, applied in order; `schema_version` counts those applied. PostgreSQL's
 /// versions are its own: they do not follow SQLite's.
@@ -312,7 +313,8 @@ impl PostgresStore {
         let link = Arc::new(Link::new(config)?);
         let session = link.runtime.run(async {
             let mut client = link.connect().await?;
-            let migrated = tokio::time::timeout(OPERATION_TIMEOUT, migrate(&mut client)).await;
+            let migrating = migrate(&mut client, config);
+            let migrated = tokio::time::timeout(OPERATION_TIMEOUT, migrating).await;
             migrated.map_err(|_| timed_out())??;
             let statements = WriterStatements::prepare(&client).await.map_err(db)?;
             Ok::<_, Error>(WriterSession { client, statements })
@@ -430,7 +432,8 @@ async fn delete_before(
 
 /// Creates the bookkeeping table if needed and applies the migrations this database lacks, in
 /// one transaction, holding an advisory lock so that two servers starting together migrate once.
-async fn migrate(client: &mut Client) -> Result<(), Error> {
+async fn migrate(client: &mut Client, config: &PostgresConfig) -> Result<(), Error> {
+    let refused = |error: tokio_postgres::Error| schema_error(config, error);
     let tx = client.transaction().await.map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db)?;
     tx.batch_execute(
@@ -440,7 +443,7 @@ async fn migrate(client: &mut Client) -> Result<(), Error> {
         )",
     )
     .await
-    .map_err(db)?;
+    .map_err(refused)?;
     let row =
         tx.query_opt("SELECT version FROM schema_version WHERE id = 1", &[]).await.map_err(db)?;
     let version: i64 = match row {
@@ -454,7 +457,7 @@ async fn migrate(client: &mut Client) -> Result<(), Error> {
         return Ok(());
     }
     for migration in MIGRATIONS.iter().skip(usize::try_from(version.max(0)).unwrap_or(0)) {
-        tx.batch_execute(migration).await.map_err(db)?;
+        tx.batch_execute(migration).await.map_err(refused)?;
     }
     tx.execute(
         "INSERT INTO schema_version (id, version) VALUES (1, $1)
@@ -466,6 +469,29 @@ async fn migrate(client: &mut Client) -> Result<(), Error> {
     tx.commit().await.map_err(db)?;
     tracing::info!(from = version, to = POSTGRES_SCHEMA_VERSION, "PostgreSQL schema migrated");
     Ok(())
+}
+
+/// Why the schema cannot be created, and what to do: a role without the right to create tables,
+/// or a database that holds another program's tables.
+fn schema_error(config: &PostgresConfig, error: tokio_postgres::Error) -> Error {
+    let Some(code) = error.code() else { return db(error) };
+    let problem = if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        format!(
+            "the role may not create ledtemp's tables ({}): make it the owner of the database \
+             (ALTER DATABASE \"{}\" OWNER TO ...)",
+            describe(&error),
+            config.dbname()
+        )
+    } else if *code == SqlState::DUPLICATE_TABLE {
+        format!(
+            "the database already holds a table of that name that ledtemp did not make ({}): \
+             give ledtemp a database of its own",
+            describe(&error)
+        )
+    } else {
+        return db(error);
+    };
+    Error::Postgres { target: config.target(), problem }
 }
 
 async fn load(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
