@@ -82,7 +82,7 @@ use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::model::{LedPoint, TemperaturePoint, UnixMillis};
 use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
-use connection::{Link, connection_lost, db, describe, timed_out};
+use connection::{Connection, Link, connection_lost, db, describe, timed_out};
 
 /// Schema migrations, applied in order; `schema_version` counts those applied. PostgreSQL's
 /// versions are its own: they do not follow SQLite's.
@@ -273,13 +273,14 @@ impl WriterStatements {
 struct WriterSession {
     client: Client,
     statements: WriterStatements,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl WriterSession {
     async fn start(link: &Link) -> Result<WriterSession, Error> {
-        let client = link.connect().await?;
+        let Connection { client, task } = link.connect().await?;
         let statements = WriterStatements::prepare(&client).await.map_err(db)?;
-        Ok(WriterSession { client, statements })
+        Ok(WriterSession { client, statements, task })
     }
 }
 
@@ -312,12 +313,12 @@ impl PostgresStore {
     pub fn open(config: &PostgresConfig) -> Result<PostgresStore, Error> {
         let link = Arc::new(Link::new(config)?);
         let session = link.runtime.run(async {
-            let mut client = link.connect().await?;
+            let Connection { mut client, task } = link.connect().await?;
             let migrating = migrate(&mut client, config);
             let migrated = tokio::time::timeout(OPERATION_TIMEOUT, migrating).await;
             migrated.map_err(|_| timed_out())??;
             let statements = WriterStatements::prepare(&client).await.map_err(db)?;
-            Ok::<_, Error>(WriterSession { client, statements })
+            Ok::<_, Error>(WriterSession { client, statements, task })
         })?;
         tracing::debug!(database = %config.target(), "connected to PostgreSQL");
         Ok(PostgresStore { link, session: Some(session) })
@@ -409,9 +410,13 @@ impl Store for PostgresStore {
         self.settle(outcome)
     }
 
-    /// Closes the writer's connection; nothing is pending (every commit was a transaction).
-    fn close(self: Box<Self>) -> Result<(), Error> {
-        drop(self);
+    /// Closes the writer's connection, telling the server (waiting at most
+    /// [`OPERATION_TIMEOUT`]); nothing is pending, every commit was a transaction.
+    fn close(mut self: Box<Self>) -> Result<(), Error> {
+        if let Some(WriterSession { client, statements, task }) = self.session.take() {
+            drop((statements, client));
+            let _ = self.link.runtime.run_timed(task);
+        }
         Ok(())
     }
 }
@@ -719,7 +724,7 @@ impl PostgresHistory {
         }
         let link = &self.link;
         let session = link.runtime.run(async {
-            let client = link.connect().await?;
+            let Connection { client, .. } = link.connect().await?;
             let temperatures = client
                 .prepare(
                     "SELECT sensor, received_ms, milli_celsius FROM temperatures

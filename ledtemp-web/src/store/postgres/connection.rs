@@ -226,6 +226,13 @@ impl Drop for DriverRuntime {
     }
 }
 
+/// An open connection: the client, and the task that runs it on the driver's runtime (it ends,
+/// after telling the server, once the client and its statements are dropped).
+pub(super) struct Connection {
+    pub(super) client: Client,
+    pub(super) task: tokio::task::JoinHandle<()>,
+}
+
 /// What both connections need: the configuration, TLS and the runtime.
 pub(super) struct Link {
     pub(super) config: PostgresConfig,
@@ -240,7 +247,7 @@ impl Link {
 
     /// Opens a connection (on the runtime: call it inside [`DriverRuntime::run`]) and runs its
     /// task on the runtime.
-    pub(super) async fn connect(&self) -> Result<Client, Error> {
+    pub(super) async fn connect(&self) -> Result<Connection, Error> {
         let target = self.config.target();
         let port = self.config.config.get_ports().first().copied().unwrap_or(5432);
         for host in self.config.config.get_hosts() {
@@ -274,12 +281,12 @@ impl Link {
                 });
             }
         };
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 let error = describe(&error);
                 tracing::warn!(database = %target, "the connection to PostgreSQL ended: {error}");
             }
         });
-        Ok(client)
+        Ok(Connection { client, task })
     }
 }
