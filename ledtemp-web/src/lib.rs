@@ -100,8 +100,8 @@ pub use http::{
     hash_password_command, new_api_token, new_token_command,
 };
 pub use ingest::{
-    DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, Limits, MAX_BATCH, MAX_LEDS_PER_DEVICE,
-    MAX_SENSORS_PER_DEVICE, Retention, WorkerInput, run_worker,
+    COMMIT_RETRY, DEFAULT_MAX_DEVICES, IncomingFrame, Ingest, Limits, MAX_BATCH,
+    MAX_LEDS_PER_DEVICE, MAX_SENSORS_PER_DEVICE, Retention, WorkerInput, run_worker,
 };
 pub use keys::{KeyChanges, KeyStatus, KeyTable, load_keys, reload_keys};
 pub use live::{LiveEvent, LiveState, RejectedCounts, Stats, StatsSnapshot, StatusChange};
