@@ -1,9 +1,10 @@
 //! Nothing lost, nothing twice (issue 13): three nodes stream through a real Mosquitto with
 //! persistence to a real `ledtemp-web serve` process, and each test breaks something mid-stream:
 //! the server killed (`kill -9`) or stopped (SIGTERM) and started again (on SQLite and on
-//! PostgreSQL), the broker stopped for 5 s or 60 s, the database's disk full (SQLite). Then every LED change and every reading the broker
-//! accepted must be stored exactly once: per device, the sequence numbers in the `temperatures`
-//! and `led_changes` rows equal those of the frames routed, with no gap and no duplicate row.
+//! PostgreSQL), the broker stopped for 5 s or 60 s, the SQLite database's disk full, PostgreSQL
+//! out of reach. Then every LED change and every reading the broker accepted must be stored
+//! exactly once: per device, the sequence numbers in the `temperatures` and `led_changes` rows
+//! equal those of the frames routed, with no gap and no duplicate row.
 //!
 //! The ground truth is twofold ([`ledtemp_test_support::delivery`]): each node's own log of the
 //! frames the broker acknowledged, and an observer subscribed before the nodes start, with a
@@ -305,7 +306,9 @@ fn stored_rows(database: &BackendDatabase) -> SequenceTally {
             }
             tally
         }
-        (Database::Sqlite(path), None) => sqlite_rows(path).unwrap_or_default(),
+        (Database::Sqlite(path), None) => {
+            sqlite_rows(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+        }
         (other, None) => panic!("a database of neither backend: {other}"),
     }
 }
@@ -324,8 +327,7 @@ fn sqlite_rows(path: &Path) -> Result<SequenceTally, rusqlite::Error> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mut tally = SequenceTally::new();
-    for (table, kind) in [("temperatures", FrameKind::Temperature), ("led_changes", FrameKind::Led)]
-    {
+    for (table, kind) in TABLES {
         let mut statement = conn.prepare(&format!("SELECT device, sequence FROM {table}"))?;
         let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?;
         for row in rows {
@@ -339,6 +341,9 @@ fn sqlite_rows(path: &Path) -> Result<SequenceTally, rusqlite::Error> {
 /// Broker, observer, keys, server and database of one test; a running fleet of nodes is apart
 /// ([`Fleet`]).
 struct Rig {
+    /// The first field, so the first dropped (killed): before the broker, the keyring and the
+    /// database it uses.
+    server: ServerProcess,
     name: String,
     keys: TempKeyring,
     mosquitto: Mosquitto,
@@ -347,8 +352,6 @@ struct Rig {
     server_link: Proxy,
     /// The server's way to PostgreSQL, which a test can cut; `None` on SQLite.
     database_link: Option<Proxy>,
-    // Dropped (killed) before the database it writes and the broker it reads.
-    server: ServerProcess,
     database: BackendDatabase,
     /// The SQLite file's directory, when the rig made one.
     _database_dir: TempDir,
@@ -383,13 +386,13 @@ impl Rig {
         };
         let server = ServerProcess::spawn(server_link.port(), &database_url, &keys.path()).await;
         let rig = Rig {
+            server,
             name: name.to_owned(),
             keys,
             mosquitto,
             observer,
             server_link,
             database_link,
-            server,
             database,
             _database_dir: database_dir,
             started: tokio::time::Instant::now(),
