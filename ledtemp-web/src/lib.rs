@@ -118,7 +118,7 @@ pub use server::{
     PipelineOptions, Server, ServerState, serve, shutdown_signal,
 };
 pub use store::{
-    AcceptedFrame, CONNECT_TIMEOUT, Commit, Database, HistoryQuery, HistoryStore,
+    AcceptedFrame, CONNECT_TIMEOUT, Commit, CommitOutcome, Database, HistoryQuery, HistoryStore,
     OPERATION_TIMEOUT, OpenDatabase, POSTGRES_SCHEMA_VERSION, PostgresConfig, PostgresHistory,
     PostgresStore, SCHEMA_VERSION, Snapshot, SqliteHistory, SqliteStore, Store,
 };

@@ -14,9 +14,9 @@ use ledtemp_core::{AnyCodec, Message, MilliCelsius, ReplayState, ReplayWindow, S
 use ledtemp_test_support::postgres::{admin_url, with_database};
 use ledtemp_test_support::proxy::Proxy;
 use ledtemp_web::{
-    AcceptedFrame, Commit, Database, DeviceState, DeviceUpdate, Error, HistoryQuery, HistoryStore,
-    IncomingFrame, Ingest, POSTGRES_SCHEMA_VERSION, PostgresConfig, PostgresStore, Reading, Server,
-    Snapshot, SqliteStore, Store, TemperaturePoint, UnixMillis,
+    AcceptedFrame, Commit, CommitOutcome, Database, DeviceState, DeviceUpdate, Error, HistoryQuery,
+    HistoryStore, IncomingFrame, Ingest, POSTGRES_SCHEMA_VERSION, PostgresConfig, PostgresStore,
+    Reading, RejectReason, Server, Snapshot, SqliteStore, Store, TemperaturePoint, UnixMillis,
 };
 use support::*;
 
@@ -161,7 +161,10 @@ fn accepted(sequence: u64, milli: i32, window: ReplayState) -> AcceptedFrame {
     }
 }
 
-fn commit_frames(store: &mut PostgresStore, frames: &[AcceptedFrame]) -> Result<(), Error> {
+fn commit_frames(
+    store: &mut PostgresStore,
+    frames: &[AcceptedFrame],
+) -> Result<CommitOutcome, Error> {
     let mut state = DeviceState::default();
     for frame in frames {
         state.apply(&frame.update);
@@ -273,7 +276,8 @@ fn wrong_urls_are_clear_errors_without_the_password() {
 
 /// Two servers on one database (two stores whose windows were loaded before the other's
 /// commits): the window rows are locked and each frame checked against the stored window, so a
-/// frame one stored is not stored again by the other, and the window never moves backwards.
+/// batch holding a frame the other stored writes nothing and answers with the stored windows,
+/// and the window never moves backwards.
 #[test]
 fn two_stores_on_one_database_never_store_a_frame_twice() {
     let Some(postgres) = TestDatabase::create() else { return };
@@ -281,13 +285,23 @@ fn two_stores_on_one_database_never_store_a_frame_twice() {
     let mut a = PostgresStore::open(&config).unwrap();
     let mut b = PostgresStore::open(&config).unwrap();
     let empty = ReplayState::default();
-    // A stores 5; B, which never saw it, stores 5 and 6: 5 once, the window keeps both.
-    commit_frames(&mut a, &[accepted(5, 1, empty)]).unwrap();
+    let written = |outcome: Result<CommitOutcome, Error>| {
+        assert_eq!(outcome.unwrap(), CommitOutcome::Written);
+    };
+    // A stores 5; B, which never saw it, tries 5 and 6: nothing written, the stored window
+    // comes back; B checks again (as its pipeline does) and stores 6 alone.
+    written(commit_frames(&mut a, &[accepted(5, 1, empty)]));
     let five = accepted(5, 2, empty);
     let six = accepted(6, 2, five.window);
-    commit_frames(&mut b, &[five, six.clone()]).unwrap();
+    let stored = accepted(5, 1, empty).window;
+    assert_eq!(
+        commit_frames(&mut b, &[five, six]).unwrap(),
+        CommitOutcome::StaleWindows(vec![((device(KITCHEN), ledtemp_core::KeyId(1)), stored)])
+    );
+    assert_eq!(postgres.query_i64("SELECT COUNT(*) FROM temperatures"), [1]);
+    written(commit_frames(&mut b, &[accepted(6, 2, stored)]));
     // A, behind B, stores 7: added to the stored window, not written over it.
-    commit_frames(&mut a, &[accepted(7, 3, accepted(5, 1, empty).window)]).unwrap();
+    written(commit_frames(&mut a, &[accepted(7, 3, accepted(5, 1, empty).window)]));
     assert_eq!(postgres.query_i64("SELECT sequence FROM temperatures ORDER BY id"), [5, 6, 7]);
     assert_eq!(
         postgres.query_i64("SELECT milli_celsius::int8 FROM temperatures ORDER BY id"),
@@ -295,13 +309,17 @@ fn two_stores_on_one_database_never_store_a_frame_twice() {
     );
     assert_eq!(stored_window(&postgres), [8, 0b111, 0]);
     // B, far behind, cannot move the window back either.
-    commit_frames(&mut b, &[accepted(6, 9, empty)]).unwrap();
+    assert!(matches!(
+        commit_frames(&mut b, &[accepted(6, 9, empty)]).unwrap(),
+        CommitOutcome::StaleWindows(_)
+    ));
     assert_eq!(stored_window(&postgres), [8, 0b111, 0]);
     assert_eq!(postgres.query_i64("SELECT COUNT(*) FROM temperatures"), [3]);
 }
 
 /// Two pipelines on one database fed the same frames at the same time, from two threads, in
-/// batches of different sizes: every frame is stored exactly once, and nothing deadlocks.
+/// batches of different sizes: every frame is accepted by one of them and refused as a replay by
+/// the other, stored exactly once, and nothing deadlocks.
 #[test]
 fn two_servers_racing_on_the_same_frames_store_each_once() {
     let Some(postgres) = TestDatabase::create() else { return };
@@ -315,18 +333,29 @@ fn two_servers_racing_on_the_same_frames_store_each_once() {
         .collect();
     let (mut a, _) = pipeline_on(&database);
     let (mut b, _) = pipeline_on(&database);
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for (ingest, batch) in [(&mut a, 7), (&mut b, 11)] {
-            let frames = &frames;
+            let (frames, accepted) = (&frames, &accepted);
             scope.spawn(move || {
                 for chunk in frames.chunks(batch) {
                     for result in ingest.handle_batch(chunk.to_vec()) {
-                        result.unwrap();
+                        match result {
+                            Ok(_) => {
+                                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                assert_eq!(error.reject_reason(), Some(RejectReason::Replay));
+                            }
+                        }
                     }
                 }
             });
         }
     });
+    assert_eq!(accepted.into_inner(), 300, "each frame accepted once, by one pipeline");
+    let replays = |ingest: &Ingest| ingest.live().stats.rejected(RejectReason::Replay);
+    assert_eq!(replays(&a) + replays(&b), 300);
     let counts = postgres.query_i64(
         "SELECT COUNT(*) FROM temperatures UNION ALL
          SELECT COUNT(DISTINCT (device, sequence)) FROM temperatures",
@@ -370,8 +399,8 @@ fn a_commit_retried_after_it_went_through_stores_nothing_twice() {
     let config = config_of(&postgres.database());
     let mut store = PostgresStore::open(&config).unwrap();
     let frames = [accepted(1, 1, ReplayState::default())];
-    commit_frames(&mut store, &frames).unwrap();
-    commit_frames(&mut store, &frames).unwrap();
+    assert_eq!(commit_frames(&mut store, &frames).unwrap(), CommitOutcome::Written);
+    assert!(matches!(commit_frames(&mut store, &frames).unwrap(), CommitOutcome::StaleWindows(_)));
     assert_eq!(postgres.query_i64("SELECT COUNT(*) FROM temperatures"), [1]);
 }
 

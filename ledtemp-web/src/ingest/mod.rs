@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledtemp_core::{
-    Codec, DeviceId, FrameHeader, InsecurePlaintextCodec, KeyId, ReplayWindow, Topic,
+    Codec, DeviceId, FrameHeader, InsecurePlaintextCodec, KeyId, ReplayState, ReplayWindow, Topic,
 };
 use tokio::sync::mpsc;
 
@@ -42,7 +42,7 @@ use crate::keys::KeyTable;
 use crate::live::{LiveEvent, LiveState, StatsSnapshot};
 use crate::model::{DeviceState, DeviceUpdate, UnixMillis};
 use crate::mqtt::DeliveryAck;
-use crate::store::{AcceptedFrame, Commit, Store};
+use crate::store::{AcceptedFrame, Commit, CommitOutcome, Store};
 use crate::{Error, RejectReason};
 use reject_log::RejectLog;
 
@@ -52,6 +52,11 @@ use reject_log::RejectLog;
 /// batch never make a live SSE client that keeps up skip any.
 pub const MAX_BATCH: usize = 1024;
 const _: () = assert!(MAX_BATCH <= crate::live::EVENT_CHANNEL_CAPACITY);
+
+/// How often one batch is checked again against windows the database knew better
+/// ([`CommitOutcome::StaleWindows`]) before it counts as a failed commit (and is tried again
+/// later). Each round teaches the cache the stored windows, so a second round normally commits.
+const MAX_STALE_RETRIES: usize = 8;
 
 /// How often a store that keeps failing is logged at most.
 const STORE_LOG_PERIOD: Duration = Duration::from_secs(60);
@@ -219,7 +224,7 @@ impl Ingest {
     pub(crate) fn new(
         keys: Arc<KeyTable>,
         store: Box<dyn Store>,
-        windows: HashMap<(DeviceId, KeyId), ledtemp_core::ReplayState>,
+        windows: HashMap<(DeviceId, KeyId), ReplayState>,
         live: Arc<LiveState>,
         limits: Limits,
         alerts: Option<AlertRunner>,
@@ -307,35 +312,58 @@ impl Ingest {
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(longest);
-            frames = failed;
+            // Sent again: should the failed commit have gone through after all (its answer was
+            // lost), the stored windows refuse these as copies, not as replay attacks.
+            frames = failed
+                .into_iter()
+                .map(|frame| IncomingFrame { duplicate: true, ..frame })
+                .collect();
         }
     }
 
     fn handle_frames(&mut self, frames: &[IncomingFrame]) -> Vec<Result<AcceptedFrame, Error>> {
-        let mut batch = Batch::default();
-        // `None`: accepted (the next of `batch.accepted`); `Some`: rejected.
-        let mut rejections: Vec<Option<Error>> = Vec::with_capacity(frames.len());
-        for frame in frames {
-            let checked = self.verify(&batch, frame).and_then(|verified| {
-                self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
-            });
-            match checked {
-                Ok(()) => rejections.push(None),
-                Err((device, error)) => {
-                    if let Some(reason) = error.reject_reason() {
-                        self.live.stats.add_rejected(reason);
+        // A database shared with other servers may know windows this cache does not: the commit
+        // then writes nothing and answers with them, and the batch is checked again against
+        // them (each time the cache learns, so this ends; bounded all the same).
+        let mut attempts = 0;
+        let (batch, rejections, stored) = loop {
+            attempts += 1;
+            let (mut batch, rejections) = self.check(frames);
+            if batch.accepted.is_empty() {
+                break (batch, rejections, Ok(()));
+            }
+            match self.commit(&mut batch) {
+                Ok(None) => break (batch, rejections, Ok(())),
+                Ok(Some(stored)) if attempts < MAX_STALE_RETRIES => {
+                    tracing::debug!(
+                        windows = stored.len(),
+                        "the database's replay windows were ahead of this server's: checking the \
+                         batch again"
+                    );
+                    for (key, state) in stored {
+                        self.windows.insert(key, ReplayWindow::restore(state));
                     }
-                    self.log.record(device.as_ref().map(|d| d.as_str()), &error);
-                    rejections.push(Some(error));
                 }
+                Ok(Some(_)) => {
+                    let error = "the database's replay windows kept moving".to_owned();
+                    break (batch, rejections, Err(error));
+                }
+                Err(error) => break (batch, rejections, Err(error)),
+            }
+        };
+        for (rejection, device) in &rejections {
+            if let Some(error) = rejection {
+                if let Some(reason) = error.reject_reason() {
+                    self.live.stats.add_rejected(reason);
+                }
+                self.log.record(device.as_ref().map(DeviceId::as_str), error);
             }
         }
         self.log.maybe_summarise();
-        let stored = if batch.accepted.is_empty() { Ok(()) } else { self.commit(&mut batch) };
         let mut accepted = batch.accepted.into_iter();
         rejections
             .into_iter()
-            .map(|rejection| match (rejection, &stored) {
+            .map(|(rejection, _)| match (rejection, &stored) {
                 (Some(error), _) => Err(error),
                 (None, Err(error)) => Err(Error::Dropped(error.clone())),
                 (None, Ok(())) => {
@@ -343,6 +371,28 @@ impl Ingest {
                 }
             })
             .collect()
+    }
+
+    /// Steps 1 to 7 for every frame of a batch, counting and logging nothing: the batch so far,
+    /// and per frame `None` (accepted: the next of `batch.accepted`) or why it was rejected,
+    /// with its device when known.
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &mut self,
+        frames: &[IncomingFrame],
+    ) -> (Batch, Vec<(Option<Error>, Option<DeviceId>)>) {
+        let mut batch = Batch::default();
+        let mut rejections = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let checked = self.verify(&batch, frame).and_then(|verified| {
+                self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
+            });
+            match checked {
+                Ok(()) => rejections.push((None, None)),
+                Err((device, error)) => rejections.push((Some(error), device)),
+            }
+        }
+        (batch, rejections)
     }
 
     /// Steps 1 to 5: checks one frame against the keys and the windows (`batch` overrides the
@@ -438,18 +488,33 @@ impl Ingest {
         Ok(())
     }
 
-    /// Steps 8 and 9.
-    fn commit(&mut self, batch: &mut Batch) -> Result<(), String> {
+    /// Steps 8 and 9. `Ok(Some(windows))`: nothing written, the database's windows were ahead
+    /// ([`CommitOutcome::StaleWindows`]); the batch's effects are rolled back.
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &mut self,
+        batch: &mut Batch,
+    ) -> Result<Option<Vec<((DeviceId, KeyId), ReplayState)>>, String> {
         let devices: Vec<(&DeviceId, &DeviceState)> = batch.devices.iter().collect();
         let alert_state = self.alerts.as_ref().and_then(AlertRunner::changed_state);
         let commit =
             Commit { frames: &batch.accepted, devices: &devices, alerts: alert_state.as_ref() };
-        if let Err(error) = self.store.commit(&commit) {
-            if let Some(alerts) = &mut self.alerts {
-                alerts.rolled_back();
+        let outcome = self.store.commit(&commit);
+        if !matches!(outcome, Ok(CommitOutcome::Written))
+            && let Some(alerts) = &mut self.alerts
+        {
+            alerts.rolled_back();
+        }
+        match outcome {
+            Ok(CommitOutcome::Written) => {}
+            Ok(CommitOutcome::StaleWindows(stored)) => {
+                self.store_recovered();
+                return Ok(Some(stored));
             }
-            self.store_failed(batch.accepted.len(), &error);
-            return Err(error.to_string());
+            Err(error) => {
+                self.store_failed(batch.accepted.len(), &error);
+                return Err(error.to_string());
+            }
         }
         self.store_recovered();
         self.windows.extend(std::mem::take(&mut batch.windows));
@@ -461,7 +526,7 @@ impl Ingest {
         if let Some(alerts) = &mut self.alerts {
             alerts.committed(&self.live);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A commit failed: counted, shown in `/healthz` and `/api/stats`, and logged once when the
@@ -511,7 +576,8 @@ impl Ingest {
         };
         let commit = Commit { frames: &[], devices: &[], alerts: Some(&state) };
         match self.store.commit(&commit) {
-            Ok(()) => alerts.committed(&self.live),
+            // No frames, so no window to be stale: written.
+            Ok(_) => alerts.committed(&self.live),
             Err(error) => {
                 alerts.rolled_back();
                 self.store_failed(0, &error);

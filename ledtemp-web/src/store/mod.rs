@@ -80,6 +80,19 @@ pub struct Commit<'a> {
     pub alerts: Option<&'a EngineState>,
 }
 
+/// What a [`Store::commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Everything was written.
+    Written,
+    /// Nothing was written: the stored replay windows had already accepted a frame of the batch
+    /// (another server sharing the database accepted it, or an earlier commit of this one went
+    /// through although its answer was lost). These are the stored windows of the batch's
+    /// (device, key id) pairs: the database's word wins over the pipeline's cache, which takes
+    /// them and checks the batch again. Only a database several servers share can answer this.
+    StaleWindows(Vec<((DeviceId, KeyId), ReplayState)>),
+}
+
 /// The writer's side of a database. One per server, owned by the ingest worker; every method
 /// either does all of its work or none.
 pub trait Store: Send + 'static {
@@ -87,8 +100,10 @@ pub trait Store: Send + 'static {
     /// do not hold a valid name or value (a tampered file) are skipped and logged.
     fn load(&mut self) -> Result<Snapshot, Error>;
 
-    /// Writes `commit` in one transaction. On error nothing is written.
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), Error>;
+    /// Writes `commit` in one transaction, unless the stored replay windows show that a frame
+    /// of it was accepted already ([`CommitOutcome::StaleWindows`]: nothing written). On error
+    /// nothing is written.
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<CommitOutcome, Error>;
 
     /// Stores one notifier's daily cap (after a delivery).
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error>;

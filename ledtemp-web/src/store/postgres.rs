@@ -23,13 +23,17 @@
 //! device and key id, so two servers locking overlapping sets cannot deadlock), and every frame
 //! is checked again against the *stored* window, in order
 //! ([`ReplayWindow::state_after_rule`](ledtemp_core::ReplayWindow::state_after_rule)). One
-//! server alone always finds the window it last wrote and writes the one it computed. When the stored window is ahead of this server's (another
-//! server sharing the database accepted frames of the same key meanwhile, or a commit whose
-//! answer was lost did go through), the stored window wins:
-//! - a frame the stored window has already accepted (or has moved too far past) is **not
-//!   stored again**: its reading or LED change is left out and logged, never written twice;
-//! - the window written is the stored window advanced by the frames that are new, so it never
-//!   moves backwards and keeps every number either server accepted.
+//! server alone always finds the window it last wrote and writes the one it computed. When the
+//! stored window is ahead of this server's (another server sharing the database accepted frames
+//! of the same key meanwhile, or a commit whose answer was lost did go through), the stored
+//! window wins: when it has already accepted a frame
+//! of the batch, **nothing is written** (the transaction is rolled back) and the commit answers
+//! [`CommitOutcome::StaleWindows`] with the stored windows. The pipeline takes them in place of
+//! its cache and checks the batch again, so that frame is refused (as a replay, or as
+//! `redelivered` when the broker flagged it a copy) and the rest is committed: every frame is
+//! accepted by one server at most, whichever server each copy reached, and the window never
+//! moves backwards. Frames of one device that reach two servers interleaved are all accepted
+//! (each is new to the stored window), in any order the window allows.
 //!
 //! The devices' current states and LEDs are written as this server computed them (the last
 //! writer wins); the next issue (several servers) makes the caches follow the database. A frame
@@ -77,7 +81,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store, name, to_u64};
+use super::{Commit, CommitOutcome, HistoryQuery, HistoryStore, Snapshot, Store, name, to_u64};
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::model::{LedPoint, TemperaturePoint, UnixMillis};
@@ -377,19 +381,11 @@ impl Store for PostgresStore {
         self.settle(outcome)
     }
 
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), Error> {
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<CommitOutcome, Error> {
         let link = Arc::clone(&self.link);
         let session = self.session()?;
         let outcome = link.runtime.run_timed(write(session, commit));
-        let skipped = self.settle(outcome)?;
-        if skipped > 0 {
-            tracing::warn!(
-                frames = skipped,
-                "frames the stored replay windows had already accepted (another server sharing \
-                 the database, or a commit whose answer was lost) were not stored again"
-            );
-        }
-        Ok(())
+        self.settle(outcome)
     }
 
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error> {
@@ -582,12 +578,12 @@ async fn load(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
     Ok(snapshot)
 }
 
-/// One commit's transaction; returns how many frames the stored windows had already accepted
-/// (left out).
+/// One commit's transaction. When the stored windows had already accepted a frame of the batch,
+/// nothing is written: the transaction is rolled back and the stored windows returned.
 async fn write(
     session: &mut WriterSession,
     commit: &Commit<'_>,
-) -> Result<usize, tokio_postgres::Error> {
+) -> Result<CommitOutcome, tokio_postgres::Error> {
     let statements = &session.statements;
     let tx = session.client.transaction().await?;
     let keys: Vec<(&str, i16)> = commit
@@ -614,7 +610,7 @@ async fn write(
     }
     let mut windows = stored.clone();
     let mut columns = Columns::default();
-    let mut skipped = 0;
+    let mut stale = false;
     for frame in commit.frames {
         let key = (frame.device().as_str(), i16::from(frame.key_id.0));
         let Ok(index) = keys.binary_search(&key) else { continue };
@@ -624,8 +620,23 @@ async fn write(
                 columns.push(frame);
             }
             Recheck::Unchecked => columns.push(frame),
-            Recheck::Stored => skipped += 1,
+            Recheck::Stored => stale = true,
         }
+    }
+    if stale {
+        tx.rollback().await?;
+        let stored = commit
+            .frames
+            .iter()
+            .map(|frame| (frame.device(), frame.key_id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|(device, key_id)| {
+                let index = keys.binary_search(&(device.as_str(), i16::from(key_id.0))).ok()?;
+                Some(((device.clone(), key_id), stored[index]))
+            })
+            .collect();
+        return Ok(CommitOutcome::StaleWindows(stored));
     }
     let mut moved = WindowColumns::default();
     for ((key, before), after) in keys.iter().zip(&stored).zip(&windows) {
@@ -688,7 +699,7 @@ async fn write(
         execute_unless(alerts.is_none(), &tx, &statements.upsert_alerts, &alert_state),
     )?;
     tx.commit().await?;
-    Ok(skipped)
+    Ok(CommitOutcome::Written)
 }
 
 /// The reader's connection and its statement.

@@ -18,7 +18,9 @@ use std::time::Duration;
 use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
-use super::{Commit, HistoryQuery, HistoryStore, Snapshot, Store, name, to_i64, to_u64};
+use super::{
+    Commit, CommitOutcome, HistoryQuery, HistoryStore, Snapshot, Store, name, to_i64, to_u64,
+};
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::model::{DeviceState, LedPoint, Observation, Reading, TemperaturePoint, UnixMillis};
@@ -311,8 +313,10 @@ impl Store for SqliteStore {
         Ok(snapshot)
     }
 
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), Error> {
-        self.write(commit).map_err(db)
+    /// One server owns a SQLite file, so its windows are never stale: always
+    /// [`CommitOutcome::Written`] (or an error).
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<CommitOutcome, Error> {
+        self.write(commit).map(|()| CommitOutcome::Written).map_err(db)
     }
 
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error> {
