@@ -31,6 +31,26 @@ pub const DEFAULT_CLIENT_ID: &str = "ledtemp-web";
 /// survive a reboot or a weekend's outage of the server.
 pub const DEFAULT_SESSION_EXPIRY: u32 = 86_400;
 
+/// What a server of a shared subscription group needs: a database the group shares, and a client
+/// id of its own.
+pub(crate) fn shared_group_check(database: &Database, client_id: &str) -> Result<(), Error> {
+    if let Database::Sqlite(path) = database {
+        return Err(Error::Config(format!(
+            "shared-group needs a database the servers of the group share (--database \
+             postgres://...): with a SQLite file ({}) each server would keep its own replay \
+             windows, and a frame one accepted could be replayed to another",
+            path.display()
+        )));
+    }
+    if client_id == DEFAULT_CLIENT_ID {
+        return Err(Error::Config(format!(
+            "shared-group needs --client-id, a different one for each server of the group: with \
+             the default ({DEFAULT_CLIENT_ID}) the servers would take over each other's session"
+        )));
+    }
+    Ok(())
+}
+
 /// Options of `ledtemp-web serve`. Every option is optional here; [`ServeArgs::resolve`] fills
 /// the gaps from the file and the defaults.
 #[derive(Debug, Clone, Default, Args)]
@@ -67,9 +87,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LEDTEMP_SESSION_EXPIRY_SECS", value_name = "SECS")]
     pub session_expiry_secs: Option<u32>,
     /// Join an MQTT v5 shared subscription group ($share/NAME/ledtemp/+/#) so several servers
-    /// split the stream. Each server has its own database and replay windows and sees only its
-    /// share, so a frame one server accepted can be replayed to another: replay protection then
-    /// holds per server only.
+    /// split the stream. They must share one PostgreSQL database (a SQLite file is refused): the
+    /// replay windows are checked and advanced in it, so each frame is accepted once, whichever
+    /// server it reaches (docs/scaling.md). Each server needs its own --client-id.
     #[arg(long, env = "LEDTEMP_SHARED_GROUP", value_name = "NAME")]
     pub shared_group: Option<String>,
     /// Broker user name.
@@ -285,6 +305,9 @@ impl ServeArgs {
             self.database.or(file.database.map(OsString::from)),
             self.database_ca.or(file.database_ca),
         )?;
+        if shared_group.is_some() {
+            shared_group_check(&database, &client_id)?;
+        }
         let alerts = file.alert.resolve()?;
         let retention_days = self.retention_days.or(file.retention_days).unwrap_or(30);
         let offline_after = self.offline_after_secs.or(file.offline_after_secs).unwrap_or(120);
@@ -394,15 +417,34 @@ mod tests {
         let path = dir.path().join("ledtemp.toml");
         std::fs::write(
             &path,
-            "broker = \"mqtt.local:1884\"\nshared_group = \"web\"\ndatabase = \"x.db\"\n",
+            "broker = \"mqtt.local:1884\"\nshared_group = \"web\"\nclient_id = \"web-1\"\n\
+             database = \"postgres://web@db/ledtemp\"\n",
         )
         .unwrap();
-        let args =
-            ServeArgs { config: Some(path), database: Some("y.db".into()), ..ServeArgs::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            database: Some("postgres://web@db2/ledtemp".into()),
+            ..ServeArgs::default()
+        };
         let config = args.resolve().unwrap();
         assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("mqtt.local", 1884));
-        assert_eq!(config.pipeline.database, Database::Sqlite(PathBuf::from("y.db")));
+        assert_eq!(
+            config.pipeline.database.to_string(),
+            "postgres://web@db2:5432/ledtemp?sslmode=prefer"
+        );
         assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
+        // A shared group on a SQLite file, or without a client id of its own, is refused.
+        let sqlite =
+            ServeArgs { config: Some(path), database: Some("y.db".into()), ..ServeArgs::default() };
+        let error = sqlite.resolve().unwrap_err().to_string();
+        assert!(error.contains("shared-group") && error.contains("y.db"), "{error}");
+        let default_id = ServeArgs {
+            shared_group: Some("web".into()),
+            database: Some("postgres://web@db/ledtemp".into()),
+            ..ServeArgs::default()
+        };
+        let error = default_id.resolve().unwrap_err().to_string();
+        assert!(error.contains("--client-id"), "{error}");
     }
 
     #[test]

@@ -247,11 +247,8 @@ impl Server {
             config.mqtt.port = at.port();
         }
         if let Some(group) = &config.mqtt.shared_group {
-            tracing::warn!(
-                %group,
-                "shared subscription: replay windows are per server, so a frame another server \
-                 of the group accepted can be replayed to this one"
-            );
+            crate::config::shared_group_check(&config.pipeline.database, &config.mqtt.client_id)?;
+            tracing::info!(%group, "shared subscription: the replay windows are the database's");
         }
         let OpenDatabase { store, history } = open_database(&config.pipeline.database).await?;
         let mut pipeline = Pipeline::with_store(store, history, &config.pipeline, keys)?;

@@ -258,12 +258,12 @@ async fn healthz_turns_503_while_the_broker_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_servers_in_a_shared_group_split_the_stream() {
+async fn two_servers_in_a_shared_group_split_the_stream_and_refuse_each_others_replays() {
+    let Some(postgres) = TestDatabase::create() else { return };
     let broker = TestBroker::start().await;
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut servers = Vec::new();
-    for (dir, id) in [(&dir_a, "web-a"), (&dir_b, "web-b")] {
-        let mut config = serve_config(dir.path(), broker.port);
+    for id in ["web-a", "web-b"] {
+        let mut config = serve_config_on(&postgres.database(), broker.port);
         config.mqtt.shared_group = Some("web".into());
         config.mqtt.client_id = id.into();
         assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
@@ -274,23 +274,51 @@ async fn two_servers_in_a_shared_group_split_the_stream() {
     let node = RawPublisher::connect(broker.port, "test-node").await;
     let codec = kitchen_codec();
     const FRAMES: u64 = 20;
-    for sequence in 0..FRAMES {
-        let (topic, frame) = seal(&codec, KITCHEN, sequence, &temperature("cpu", 20_000));
-        node.publish(&topic, &frame).await;
+    let frames: Vec<_> =
+        (0..FRAMES).map(|n| seal(&codec, KITCHEN, n, &temperature("cpu", 20_000))).collect();
+    for (topic, frame) in &frames {
+        node.publish(topic, frame).await;
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(Server::http_addr).collect();
-    let counts = eventually("every frame accepted by one of the two", || {
+    let total = |key: &'static str, reason: Option<&'static str>| {
         let addrs = addrs.clone();
         async move {
             let mut counts = Vec::new();
             for addr in addrs {
-                counts.push(stats(addr).await["accepted"].as_u64().unwrap());
+                let stats = stats(addr).await;
+                let value = match reason {
+                    Some(reason) => &stats[key][reason],
+                    None => &stats[key],
+                };
+                counts.push(value.as_u64().unwrap());
             }
-            (counts.iter().sum::<u64>() == FRAMES).then_some(counts)
+            counts
         }
+    };
+    let counts = eventually("every frame accepted by one of the two", || async {
+        let counts = total("accepted", None).await;
+        (counts.iter().sum::<u64>() == FRAMES).then_some(counts)
     })
     .await;
     assert!(counts.iter().all(|&n| n > 0), "one server got everything: {counts:?}");
+
+    // Every frame replayed into the group, twice: whichever server a copy reaches (most reach
+    // the one that did not accept the original), it is refused, and nothing is stored again.
+    for _ in 0..2 {
+        for (topic, frame) in &frames {
+            node.publish(topic, frame).await;
+        }
+    }
+    eventually("every copy refused as a replay", || async {
+        let replays = total("rejected", Some("replay")).await;
+        (replays.iter().sum::<u64>() == 2 * FRAMES).then_some(())
+    })
+    .await;
+    assert_eq!(total("accepted", None).await, counts, "a replay was accepted");
+    assert_eq!(
+        postgres.query_i64("SELECT COUNT(*) FROM temperatures UNION ALL SELECT COUNT(DISTINCT sequence) FROM temperatures"),
+        [FRAMES as i64, FRAMES as i64]
+    );
     for server in servers {
         server.shutdown().await.unwrap();
     }
