@@ -27,6 +27,10 @@ use crate::store::{Database, HistoryStore, OpenDatabase, Store};
 /// caps); when full, the subscriber waits (and the broker holds back).
 pub const INGEST_QUEUE: usize = 4096;
 
+/// Notices of the other servers of a group waiting for the ingest worker; beyond, they are left
+/// out of the live view (the database has them).
+const REMOTE_QUEUE: usize = 256;
+
 /// How long shutdown waits for queued alert notifications to be delivered.
 const ALERT_FLUSH: Duration = Duration::from_secs(5);
 
@@ -208,6 +212,8 @@ pub struct Server {
     mqtt: JoinHandle<()>,
     mqtt_control: watch::Sender<SubscriberControl>,
     clock: JoinHandle<()>,
+    /// Forwards the other servers' updates (a shared group) to the worker.
+    remote: JoinHandle<()>,
     deliveries: Option<JoinHandle<()>>,
     worker: Option<std::thread::JoinHandle<()>>,
     broker: Option<EmbeddedBroker>,
@@ -250,7 +256,12 @@ impl Server {
             crate::config::shared_group_check(&config.pipeline.database, &config.mqtt.client_id)?;
             tracing::info!(%group, "shared subscription: the replay windows are the database's");
         }
-        let OpenDatabase { store, history } = open_database(&config.pipeline.database).await?;
+        let OpenDatabase { mut store, history } = open_database(&config.pipeline.database).await?;
+        // The other servers of a group: their commits reach this server's live view.
+        let (remote_sink, remote_updates) = mpsc::channel(REMOTE_QUEUE);
+        if config.mqtt.shared_group.is_some() {
+            store.follow_others(remote_sink)?;
+        }
         let mut pipeline = Pipeline::with_store(store, history, &config.pipeline, keys)?;
         let alerts = &config.pipeline.alerts;
         if !alerts.is_empty() {
@@ -275,6 +286,7 @@ impl Server {
             inputs.clone(),
             control,
         ));
+        let remote = tokio::spawn(forward_remote(remote_updates, inputs.clone()));
         let clock = tokio::spawn(run_clock(inputs));
 
         let http_addr =
@@ -295,6 +307,7 @@ impl Server {
             mqtt,
             mqtt_control,
             clock,
+            remote,
             deliveries,
             worker: Some(worker),
             broker,
@@ -356,6 +369,7 @@ impl Server {
         // acknowledgements of what the worker still commits.
         let _ = self.mqtt_control.send(SubscriberControl::Drain);
         self.clock.abort();
+        self.remote.abort();
         let _ = (&mut self.clock).await;
         let _ = self.stop.send(true);
         if let Some(deliveries) = self.deliveries.take() {
@@ -393,6 +407,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.mqtt.abort();
         self.clock.abort();
+        self.remote.abort();
         if let Some(deliveries) = &self.deliveries {
             deliveries.abort();
         }
@@ -454,6 +469,18 @@ async fn open_database(database: &Database) -> Result<OpenDatabase, Error> {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(DATABASE_RETRY_MAX);
+    }
+}
+
+/// Hands the other servers' updates to the ingest worker, until either side is gone.
+async fn forward_remote(
+    mut updates: mpsc::Receiver<Vec<crate::model::DeviceUpdate>>,
+    inputs: mpsc::Sender<WorkerInput>,
+) {
+    while let Some(batch) = updates.recv().await {
+        if inputs.send(WorkerInput::Remote(batch)).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -324,6 +324,43 @@ async fn two_servers_in_a_shared_group_split_the_stream_and_refuse_each_others_r
     }
 }
 
+/// Two servers of a group on one database, each on a broker of its own so that every frame
+/// reaches server A: server B's event stream, device list and history show what A accepted,
+/// within a second, without B receiving or verifying anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_server_of_a_group_accepts_shows_live_on_the_others() {
+    let Some(postgres) = TestDatabase::create() else { return };
+    let (broker_a, broker_b) = (TestBroker::start().await, TestBroker::start().await);
+    let mut servers = Vec::new();
+    for (id, port) in [("web-a", broker_a.port), ("web-b", broker_b.port)] {
+        let mut config = serve_config_on(&postgres.database(), port);
+        config.mqtt.shared_group = Some("web".into());
+        config.mqtt.client_id = id.into();
+        servers.push(start_server(config, keys()).await);
+    }
+    let (a, b) = (servers[0].http_addr(), servers[1].http_addr());
+    let mut events = EventStream::open(b).await;
+    let node = RawPublisher::connect(broker_a.port, "test-node").await;
+    let codec = kitchen_codec();
+    for (sequence, message) in
+        [(1, online(&[("red", false)])), (2, temperature("cpu", 21_375)), (3, led("red", true))]
+    {
+        let (topic, frame) = seal(&codec, KITCHEN, sequence, &message);
+        node.publish(&topic, &frame).await;
+    }
+    events.wait_for(r#""device":"kitchen-pi","sensor":"cpu","celsius":21.375"#).await;
+    events.wait_for(r#""device":"kitchen-pi","led":"red","on":true"#).await;
+    let devices = get_json(b, "/api/devices").await.1;
+    let kitchen = kitchen(&devices);
+    assert_eq!(kitchen["online"], true, "{kitchen}");
+    assert_eq!(kitchen["leds"][0]["on"], true, "{kitchen}");
+    assert_eq!(stats(a).await["accepted"], 3);
+    assert_eq!(stats(b).await["accepted"], 0, "B verified nothing itself");
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}
+
 /// A node's retained frames (its LED state, and its Last Will, which replaced its online status
 /// in the retained store) reach a server that starts later on a fresh database: the LED state is
 /// taken, but the device is not shown online and has no last-seen time, and the will, which no

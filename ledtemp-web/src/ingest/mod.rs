@@ -92,6 +92,9 @@ pub enum WorkerInput {
     Tick(UnixMillis),
     /// A notifier's daily cap after a delivery, to store.
     NotifierCap(String, CapState),
+    /// Updates another server of a shared subscription group committed to the shared database
+    /// ([`Store::follow_others`]): for this server's live view.
+    Remote(Vec<DeviceUpdate>),
 }
 
 /// How the ingest worker prunes old history.
@@ -151,6 +154,7 @@ pub fn run_worker(
                 WorkerInput::Frame(..) => {}
                 WorkerInput::Tick(now) => ingest.tick(now),
                 WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
+                WorkerInput::Remote(updates) => ingest.apply_remote(&updates),
             }
         }
         if let Some(keep) = retention.keep
@@ -583,6 +587,24 @@ impl Ingest {
                 self.store_failed(0, &error);
             }
         }
+    }
+
+    /// Updates another server of the group committed: applied to the device cache and told to
+    /// the event clients, as this server's own are after a commit, so that every server's
+    /// dashboard shows what any of them accepted. Nothing is stored (the other server did), no
+    /// replay window changes (the database's are the truth, and a commit learns them when it
+    /// needs to: [`CommitOutcome::StaleWindows`]), no cap is checked (the receiving server did),
+    /// and nothing is counted as accepted here.
+    pub fn apply_remote(&mut self, updates: &[DeviceUpdate]) {
+        let mut devices: BTreeMap<DeviceId, DeviceState> = BTreeMap::new();
+        for update in updates {
+            devices
+                .entry(update.device.clone())
+                .or_insert_with(|| self.live.device(&update.device).unwrap_or_default())
+                .apply(update);
+        }
+        let updates: Vec<&DeviceUpdate> = updates.iter().collect();
+        self.live.publish(devices.into_iter().collect(), &updates);
     }
 
     /// Stores a notifier's daily cap.

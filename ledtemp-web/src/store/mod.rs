@@ -80,6 +80,10 @@ pub struct Commit<'a> {
     pub alerts: Option<&'a EngineState>,
 }
 
+/// Where a store hands the updates other servers of a group committed ([`Store::follow_others`]):
+/// each message is one notice's worth, in commit order.
+pub type RemoteSink = tokio::sync::mpsc::Sender<Vec<DeviceUpdate>>;
+
 /// What a [`Store::commit`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -104,6 +108,15 @@ pub trait Store: Send + 'static {
     /// of it was accepted already ([`CommitOutcome::StaleWindows`]: nothing written). On error
     /// nothing is written.
     fn commit(&mut self, commit: &Commit<'_>) -> Result<CommitOutcome, Error>;
+
+    /// Several servers share this database (a shared subscription group): from now on, tell the
+    /// others what each commit wrote, and hand what they commit to `sink`, for this server's
+    /// live view. A database only one server can use (SQLite) does nothing; so does the
+    /// default.
+    fn follow_others(&mut self, sink: RemoteSink) -> Result<(), Error> {
+        let _ = sink;
+        Ok(())
+    }
 
     /// Stores one notifier's daily cap (after a delivery).
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error>;

@@ -67,6 +67,7 @@
 mod batch;
 mod config;
 mod connection;
+mod notice;
 
 pub use config::PostgresConfig;
 pub(crate) use config::is_postgres_url;
@@ -81,10 +82,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::{Commit, CommitOutcome, HistoryQuery, HistoryStore, Snapshot, Store, name, to_u64};
+use super::{
+    Commit, CommitOutcome, HistoryQuery, HistoryStore, RemoteSink, Snapshot, Store, name, to_u64,
+};
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::model::{LedPoint, TemperaturePoint, UnixMillis};
+use crate::model::{DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
 use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
 use connection::{Connection, Link, connection_lost, db, describe, timed_out};
 
@@ -169,6 +172,7 @@ struct WriterStatements {
     upsert_leds: Statement,
     upsert_alerts: Statement,
     upsert_cap: Statement,
+    notify: Statement,
 }
 
 impl WriterStatements {
@@ -237,6 +241,8 @@ impl WriterStatements {
             "INSERT INTO alert_caps (notifier, day, count) VALUES ($1::text, $2::int8, $3::int8)
              ON CONFLICT (notifier) DO UPDATE SET day = excluded.day, count = excluded.count",
         );
+        let notify = client
+            .prepare("SELECT pg_notify($1::text, notice) FROM UNNEST($2::text[]) AS n(notice)");
         // Sent together: one round trip.
         let (
             create_windows,
@@ -248,6 +254,7 @@ impl WriterStatements {
             upsert_leds,
             upsert_alerts,
             upsert_cap,
+            notify,
         ) = tokio::try_join!(
             create_windows,
             lock_windows,
@@ -258,6 +265,7 @@ impl WriterStatements {
             upsert_leds,
             upsert_alerts,
             upsert_cap,
+            notify,
         )?;
         Ok(WriterStatements {
             create_windows,
@@ -269,6 +277,7 @@ impl WriterStatements {
             upsert_leds,
             upsert_alerts,
             upsert_cap,
+            notify,
         })
     }
 }
@@ -294,6 +303,11 @@ pub struct PostgresStore {
     link: Arc<Link>,
     /// `None` after the connection was lost: the next call connects.
     session: Option<WriterSession>,
+    /// This store's random id in the notices it sends: it skips its own.
+    origin: u64,
+    /// Whether each commit notifies the other servers of the group (once
+    /// [`Store::follow_others`] was called).
+    notify: bool,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -325,7 +339,11 @@ impl PostgresStore {
             Ok::<_, Error>(WriterSession { client, statements, task })
         })?;
         tracing::debug!(database = %config.target(), "connected to PostgreSQL");
-        Ok(PostgresStore { link, session: Some(session) })
+        // Only told apart from the other servers' ids: no secret, a clash is harmless but unlikely.
+        let origin = getrandom::u64().map_err(|e| {
+            Error::io("drawing the store's random id", std::io::Error::other(e.to_string()))
+        })?;
+        Ok(PostgresStore { link, session: Some(session), origin, notify: false })
     }
 
     /// A reader for the HTTP handlers' history queries, on a connection of its own and this
@@ -383,9 +401,26 @@ impl Store for PostgresStore {
 
     fn commit(&mut self, commit: &Commit<'_>) -> Result<CommitOutcome, Error> {
         let link = Arc::clone(&self.link);
+        let notices = if self.notify {
+            let updates: Vec<&DeviceUpdate> = commit.frames.iter().map(|f| &f.update).collect();
+            notice::encode(self.origin, &updates)
+        } else {
+            Vec::new()
+        };
         let session = self.session()?;
-        let outcome = link.runtime.run_timed(write(session, commit));
+        let outcome = link.runtime.run_timed(write(session, commit, &notices));
         self.settle(outcome)
+    }
+
+    /// From now on each commit notifies the other servers (`pg_notify` in its transaction), and
+    /// a connection of its own listens for their notices, handing their updates to `sink`
+    /// (reconnecting after a loss, every [`LISTEN_RETRY`]).
+    fn follow_others(&mut self, sink: RemoteSink) -> Result<(), Error> {
+        self.notify = true;
+        let link = Arc::clone(&self.link);
+        let origin = self.origin;
+        link.runtime.spawn(listen(Arc::clone(&link), origin, sink));
+        Ok(())
     }
 
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error> {
@@ -414,6 +449,80 @@ impl Store for PostgresStore {
             let _ = self.link.runtime.run_timed(task);
         }
         Ok(())
+    }
+}
+
+/// How long the listener waits before connecting again after its connection was lost.
+pub const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// The listener of a group's server: `LISTEN`s for the other servers' notices and hands their
+/// updates to `sink`, until `sink` is closed. A notice that does not decode is logged and
+/// skipped; when `sink` is full (the ingest worker is behind, or waiting for a failing
+/// database), the notice is dropped and logged: the live view misses those updates until the
+/// devices' next ones, and the database has them all.
+async fn listen(link: Arc<Link>, origin: u64, sink: RemoteSink) {
+    let target = link.config.target();
+    let mut lost_before = false;
+    while !sink.is_closed() {
+        let (notices, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let connected = match link.connect_listening(notices).await {
+            Ok(Connection { client, task }) => {
+                match client.batch_execute(&format!("LISTEN {}", notice::CHANNEL)).await {
+                    Ok(()) => Some((client, task)),
+                    Err(error) => {
+                        tracing::warn!(database = %target, "cannot LISTEN: {}", describe(&error));
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                if !lost_before {
+                    tracing::warn!("the live view of the other servers stops: {error}");
+                }
+                None
+            }
+        };
+        if let Some((_client, _task)) = connected {
+            if lost_before {
+                tracing::info!(
+                    database = %target,
+                    "listening to the other servers again (updates committed meanwhile show \
+                     from the devices' next ones)"
+                );
+            }
+            while let Some(notification) = received.recv().await {
+                match notice::decode(origin, notification.payload()) {
+                    Ok(None) => {}
+                    Ok(Some(notice::Decoded { updates, invalid })) => {
+                        if invalid > 0 {
+                            tracing::warn!(
+                                invalid,
+                                "a notice of another server named invalid devices, sensors or \
+                                 LEDs: those updates are left out"
+                            );
+                        }
+                        if !updates.is_empty() && sink.try_send(updates).is_err() {
+                            tracing::warn!(
+                                "the ingest worker is behind: another server's updates are left \
+                                 out of this server's live view (they are stored)"
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!("ignoring a notice on {}: {error:?}", notice::CHANNEL)
+                    }
+                }
+                if sink.is_closed() {
+                    return;
+                }
+            }
+            tracing::warn!(
+                database = %target,
+                "lost the connection that listens to the other servers; connecting again"
+            );
+        }
+        lost_before = true;
+        tokio::time::sleep(LISTEN_RETRY).await;
     }
 }
 
@@ -583,6 +692,7 @@ async fn load(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
 async fn write(
     session: &mut WriterSession,
     commit: &Commit<'_>,
+    notices: &[String],
 ) -> Result<CommitOutcome, tokio_postgres::Error> {
     let statements = &session.statements;
     let tx = session.client.transaction().await?;
@@ -674,6 +784,8 @@ async fn write(
         &device_columns.led_at,
     ];
     let alert_state: [&(dyn ToSql + Sync); 1] = [&alerts];
+    // Delivered to the listeners if and only if the transaction commits.
+    let notify: [&(dyn ToSql + Sync); 2] = [&notice::CHANNEL, &notices];
     // Sent together (pipelined), all in the one transaction.
     tokio::try_join!(
         moved.write(&tx, &statements.update_windows),
@@ -697,6 +809,7 @@ async fn write(
         ),
         execute_unless(device_columns.led_devices.is_empty(), &tx, &statements.upsert_leds, &leds),
         execute_unless(alerts.is_none(), &tx, &statements.upsert_alerts, &alert_state),
+        execute_unless(notices.is_empty(), &tx, &statements.notify, &notify),
     )?;
     tx.commit().await?;
     Ok(CommitOutcome::Written)

@@ -5,9 +5,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio_postgres::Client;
+use tokio::sync::mpsc;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Client, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{CONNECT_TIMEOUT, OPERATION_TIMEOUT, PostgresConfig};
@@ -207,6 +208,14 @@ impl DriverRuntime {
         })
     }
 
+    /// Runs `future` on the runtime in the background, until it ends or the runtime stops.
+    pub(super) fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(future));
+    }
+
     /// Runs `future`, giving up after [`OPERATION_TIMEOUT`] (`None`).
     pub(super) fn run_timed<F>(&self, future: F) -> Option<F::Output>
     where
@@ -248,6 +257,22 @@ impl Link {
     /// Opens a connection (on the runtime: call it inside [`DriverRuntime::run`]) and runs its
     /// task on the runtime.
     pub(super) async fn connect(&self) -> Result<Connection, Error> {
+        self.connect_with(None).await
+    }
+
+    /// As [`connect`](Self::connect), handing every notification (`LISTEN`) the server sends
+    /// on it to `notifications`.
+    pub(super) async fn connect_listening(
+        &self,
+        notifications: mpsc::UnboundedSender<Notification>,
+    ) -> Result<Connection, Error> {
+        self.connect_with(Some(notifications)).await
+    }
+
+    async fn connect_with(
+        &self,
+        notifications: Option<mpsc::UnboundedSender<Notification>>,
+    ) -> Result<Connection, Error> {
         let target = self.config.target();
         let port = self.config.config.get_ports().first().copied().unwrap_or(5432);
         for host in self.config.config.get_hosts() {
@@ -282,7 +307,23 @@ impl Link {
             }
         };
         let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let ended = match notifications {
+                None => connection.await,
+                Some(notifications) => {
+                    let mut connection = connection;
+                    loop {
+                        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(AsyncMessage::Notification(notification))) => {
+                                let _ = notifications.send(notification);
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(error)) => break Err(error),
+                            None => break Ok(()),
+                        }
+                    }
+                }
+            };
+            if let Err(error) = ended {
                 let error = describe(&error);
                 tracing::warn!(database = %target, "the connection to PostgreSQL ended: {error}");
             }
