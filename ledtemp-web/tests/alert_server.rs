@@ -183,3 +183,67 @@ on_both_backends!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_device_texts_once_and_a_restart_does_not_text_again
 );
+
+/// Two servers of a shared subscription group on one PostgreSQL database, one alert rule: the
+/// device goes silent and one SMS goes out (only the server holding the leader lock alerts);
+/// the leader stops without a word while the alert is active, the other takes the alerts over
+/// from the database within seconds, sends nothing again, and texts the resolution once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_texts_once_and_the_survivor_of_its_leader_texts_the_resolution_once() {
+    let Some(postgres) = TestDatabase::create() else { return };
+    let database = postgres.database();
+    let broker = TestBroker::start().await;
+    let (requests, twilio) = start_twilio().await;
+    let sms_count = || requests.lock().unwrap().len();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut servers = Vec::new();
+    for (dir, id) in dirs.iter().zip(["web-a", "web-b"]) {
+        let mut config = config(dir.path(), &database, broker.port, twilio);
+        config.mqtt.shared_group = Some("web".into());
+        config.mqtt.client_id = id.into();
+        servers.push(Some(start_server(config, keys()).await));
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().flatten().map(|s| s.http_addr()).collect();
+    let node = RawPublisher::connect(broker.port, "test-node").await;
+    let codec = kitchen_codec();
+    let (topic, frame) = seal(&codec, KITCHEN, 0, &temperature("cpu", 21_000));
+    node.publish(&topic, &frame).await;
+
+    // Silent: one server fires, one SMS, and nothing more while both run.
+    let leader = eventually("the offline alert firing on one server", || {
+        let addrs = addrs.clone();
+        async move {
+            for (index, addr) in addrs.into_iter().enumerate() {
+                if alerts(addr).await["active"][0]["state"] == "firing" {
+                    return Some(index);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    eventually("one SMS", || async { (sms_count() == 1).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(OFFLINE_AFTER_SECS + 1)).await;
+    assert_eq!(sms_count(), 1, "both servers texted");
+
+    // The leader goes away without shutting down; the survivor takes over with the alert firing.
+    drop(servers[leader].take());
+    let survivor = addrs[1 - leader];
+    eventually("the survivor showing the alert it took over", || async move {
+        (alerts(survivor).await["active"][0]["state"] == "firing").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(OFFLINE_AFTER_SECS + 1)).await;
+    assert_eq!(sms_count(), 1, "the survivor texted the alert again");
+
+    // The node comes back: resolved once, by the survivor.
+    let (topic, frame) = seal(&codec, KITCHEN, 1, &temperature("cpu", 21_500));
+    node.publish(&topic, &frame).await;
+    eventually("the resolution SMS", || async { (sms_count() == 2).then_some(()) }).await;
+    assert!(requests.lock().unwrap()[1].2.contains("RESOLVED"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sms_count(), 2);
+    for server in servers.into_iter().flatten() {
+        server.shutdown().await.unwrap();
+    }
+}

@@ -179,6 +179,8 @@ pub(crate) struct DeliveryQueue {
 /// The engine as the ingest worker runs it (see the module documentation).
 pub(crate) struct AlertRunner {
     engine: Engine,
+    /// The rules, to restore the engine from a stored state when this server takes the lead.
+    rules: Vec<super::Rule>,
     /// The engine as of the last commit, while a batch is being handled.
     committed: Option<Engine>,
     board: Arc<AlertBoard>,
@@ -230,12 +232,42 @@ impl AlertRunner {
         let (queue, receiver) = mpsc::channel(ALERT_QUEUE);
         let runner = AlertRunner {
             engine,
+            rules: config.rules.clone(),
             committed: None,
             board: Arc::clone(&board),
             queue,
             connected: true,
         };
         Ok((runner, board, DeliveryQueue { receiver, routes: config.routes.clone() }))
+    }
+
+    /// Starts again from the stored `state` and daily `caps` (as another server of the group
+    /// left them) at `now`: this server takes the lead. What the engine held before is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a stored state from a newer version.
+    pub(crate) fn restore(
+        &mut self,
+        state: Option<EngineState>,
+        caps: &std::collections::HashMap<String, CapState>,
+        now: UnixMillis,
+    ) -> Result<(), Error> {
+        let engine = match state {
+            Some(state) => Engine::restore(self.rules.clone(), state, now.as_millis()),
+            None => Engine::new(self.rules.clone()),
+        }
+        .map_err(|e| Error::Config(e.to_string()))?;
+        for slot in &self.board.slots {
+            if let Some(&cap) = caps.get(&slot.name) {
+                slot.delivery.restore_cap_state(cap);
+            }
+        }
+        // Not ticked here: the worker's next tick starts from the stored state, so that what it
+        // decides is committed before anything is sent.
+        self.engine = engine;
+        self.committed = None;
+        self.board.show(&self.engine);
+        Ok(())
     }
 
     /// Keeps the engine as it is now, to go back to if the coming commit fails.

@@ -212,6 +212,10 @@ pub struct Ingest {
     live: Arc<LiveState>,
     log: RejectLog,
     alerts: Option<AlertRunner>,
+    /// Whether this server runs the alert engine and the retention prune: always alone on its
+    /// database; in a group, the one server holding the database's leader lock
+    /// ([`Store::lead`]).
+    leading: bool,
     last_stats: Option<StatsSnapshot>,
     /// When a failing store was last logged.
     store_log: Option<Instant>,
@@ -227,7 +231,7 @@ impl Ingest {
     /// A pipeline over `store` (whose replay windows are `windows`), publishing to `live`.
     pub(crate) fn new(
         keys: Arc<KeyTable>,
-        store: Box<dyn Store>,
+        mut store: Box<dyn Store>,
         windows: HashMap<(DeviceId, KeyId), ReplayState>,
         live: Arc<LiveState>,
         limits: Limits,
@@ -235,6 +239,9 @@ impl Ingest {
     ) -> Ingest {
         let windows =
             windows.into_iter().map(|(key, state)| (key, ReplayWindow::restore(state))).collect();
+        // Alone on its database a server always leads; in a group, the first to ask does (the
+        // others ask again at every tick).
+        let leading = store.lead().unwrap_or(false);
         Ingest {
             opener: Opener::Sealed(keys),
             limits,
@@ -243,6 +250,7 @@ impl Ingest {
             live,
             log: RejectLog::new(),
             alerts,
+            leading,
             last_stats: None,
             store_log: None,
         }
@@ -477,7 +485,7 @@ impl Ingest {
             batch.devices.insert(device.clone(), tracked.unwrap_or_default());
         }
         let state = batch.devices.entry(device.clone()).or_default();
-        if let Some(alerts) = &mut self.alerts {
+        if let Some(alerts) = self.alerts.as_mut().filter(|_| self.leading) {
             alerts.handle(&verified.update, state);
         }
         state.apply(&verified.update);
@@ -500,7 +508,8 @@ impl Ingest {
         batch: &mut Batch,
     ) -> Result<Option<Vec<((DeviceId, KeyId), ReplayState)>>, String> {
         let devices: Vec<(&DeviceId, &DeviceState)> = batch.devices.iter().collect();
-        let alert_state = self.alerts.as_ref().and_then(AlertRunner::changed_state);
+        let alert_state =
+            self.alerts.as_ref().filter(|_| self.leading).and_then(AlertRunner::changed_state);
         let commit =
             Commit { frames: &batch.accepted, devices: &devices, alerts: alert_state.as_ref() };
         let outcome = self.store.commit(&commit);
@@ -515,6 +524,12 @@ impl Ingest {
                 self.store_recovered();
                 return Ok(Some(stored));
             }
+            Ok(CommitOutcome::NotLeader) => {
+                // Another server took the alerts over: check the batch again without them.
+                self.store_recovered();
+                self.stop_leading();
+                return Ok(Some(Vec::new()));
+            }
             Err(error) => {
                 self.store_failed(batch.accepted.len(), &error);
                 return Err(error.to_string());
@@ -527,7 +542,7 @@ impl Ingest {
         self.live.publish(std::mem::take(&mut batch.devices).into_iter().collect(), &updates);
         // Counted after the caches changed: whoever sees the count sees the data too.
         self.live.stats.add_accepted(batch.accepted.len() as u64);
-        if let Some(alerts) = &mut self.alerts {
+        if let Some(alerts) = self.alerts.as_mut().filter(|_| self.leading) {
             alerts.committed(&self.live);
         }
         Ok(None)
@@ -572,20 +587,80 @@ impl Ingest {
             self.live.broadcast(LiveEvent::Stats(stats));
         }
         self.live.announce_silences(now);
+        self.check_leadership(now);
+        if !self.leading {
+            return;
+        }
         let Some(alerts) = &mut self.alerts else { return };
         alerts.tick(now, self.live.stats.broker_connected(), &*self.live);
+        self.commit_alerts();
+    }
+
+    /// Commits the alert engine's state alone, when it changed (a tick, or another server's
+    /// updates), then hands on its notifications.
+    fn commit_alerts(&mut self) {
+        let Some(alerts) = self.alerts.as_mut().filter(|_| self.leading) else { return };
         let Some(state) = alerts.changed_state() else {
             alerts.committed(&self.live);
             return;
         };
         let commit = Commit { frames: &[], devices: &[], alerts: Some(&state) };
         match self.store.commit(&commit) {
-            // No frames, so no window to be stale: written.
-            Ok(_) => alerts.committed(&self.live),
+            // No frames, so no window to be stale.
+            Ok(CommitOutcome::Written | CommitOutcome::StaleWindows(_)) => {
+                alerts.committed(&self.live);
+            }
+            Ok(CommitOutcome::NotLeader) => self.stop_leading(),
             Err(error) => {
                 alerts.rolled_back();
                 self.store_failed(0, &error);
             }
+        }
+    }
+
+    /// Asks the store whether this server leads (takes the lead when it is free): a server that
+    /// becomes the leader restores the alert engine from the database, as another server left
+    /// it, so that nothing is sent twice; one that lost the lead stops alerting.
+    fn check_leadership(&mut self, now: UnixMillis) {
+        let leads = match self.store.lead() {
+            Ok(leads) => leads,
+            // The database is failing: nothing can be committed either way; ask again later.
+            Err(_) => return,
+        };
+        if leads == self.leading {
+            return;
+        }
+        if !leads {
+            self.stop_leading();
+            return;
+        }
+        if let Some(alerts) = &mut self.alerts {
+            let snapshot = match self.store.load() {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    tracing::error!("cannot read the alert state to take the alerts over: {error}");
+                    return;
+                }
+            };
+            if let Err(error) = alerts.restore(snapshot.alerts, &snapshot.notifier_caps, now) {
+                tracing::error!("cannot take the alerts over: {error}");
+                return;
+            }
+            tracing::info!("this server now evaluates the alert rules and sends notifications");
+        }
+        self.leading = true;
+    }
+
+    /// Another server leads (or the lead was lost with the database connection): the engine's
+    /// uncommitted decisions are dropped, and it is fed nothing until this server leads again.
+    fn stop_leading(&mut self) {
+        if !self.leading {
+            return;
+        }
+        self.leading = false;
+        if let Some(alerts) = &mut self.alerts {
+            alerts.rolled_back();
+            tracing::warn!("another server evaluates the alert rules now; this one stops alerting");
         }
     }
 
@@ -603,8 +678,21 @@ impl Ingest {
                 .or_insert_with(|| self.live.device(&update.device).unwrap_or_default())
                 .apply(update);
         }
-        let updates: Vec<&DeviceUpdate> = updates.iter().collect();
-        self.live.publish(devices.into_iter().collect(), &updates);
+        if let Some(alerts) = self.alerts.as_mut().filter(|_| self.leading) {
+            // The leader's engine sees every server's updates, each with its device's state
+            // before it.
+            let mut before: BTreeMap<&DeviceId, DeviceState> = BTreeMap::new();
+            for update in updates {
+                let state = before
+                    .entry(&update.device)
+                    .or_insert_with(|| self.live.device(&update.device).unwrap_or_default());
+                alerts.handle(update, state);
+                state.apply(update);
+            }
+        }
+        let refs: Vec<&DeviceUpdate> = updates.iter().collect();
+        self.live.publish(devices.into_iter().collect(), &refs);
+        self.commit_alerts();
     }
 
     /// Stores a notifier's daily cap.
@@ -615,8 +703,12 @@ impl Ingest {
         }
     }
 
-    /// Deletes readings and LED changes received before `cutoff`.
+    /// Deletes readings and LED changes received before `cutoff`: only on the server that leads
+    /// (in a group, the others leave it to that one).
     pub fn prune(&mut self, cutoff: UnixMillis) -> Result<usize, Error> {
+        if !self.leading {
+            return Ok(0);
+        }
         self.store.prune(cutoff)
     }
 

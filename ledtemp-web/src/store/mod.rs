@@ -95,6 +95,10 @@ pub enum CommitOutcome {
     /// (device, key id) pairs: the database's word wins over the pipeline's cache, which takes
     /// them and checks the batch again. Only a database several servers share can answer this.
     StaleWindows(Vec<((DeviceId, KeyId), ReplayState)>),
+    /// Nothing was written: the commit carried alert state, but this server no longer leads
+    /// ([`Store::lead`]: another server of the group took the lead after this one's connection
+    /// was lost). The pipeline stops alerting and commits the batch without it.
+    NotLeader,
 }
 
 /// The writer's side of a database. One per server, owned by the ingest worker; every method
@@ -116,6 +120,13 @@ pub trait Store: Send + 'static {
     fn follow_others(&mut self, sink: RemoteSink) -> Result<(), Error> {
         let _ = sink;
         Ok(())
+    }
+
+    /// Whether this server leads: evaluates the alert rules, sends notifications and prunes
+    /// history, which one server of a group must do, not each. Takes the lead when it is free.
+    /// A database one server owns (SQLite), and the default: always.
+    fn lead(&mut self) -> Result<bool, Error> {
+        Ok(true)
     }
 
     /// Stores one notifier's daily cap (after a delivery).

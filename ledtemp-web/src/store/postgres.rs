@@ -158,6 +158,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// is given up as dead and the operation fails.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The advisory lock the leader of a group holds on its writer's session ("ledtemp" and a 2):
+/// taken when free, released by PostgreSQL when the session ends (the server stops, crashes, or
+/// loses its connection), then free for the next server that asks.
+const LEADER_LOCK: i64 = 0x6c65_6474_656d_7002;
+
 /// The advisory lock that serialises migrations: "ledtemp" and a 1.
 const MIGRATION_LOCK: i64 = 0x6c65_6474_656d_7001;
 
@@ -287,13 +292,15 @@ struct WriterSession {
     client: Client,
     statements: WriterStatements,
     task: tokio::task::JoinHandle<()>,
+    /// Whether this session holds the leader lock ([`LEADER_LOCK`]); a new session does not.
+    leader: bool,
 }
 
 impl WriterSession {
     async fn start(link: &Link) -> Result<WriterSession, Error> {
         let Connection { client, task } = link.connect().await?;
         let statements = WriterStatements::prepare(&client).await.map_err(db)?;
-        Ok(WriterSession { client, statements, task })
+        Ok(WriterSession { client, statements, task, leader: false })
     }
 }
 
@@ -336,7 +343,7 @@ impl PostgresStore {
             let migrated = tokio::time::timeout(OPERATION_TIMEOUT, migrating).await;
             migrated.map_err(|_| timed_out())??;
             let statements = WriterStatements::prepare(&client).await.map_err(db)?;
-            Ok::<_, Error>(WriterSession { client, statements, task })
+            Ok::<_, Error>(WriterSession { client, statements, task, leader: false })
         })?;
         tracing::debug!(database = %config.target(), "connected to PostgreSQL");
         // Only told apart from the other servers' ids: no secret, a clash is harmless but unlikely.
@@ -412,9 +419,27 @@ impl Store for PostgresStore {
         self.settle(outcome)
     }
 
+    /// Holds or takes the leader lock on the writer's session. A session that was lost and
+    /// opened again holds nothing until it takes the lock again, which another server may have
+    /// taken meanwhile; a commit carrying alert state checks the same ([`CommitOutcome::NotLeader`]).
+    fn lead(&mut self) -> Result<bool, Error> {
+        let link = Arc::clone(&self.link);
+        let session = self.session()?;
+        if session.leader {
+            return Ok(true);
+        }
+        let taking = session.client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]);
+        let outcome = link.runtime.run_timed(taking);
+        let leads = self.settle(outcome)?.try_get::<_, bool>(0).map_err(db)?;
+        if let Some(session) = &mut self.session {
+            session.leader = leads;
+        }
+        Ok(leads)
+    }
+
     /// From now on each commit notifies the other servers (`pg_notify` in its transaction), and
     /// a connection of its own listens for their notices, handing their updates to `sink`
-    /// (reconnecting after a loss, every [`LISTEN_RETRY`]).
+    /// (reconnecting a second after a loss).
     fn follow_others(&mut self, sink: RemoteSink) -> Result<(), Error> {
         self.notify = true;
         let link = Arc::clone(&self.link);
@@ -444,7 +469,7 @@ impl Store for PostgresStore {
     /// Closes the writer's connection, telling the server (waiting at most
     /// [`OPERATION_TIMEOUT`]); nothing is pending, every commit was a transaction.
     fn close(mut self: Box<Self>) -> Result<(), Error> {
-        if let Some(WriterSession { client, statements, task }) = self.session.take() {
+        if let Some(WriterSession { client, statements, task, .. }) = self.session.take() {
             drop((statements, client));
             let _ = self.link.runtime.run_timed(task);
         }
@@ -453,7 +478,7 @@ impl Store for PostgresStore {
 }
 
 /// How long the listener waits before connecting again after its connection was lost.
-pub const LISTEN_RETRY: Duration = Duration::from_secs(1);
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// The listener of a group's server: `LISTEN`s for the other servers' notices and hands their
 /// updates to `sink`, until `sink` is closed. A notice that does not decode is logged and
@@ -696,6 +721,18 @@ async fn write(
 ) -> Result<CommitOutcome, tokio_postgres::Error> {
     let statements = &session.statements;
     let tx = session.client.transaction().await?;
+    // Alert state only from the leader: a session that is not (a new one after a lost
+    // connection) takes the lock now, or the commit writes nothing. A session-level lock taken
+    // inside a transaction outlives it.
+    if commit.alerts.is_some() && !session.leader {
+        let leads: bool =
+            tx.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]).await?.try_get(0)?;
+        if !leads {
+            tx.rollback().await?;
+            return Ok(CommitOutcome::NotLeader);
+        }
+        session.leader = true;
+    }
     let keys: Vec<(&str, i16)> = commit
         .frames
         .iter()
