@@ -27,11 +27,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ledtemp_core::{DeviceId, KeyId, ReplayState, SensorName, Uptime};
+use ledtemp_core::{
+    DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName, Uptime,
+};
 
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::model::{DeviceState, DeviceUpdate, TemperaturePoint, UnixMillis};
+use crate::model::{DeviceState, DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
 
 /// A frame that passed every check, with what the store needs to persist it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,49 @@ pub struct Snapshot {
     pub alerts: Option<EngineState>,
     /// Each notifier's daily cap, by notifier name.
     pub notifier_caps: HashMap<String, CapState>,
+}
+
+/// Rows as both backends read them back, into the snapshot. A row naming an invalid device,
+/// sensor or LED (a tampered database) is skipped and logged.
+impl Snapshot {
+    pub(crate) fn add_window(&mut self, device: &str, key_id: KeyId, state: ReplayState) {
+        if let Some(device) = name("device id", device, DeviceId::new) {
+            self.windows.insert((device, key_id), state);
+        }
+    }
+
+    pub(crate) fn add_device(&mut self, device: &str, last_seen: i64, online: bool) {
+        if let Some(device) = name("device id", device, DeviceId::new) {
+            let entry = self.devices.entry(device).or_default();
+            entry.last_seen = Some(UnixMillis(last_seen));
+            entry.online = online;
+        }
+    }
+
+    pub(crate) fn add_led(&mut self, device: &str, led: &str, on: bool, at: i64) {
+        let (Some(device), Some(led)) =
+            (name("device id", device, DeviceId::new), name("LED name", led, LedName::new))
+        else {
+            return;
+        };
+        let point = LedPoint { led: led.clone(), state: LedState::from(on), at: UnixMillis(at) };
+        self.devices.entry(device).or_default().leds.insert(led, point);
+    }
+
+    pub(crate) fn add_temperature(&mut self, device: &str, sensor: &str, milli: i32, at: i64) {
+        let (Some(device), Some(sensor)) = (
+            name("device id", device, DeviceId::new),
+            name("sensor name", sensor, SensorName::new),
+        ) else {
+            return;
+        };
+        let point = TemperaturePoint {
+            sensor: sensor.clone(),
+            temperature: MilliCelsius(milli),
+            at: UnixMillis(at),
+        };
+        self.devices.entry(device).or_default().temperatures.insert(sensor, point);
+    }
 }
 
 /// One transaction: everything a batch of frames changed.

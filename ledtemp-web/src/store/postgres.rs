@@ -77,7 +77,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
+use ledtemp_core::{KeyId, MilliCelsius, ReplayState, SensorName};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -87,7 +87,7 @@ use super::{
 };
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::model::{DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
+use crate::model::{DeviceUpdate, TemperaturePoint, UnixMillis};
 use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
 use connection::{Connection, Link, connection_lost, db, describe, timed_out};
 
@@ -655,44 +655,21 @@ async fn load(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
             tracing::error!("ignoring a stored window with an invalid key id: {key_id}");
             continue;
         };
-        if let Some(device) = name("device id", &device, DeviceId::new) {
-            snapshot.windows.insert((device, KeyId(key_id)), state);
-        }
+        snapshot.add_window(&device, KeyId(key_id), state);
     }
     for row in devices {
-        let (device, last_seen, online): (String, i64, bool) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let Some(device) = name("device id", &device, DeviceId::new) else { continue };
-        let entry = snapshot.devices.entry(device).or_default();
-        entry.last_seen = Some(UnixMillis(last_seen));
-        entry.online = online;
+        snapshot.add_device(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     }
     for row in leds {
-        let (device, led, on, at): (String, String, bool, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-        let (Some(device), Some(led)) =
-            (name("device id", &device, DeviceId::new), name("LED name", &led, LedName::new))
-        else {
-            continue;
-        };
-        let point = LedPoint { led: led.clone(), state: LedState::from(on), at: UnixMillis(at) };
-        snapshot.devices.entry(device).or_default().leds.insert(led, point);
+        snapshot.add_led(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
     }
     for row in temperatures {
-        let (device, sensor, milli, at): (String, String, i32, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-        let (Some(device), Some(sensor)) = (
-            name("device id", &device, DeviceId::new),
-            name("sensor name", &sensor, SensorName::new),
-        ) else {
-            continue;
-        };
-        let point = TemperaturePoint {
-            sensor: sensor.clone(),
-            temperature: MilliCelsius(milli),
-            at: UnixMillis(at),
-        };
-        snapshot.devices.entry(device).or_default().temperatures.insert(sensor, point);
+        snapshot.add_temperature(
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
     }
     if let Some(row) = alerts {
         let json: String = row.try_get(0)?;

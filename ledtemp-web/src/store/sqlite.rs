@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
+use ledtemp_core::{DeviceId, KeyId, MilliCelsius, ReplayState, SensorName};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::{
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::model::{DeviceState, LedPoint, Observation, Reading, TemperaturePoint, UnixMillis};
+use crate::model::{DeviceState, Observation, Reading, TemperaturePoint, UnixMillis};
 
 /// Schema migrations, applied in order; the database's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -187,9 +187,7 @@ impl SqliteStore {
         })?;
         for row in rows {
             let (device, key_id, state) = row?;
-            if let Some(device) = name("device id", &device, DeviceId::new) {
-                snapshot.windows.insert((device, KeyId(key_id)), state);
-            }
+            snapshot.add_window(&device, KeyId(key_id), state);
         }
         Ok(())
     }
@@ -201,10 +199,7 @@ impl SqliteStore {
         })?;
         for row in rows {
             let (device, last_seen, online) = row?;
-            let Some(device) = name("device id", &device, DeviceId::new) else { continue };
-            let entry = snapshot.devices.entry(device).or_default();
-            entry.last_seen = Some(UnixMillis(last_seen));
-            entry.online = online;
+            snapshot.add_device(&device, last_seen, online);
         }
         let mut leds = self.conn.prepare("SELECT device, led, led_on, at_ms FROM leds")?;
         let rows = leds.query_map([], |row| {
@@ -212,14 +207,7 @@ impl SqliteStore {
         })?;
         for row in rows {
             let (device, led, on, at): (String, String, bool, i64) = row?;
-            let (Some(device), Some(led)) =
-                (name("device id", &device, DeviceId::new), name("LED name", &led, LedName::new))
-            else {
-                continue;
-            };
-            let point =
-                LedPoint { led: led.clone(), state: LedState::from(on), at: UnixMillis(at) };
-            snapshot.devices.entry(device).or_default().leds.insert(led, point);
+            snapshot.add_led(&device, &led, on, at);
         }
         let mut temperatures = self.conn.prepare(
             "SELECT device, sensor, milli_celsius, received_ms FROM temperatures
@@ -230,18 +218,7 @@ impl SqliteStore {
         })?;
         for row in rows {
             let (device, sensor, milli, at): (String, String, i32, i64) = row?;
-            let (Some(device), Some(sensor)) = (
-                name("device id", &device, DeviceId::new),
-                name("sensor name", &sensor, SensorName::new),
-            ) else {
-                continue;
-            };
-            let point = TemperaturePoint {
-                sensor: sensor.clone(),
-                temperature: MilliCelsius(milli),
-                at: UnixMillis(at),
-            };
-            snapshot.devices.entry(device).or_default().temperatures.insert(sensor, point);
+            snapshot.add_temperature(&device, &sensor, milli, at);
         }
         Ok(())
     }
