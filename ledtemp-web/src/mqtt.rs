@@ -290,9 +290,7 @@ pub async fn run_subscriber(
         let polled = tokio::select! {
             biased;
             next = next_control(&mut control, phase) => {
-                phase = next;
-                frames = None;
-                if phase == SubscriberControl::Disconnect {
+                if step_down(next, &mut phase, &mut frames) {
                     break;
                 }
                 continue;
@@ -353,9 +351,7 @@ pub async fn run_subscriber(
                 let sent = tokio::select! {
                     biased;
                     next = next_control(&mut control, phase) => {
-                        phase = next;
-                        frames = None;
-                        if phase == SubscriberControl::Disconnect {
+                        if step_down(next, &mut phase, &mut frames) {
                             break;
                         }
                         continue;
@@ -392,9 +388,7 @@ pub async fn run_subscriber(
                 }
                 tokio::select! {
                     next = next_control(&mut control, phase) => {
-                        phase = next;
-                        frames = None;
-                        if phase == SubscriberControl::Disconnect {
+                        if step_down(next, &mut phase, &mut frames) {
                             break;
                         }
                     }
@@ -417,6 +411,18 @@ pub async fn run_subscriber(
         })
         .await;
     }
+}
+
+/// The server asked for the `next` step of a stop: the pipeline gets nothing more (the sender is
+/// dropped, so the worker can finish); whether to disconnect now.
+fn step_down(
+    next: SubscriberControl,
+    phase: &mut SubscriberControl,
+    frames: &mut Option<mpsc::Sender<WorkerInput>>,
+) -> bool {
+    *phase = next;
+    *frames = None;
+    next == SubscriberControl::Disconnect
 }
 
 /// Resolves with the next step once `control` moves past `current`; a sender that is gone
