@@ -464,8 +464,16 @@ fn will_at(device: &str, at_ms: i64) -> DeviceUpdate {
     update(device, &Message::Status(status), at_ms)
 }
 
+/// The next notification, sent: taken and confirmed, as the server's delivery task does (until
+/// then it stays in the engine's stored outbox).
+fn send_next(engine: &mut Engine) -> Option<Notification> {
+    let notification = engine.poll_notification()?;
+    engine.confirm_sent(&notification);
+    Some(notification)
+}
+
 fn drain(engine: &mut Engine) -> Vec<(NotificationKind, i64)> {
-    std::iter::from_fn(|| engine.poll_notification()).map(|n| (n.kind, n.at_ms)).collect()
+    std::iter::from_fn(|| send_next(engine)).map(|n| (n.kind, n.at_ms)).collect()
 }
 
 fn hot(min_duration: Duration, cooldown: Duration) -> Rule {
@@ -573,7 +581,7 @@ fn offline_by_silence_or_last_will_and_back() {
 
     // The sealed Last Will fires at once.
     engine.feed(will_at("kitchen-pi", T0 + 210_000));
-    let sent = engine.poll_notification().unwrap();
+    let sent = send_next(&mut engine).unwrap();
     assert_eq!((sent.kind, sent.at_ms), (NotificationKind::Firing, T0 + 210_000));
     assert!(sent.text.contains("last will"), "{}", sent.text);
     // Other devices do not resolve it.
@@ -650,7 +658,7 @@ async fn engine_to_twilio_end_to_end() {
     mock.script([created("SM0123456789abcdef0123456789abcdef"), created("SM1")]);
     engine.feed(room(35_000, T0));
     engine.feed(room(20_000, T0 + MINUTE));
-    while let Some(note) = engine.poll_notification() {
+    while let Some(note) = send_next(&mut engine) {
         delivery.deliver(note.at_ms, &note).await.unwrap();
     }
     let bodies: Vec<_> = mock.take_requests().into_iter().map(|r| r.body).collect();
@@ -772,7 +780,7 @@ proptest! {
                     engine = restored;
                 }
             }
-            while let Some(note) = engine.poll_notification() {
+            while let Some(note) = send_next(&mut engine) {
                 let key = AlertKey { rule: note.rule, device: note.device, subject: note.subject };
                 let was_open = open.get(&key).copied().unwrap_or(false);
                 match note.kind {

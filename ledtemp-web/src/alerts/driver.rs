@@ -11,6 +11,10 @@
 //! - Only after a commit are notifications queued; one delivery task drains the bounded queue
 //!   ([`run_alert_deliveries`]), so ingest never waits on HTTP, and hands each notifier's daily
 //!   cap back to the worker to store.
+//! - A notification is in the stored alert state (its outbox) from the commit that decided it
+//!   until the delivery task says it was sent (or given up on) and the worker commits again: a
+//!   crash or stop in between sends it at the next start, or by the server that takes the lead.
+//!   At least once: a crash after the send and before that commit sends it twice.
 //! - HTTP handlers read an [`AlertBoard`]: the engine's alerts as of the last commit, and each
 //!   notifier's counters.
 
@@ -328,6 +332,13 @@ impl AlertRunner {
         }
     }
 
+    /// `notification` was delivered (or given up on): it leaves the engine's stored outbox with
+    /// the next commit of the alert state.
+    pub(crate) fn confirm_sent(&mut self, notification: &Notification) {
+        self.begin();
+        self.engine.confirm_sent(notification);
+    }
+
     /// The batch was not committed: the engine goes back to the last committed state, and what it
     /// decided meanwhile is forgotten.
     pub(crate) fn rolled_back(&mut self) {
@@ -369,6 +380,12 @@ pub(crate) async fn run_alert_deliveries(
             {
                 tracing::error!(notifier = %slot.name, "the daily cap was not stored: ingest stopped");
             }
+        }
+        // Sent (or given up on) everywhere: it may leave the stored outbox.
+        if let Some(store) = &store
+            && store.send(WorkerInput::NotificationSent(notification)).await.is_err()
+        {
+            tracing::warn!("a sent notification stays in the outbox: ingest stopped");
         }
         board.in_flight.fetch_sub(1, Ordering::SeqCst);
         live.broadcast(LiveEvent::Alert);

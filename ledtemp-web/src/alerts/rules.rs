@@ -307,6 +307,10 @@ pub struct EngineState {
     recent: Vec<Alert>,
     last_notified: Vec<Cooldown>,
     counters: EngineCounters,
+    /// Notifications decided and not yet confirmed sent (or given up on): the outbox, stored
+    /// with the decision that made them, and sent again by whoever restores this state.
+    #[serde(default)]
+    pending: Vec<Notification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,7 +335,10 @@ pub struct Engine {
     last_notified: BTreeMap<AlertKey, i64>,
     watch_from_ms: Option<i64>,
     counters: EngineCounters,
+    /// Decided, not yet taken by [`Engine::poll_notification`].
     outbox: VecDeque<Notification>,
+    /// Taken, not yet confirmed ([`Engine::confirm_sent`]).
+    unconfirmed: Vec<Notification>,
 }
 
 impl Engine {
@@ -356,6 +363,7 @@ impl Engine {
             watch_from_ms: None,
             counters: EngineCounters::default(),
             outbox: VecDeque::new(),
+            unconfirmed: Vec::new(),
         })
     }
 
@@ -406,11 +414,13 @@ impl Engine {
         engine.next_id = state.next_id.max(max_id.saturating_add(1)).max(1);
         engine.counters = state.counters;
         engine.watch_from_ms = Some(now_ms);
+        // Decided before the state was stored, never confirmed sent: to be sent (again).
+        engine.outbox = state.pending.into_iter().take(MAX_TRACKED).collect();
         Ok(engine)
     }
 
-    /// The state to persist. Notifications not yet taken with [`Engine::poll_notification`]
-    /// are not part of it.
+    /// The state to persist, with every notification decided and not yet confirmed sent
+    /// ([`Engine::confirm_sent`]): an engine restored from it sends those (again).
     pub fn export(&self) -> EngineState {
         EngineState {
             version: STATE_VERSION,
@@ -423,6 +433,7 @@ impl Engine {
                 .map(|(key, at_ms)| Cooldown { key: key.clone(), at_ms: *at_ms })
                 .collect(),
             counters: self.counters,
+            pending: self.unconfirmed.iter().chain(&self.outbox).cloned().collect(),
         }
     }
 
@@ -434,6 +445,8 @@ impl Engine {
             && self.active == other.active
             && self.recent == other.recent
             && self.last_notified == other.last_notified
+            && self.unconfirmed == other.unconfirmed
+            && self.outbox == other.outbox
     }
 
     /// The rules, as given.
@@ -456,9 +469,22 @@ impl Engine {
         self.counters
     }
 
-    /// The next notification to send, oldest first.
+    /// The next notification to send, oldest first. It stays in the state ([`Engine::export`])
+    /// until [`Engine::confirm_sent`].
     pub fn poll_notification(&mut self) -> Option<Notification> {
-        self.outbox.pop_front()
+        let notification = self.outbox.pop_front()?;
+        self.unconfirmed.push(notification.clone());
+        Some(notification)
+    }
+
+    /// `notification` was sent to every notifier of its rule (or given up on): it leaves the
+    /// state. Whether it was still there.
+    pub fn confirm_sent(&mut self, notification: &Notification) -> bool {
+        let Some(at) = self.unconfirmed.iter().position(|n| n == notification) else {
+            return false;
+        };
+        self.unconfirmed.remove(at);
+        true
     }
 
     /// When [`Engine::handle_tick`] should be called next (milliseconds since the Unix epoch):
@@ -880,6 +906,32 @@ mod tests {
 
     fn drain(engine: &mut Engine) -> Vec<Notification> {
         std::iter::from_fn(|| engine.poll_notification()).collect()
+    }
+
+    /// The outbox: a notification decided and taken is in the stored state until it is
+    /// confirmed sent; an engine restored from a state stored before that sends it again, one
+    /// restored after does not.
+    #[test]
+    fn a_notification_stays_in_the_state_until_it_is_confirmed_sent() {
+        let rule = Rule::new("hot", Condition::TemperatureAbove(Threshold::new("kitchen-pi", 0)));
+        let mut engine = Engine::new(vec![rule.clone()]).unwrap();
+        let mut devices = Devices::new();
+        let before = engine.clone();
+        feed(&mut engine, &mut devices, &reading("cpu", 1, T0));
+        assert!(!engine.same_state(&before), "the decision is a change to store");
+        let sent = drain(&mut engine);
+        assert_eq!(sent.len(), 1);
+        let stored = engine.export();
+        let mut restored = Engine::restore(vec![rule.clone()], stored, T0 + 1).unwrap();
+        assert_eq!(drain(&mut restored), sent, "not confirmed: sent again after a restore");
+
+        let taken = engine.clone();
+        assert!(engine.confirm_sent(&sent[0]));
+        assert!(!engine.same_state(&taken), "the confirmation is a change to store");
+        assert!(!engine.confirm_sent(&sent[0]), "confirmed once");
+        let mut restored = Engine::restore(vec![rule], engine.export(), T0 + 2).unwrap();
+        assert!(drain(&mut restored).is_empty(), "confirmed: not sent again");
+        assert_eq!(restored.active().count(), 1, "the alert itself is still firing");
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub enum WorkerInput {
     Tick(UnixMillis),
     /// A notifier's daily cap after a delivery, to store.
     NotifierCap(String, CapState),
+    /// A notification the delivery task sent to every notifier of its rule (or gave up on): it
+    /// leaves the stored outbox.
+    NotificationSent(crate::alerts::Notification),
     /// Updates another server of a shared subscription group committed to the shared database
     /// ([`Store::follow_others`]): for this server's live view.
     Remote(Vec<DeviceUpdate>),
@@ -155,6 +158,7 @@ pub fn run_worker(
                 WorkerInput::Tick(now) => ingest.tick(now),
                 WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
                 WorkerInput::Remote(updates) => ingest.apply_remote(&updates),
+                WorkerInput::NotificationSent(notification) => ingest.confirm_sent(&notification),
             }
         }
         if let Some(keep) = retention.keep
@@ -693,6 +697,14 @@ impl Ingest {
         let refs: Vec<&DeviceUpdate> = updates.iter().collect();
         self.live.publish(devices.into_iter().collect(), &refs);
         self.commit_alerts();
+    }
+
+    /// A notification was sent: out of the engine's outbox, committed with the alert state.
+    fn confirm_sent(&mut self, notification: &crate::alerts::Notification) {
+        if let Some(alerts) = self.alerts.as_mut().filter(|_| self.leading) {
+            alerts.confirm_sent(notification);
+            self.commit_alerts();
+        }
     }
 
     /// Stores a notifier's daily cap.
