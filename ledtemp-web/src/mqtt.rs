@@ -40,14 +40,22 @@ pub const RECONNECT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(2));
 
 /// Most QoS 1 frames the broker may send the server before it acknowledges them (MQTT v5's
-/// Receive Maximum, which Mosquitto honours in place of its `max_inflight_messages`). The server
-/// acknowledges a frame only after committing it, so this is the flow control between the broker
-/// and the database: two batches ([`MAX_BATCH`](crate::MAX_BATCH)), one being committed while
-/// the next arrives. Fewer would leave the database idle between batches; the ingest queue
+/// Receive Maximum, which Mosquitto honours from 2.0.13 in place of its `max_inflight_messages`;
+/// 2.0.11 and 2.0.12 ignore it once a backlog exists: docs/broker.md). The server acknowledges a
+/// frame only after committing it, so this is the flow control between the broker and the
+/// database: four batches ([`MAX_BATCH`](crate::MAX_BATCH)), so that frames keep arriving while
+/// a commit waits for the disk (with two, a slow commit left the database idle and cost SQLite
+/// up to 16 % of its flood rate: docs/performance.md). The ingest queue
 /// ([`INGEST_QUEUE`](crate::INGEST_QUEUE)) holds more, so the subscriber never waits on QoS 1
 /// frames alone.
-pub const RECEIVE_MAXIMUM: u16 = 2 * crate::MAX_BATCH as u16;
+pub const RECEIVE_MAXIMUM: u16 = 4 * crate::MAX_BATCH as u16;
 const _: () = assert!(RECEIVE_MAXIMUM as usize + 64 <= crate::INGEST_QUEUE);
+
+/// Room in the MQTT client's request queue for the acknowledgements owed at once: every frame
+/// the pipeline can hold (the ingest queue and the batch being committed), even from a broker
+/// that sends more than [`RECEIVE_MAXIMUM`], plus the subscription. An acknowledgement that finds
+/// no room would leave its frame with the broker until the next connection.
+const ACK_ROOM: usize = crate::INGEST_QUEUE + crate::MAX_BATCH + 16;
 
 /// MQTT's port without TLS.
 pub const MQTT_PORT: u16 = 1883;
@@ -195,6 +203,8 @@ struct AckLink {
     /// Counts the connections that ended. An acknowledgement belongs to the connection its frame
     /// came on: on a later one its packet id may name another frame.
     connection: AtomicU64,
+    /// Whether an acknowledgement failed already (logged once).
+    ack_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DeliveryAck {
@@ -214,8 +224,15 @@ impl DeliveryAck {
         let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
         publish.pkid = self.pkid;
         if let Err(error) = self.link.client.try_ack(&publish) {
-            // The connection is closing (its requests are dropped), or the server stops.
-            tracing::debug!(pkid = self.pkid, "acknowledgement not sent: {error}");
+            // The server stops (the client is gone), or, which ACK_ROOM rules out, the queue is
+            // full: the broker keeps the frame and sends it again on the next connection.
+            if !self.link.ack_failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    pkid = self.pkid,
+                    "an acknowledgement could not be sent ({error}): the broker will send its \
+                     frame again, counted as redelivered (logged once per subscriber)"
+                );
+            }
         }
     }
 }
@@ -275,8 +292,12 @@ pub async fn run_subscriber(
     }
     let filter = config.filter();
     // Room for every acknowledgement the broker can be owed at once, and the subscription.
-    let (client, mut events) = AsyncClient::new(options, usize::from(RECEIVE_MAXIMUM) + 16);
-    let link = Arc::new(AckLink { client: client.clone(), connection: AtomicU64::new(0) });
+    let (client, mut events) = AsyncClient::new(options, ACK_ROOM);
+    let link = Arc::new(AckLink {
+        client: client.clone(),
+        connection: AtomicU64::new(0),
+        ack_failed: std::sync::atomic::AtomicBool::new(false),
+    });
     let (first, longest) = RECONNECT_BACKOFF;
     let mut backoff = first;
     let mut logged_down = false;

@@ -25,7 +25,7 @@ use crate::store::{Database, HistoryStore, OpenDatabase, Store};
 
 /// Inputs buffered for the ingest worker (frames from the MQTT subscriber, ticks, notifier
 /// caps); when full, the subscriber waits (and the broker holds back).
-pub const INGEST_QUEUE: usize = 4096;
+pub const INGEST_QUEUE: usize = 8192;
 
 /// Notices of the other servers of a group waiting for the ingest worker; beyond, they are left
 /// out of the live view (the database has them).
