@@ -8,19 +8,40 @@
 //!   broker is routed but not in the node's log (the node seals the message again with a new
 //!   number), so the observer's account is the one a store must match.
 //! - [`SequenceTally`] holds either account, or the rows of a store, per device and kind, and
-//!   says what is missing, duplicated or unexpected.
+//!   says what is missing, duplicated or unexpected; [`stored_rows`] reads a store's, and
+//!   [`wait_until_stored`] waits for it to hold an account.
+//!
+//! And the parts of an end-to-end test around them: [`Fleet`], simulated nodes that log what
+//! they publish and stop cleanly, and [`ServerProcess`], `ledtemp-web serve` as a process that a
+//! test can kill, stop and start again.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledtemp_core::{
-    Codec, DeviceId, Error, KeyId, Message, OpenedFrame, RunEvent, SequenceNumber, Topic,
+    Codec, DeviceId, Error, KeyId, Message, NodeStats, OpenedFrame, RunEvent, SequenceNumber,
+    Stopped, Topic,
 };
+use ledtemp_tokio::BrokerAddress;
+use ledtemp_web::Database;
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::WAIT;
-use crate::mqtt::Subscriber;
+use crate::mqtt::{Received, Subscriber};
+use crate::net::{accepts, free_port};
+use crate::node::SimulatedNode;
+use crate::postgres::BackendDatabase;
+use crate::server::get_json;
 
 /// What a frame carries, as far as storage goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -290,12 +311,14 @@ impl<C: Codec> Codec for RecordingCodec<C> {
 /// A frame delivered again (a retained one at resubscription, a redelivery) counts once. It keeps
 /// no replay window: a window refuses a number far below the newest (a stopping node's offline
 /// status has the number next to its connection's online status), and the observer must count
-/// every number the broker routed.
+/// every number the broker routed. It also keeps each frame it counts, as it came
+/// ([`frames`](Self::frames)): what an attacker on the broker could capture and replay.
 #[derive(Debug)]
 pub struct Observer<C> {
     subscriber: Subscriber,
     codecs: BTreeMap<String, C>,
     routed: SequenceTally,
+    frames: Vec<Received>,
 }
 
 impl<C: Codec> Observer<C> {
@@ -303,7 +326,20 @@ impl<C: Codec> Observer<C> {
     /// device in `devices`.
     pub async fn start(port: u16, client_id: &str, devices: Vec<(String, C)>) -> Observer<C> {
         let subscriber = Subscriber::start_persistent(port, client_id).await;
-        Observer { subscriber, codecs: devices.into_iter().collect(), routed: SequenceTally::new() }
+        Observer {
+            subscriber,
+            codecs: devices.into_iter().collect(),
+            routed: SequenceTally::new(),
+            frames: Vec::new(),
+        }
+    }
+
+    /// Every distinct frame routed so far (status frames included), once each, in the order
+    /// they first arrived: topic and sealed payload as the broker delivered them. Panics as
+    /// [`routed`](Self::routed) does.
+    pub fn frames(&mut self) -> &[Received] {
+        self.routed();
+        &self.frames
     }
 
     /// Every frame routed so far (status frames included), each once. Panics on a frame of
@@ -322,6 +358,7 @@ impl<C: Codec> Observer<C> {
             let (kind, sequence) = (FrameKind::of(&opened.message), opened.header.sequence.get());
             if !self.routed.contains(device, kind, sequence) {
                 self.routed.add(device, kind, sequence);
+                self.frames.push(received);
             }
         }
         &self.routed
@@ -342,4 +379,312 @@ impl<C: Codec> Observer<C> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The tables with a row per frame, and the kind of frame each holds.
+const TABLES: [(&str, FrameKind); 2] =
+    [("temperatures", FrameKind::Temperature), ("led_changes", FrameKind::Led)];
+
+/// The sequence numbers of `devices`' rows in `database`, as its server committed them so far
+/// (none while a SQLite file does not exist yet). A SQLite file is read through a read-only
+/// connection (the server may be writing: WAL readers see the last commit). Panics if the
+/// database cannot be read.
+pub fn stored_rows(database: &BackendDatabase, devices: &[&str]) -> SequenceTally {
+    match (database.database(), database.postgres()) {
+        (_, Some(postgres)) => {
+            let mut tally = SequenceTally::new();
+            for (table, kind) in TABLES {
+                for device in devices {
+                    let sql = format!("SELECT sequence FROM {table} WHERE device = '{device}'");
+                    for sequence in postgres.query_i64(&sql) {
+                        tally.add(device, kind, sequence as u64);
+                    }
+                }
+            }
+            tally
+        }
+        (Database::Sqlite(path), None) => sqlite_rows(path, devices)
+            .unwrap_or_else(|error| panic!("reading {}: {error}", path.display())),
+        (other, None) => panic!("a database of neither backend: {other}"),
+    }
+}
+
+fn sqlite_rows(path: &Path, devices: &[&str]) -> Result<SequenceTally, rusqlite::Error> {
+    use rusqlite::{Connection, OpenFlags};
+    if !path.exists() {
+        return Ok(SequenceTally::new());
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut tally = SequenceTally::new();
+    for (table, kind) in TABLES {
+        let mut statement = conn.prepare(&format!("SELECT device, sequence FROM {table}"))?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?;
+        for row in rows {
+            let (device, sequence): (String, i64) = row?;
+            if devices.contains(&device.as_str()) {
+                tally.add(&device, kind, sequence as u64);
+            }
+        }
+    }
+    Ok(tally)
+}
+
+/// Waits until `database` holds a row for every frame of `expected` (at least once), for at
+/// most `within`, then a second more, for anything still on its way (a redelivery stored
+/// twice) to land; returns [`stored_rows`] then. Returns what is stored when `within` has
+/// passed: compare it with `expected` ([`SequenceTally::mismatches`]) to say what is missing.
+pub async fn wait_until_stored(
+    database: &BackendDatabase,
+    devices: &[&str],
+    expected: &SequenceTally,
+    within: Duration,
+) -> SequenceTally {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let stored = stored_rows(database, devices);
+        if expected.is_covered_by(&stored) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return stored_rows(database, devices);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return stored;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Simulated nodes running on the current [`LocalSet`](tokio::task::LocalSet) (their MQTT
+/// mailboxes are not `Send`), each with the log of the frames it published; stop them with
+/// [`stop`](Self::stop). Dropped, they stop at once, without DISCONNECT.
+#[derive(Debug)]
+pub struct Fleet {
+    stop: watch::Sender<bool>,
+    nodes: Vec<RunningNode>,
+}
+
+/// A node's device, its log of published frames and its task, which ends with how it stopped.
+type RunningNode = (String, PublishLog, JoinHandle<(Stopped, NodeStats)>);
+
+impl Fleet {
+    /// Starts `nodes` against the broker on `127.0.0.1:port`, each sealing through a
+    /// [`RecordingCodec`] around its codec. Must be called inside a `LocalSet`.
+    pub fn start<C: Codec + 'static>(port: u16, nodes: Vec<SimulatedNode<C>>) -> Fleet {
+        let (stop, stopped) = watch::channel(false);
+        let nodes = nodes
+            .into_iter()
+            .map(|node| {
+                let (node, log) = recording(node);
+                let device = node.device.clone();
+                let broker = BrokerAddress::new("127.0.0.1", port, &device);
+                let mut stopped = stopped.clone();
+                let events = log.clone();
+                let task = tokio::task::spawn_local(async move {
+                    let stop = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    node.run_until(broker, stop, &mut |event| events.on_event(&event)).await
+                });
+                (device, log, task)
+            })
+            .collect();
+        Fleet { stop, nodes }
+    }
+
+    /// How many frames each node has published so far.
+    pub fn published(&self) -> Vec<usize> {
+        self.nodes.iter().map(|(_, log, _)| log.count()).collect()
+    }
+
+    /// Stops every node cleanly (each publishes its queue and its offline status, then
+    /// disconnects) and returns what they published, and how each ended. Panics if a node has
+    /// not stopped within [`WAIT`].
+    pub async fn stop(self) -> (SequenceTally, Vec<(String, Stopped, NodeStats)>) {
+        self.stop.send(true).unwrap();
+        let mut published = SequenceTally::new();
+        let mut ended = Vec::new();
+        for (device, log, task) in self.nodes {
+            let (stopped, stats) = tokio::time::timeout(WAIT, task)
+                .await
+                .unwrap_or_else(|_| panic!("node {device} did not stop within {WAIT:?}"))
+                .unwrap();
+            published.extend(&log.tally());
+            ended.push((device, stopped, stats));
+        }
+        (published, ended)
+    }
+}
+
+/// `node` sealing through a [`RecordingCodec`], and the log that codec feeds.
+fn recording<C: Codec>(node: SimulatedNode<C>) -> (SimulatedNode<RecordingCodec<C>>, PublishLog) {
+    let SimulatedNode {
+        device,
+        codec,
+        led,
+        sensor,
+        config,
+        press_every,
+        press_for,
+        base,
+        seed,
+        backoff,
+    } = node;
+    let (codec, log) = RecordingCodec::new(&device, codec);
+    let node = SimulatedNode {
+        device,
+        codec,
+        led,
+        sensor,
+        config,
+        press_every,
+        press_for,
+        base,
+        seed,
+        backoff,
+    };
+    (node, log)
+}
+
+/// `ledtemp-web serve` as a process, with `RUST_LOG=info` and its output appended to
+/// `server.log` in a directory of its own; killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    binary: PathBuf,
+    args: Vec<OsString>,
+    http: SocketAddr,
+    dir: TempDir,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve` with `flags` (pairs of flag and value, such as `("--broker",
+    /// "127.0.0.1:1883")`) and `--listen` on a free port of 127.0.0.1, and waits until it is
+    /// ready ([`wait_ready`](Self::wait_ready)).
+    pub async fn spawn<'a>(
+        binary: PathBuf,
+        flags: impl IntoIterator<Item = (&'a str, OsString)>,
+    ) -> ServerProcess {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut args: Vec<OsString> = vec!["serve".into()];
+        for (flag, value) in flags.into_iter().chain([("--listen", http.to_string().into())]) {
+            args.push(flag.into());
+            args.push(value);
+        }
+        let mut server = ServerProcess {
+            binary,
+            args,
+            http,
+            dir: TempDir::new().unwrap(),
+            child: None,
+            starts: 0,
+        };
+        server.start().await;
+        server
+    }
+
+    /// Its HTTP address: the same on every start.
+    pub fn http(&self) -> SocketAddr {
+        self.http
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// What it logged so far, over all its starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its [`log`](Self::log).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+
+    /// Whether it was started and has not been killed or stopped since (it may have exited on
+    /// its own: [`wait_ready`](Self::wait_ready) says so).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts it (again: with the same arguments, so on the same database, broker session and
+    /// port) and waits until it is ready. Panics if it is running.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.starts += 1;
+        let mut log: File =
+            OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
+        writeln!(log, "=== test: start {} of {} ===", self.starts, self.binary.display()).unwrap();
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Waits until `/healthz` says 200: subscribed to the broker, the store taking commits.
+    /// Panics, with its log, if it exits or is not ready within [`WAIT`].
+    pub async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("the server exited ({status}):\n{}", self.log_tail(100));
+            }
+            if accepts(self.http.port()).await && get_json(self.http, "/healthz").await.0 == 200 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server was not ready within {WAIT:?}:\n{}",
+                self.log_tail(100)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`: it ends at once, whatever it was doing. Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and waits until it exits; panics if it does not exit within [`WAIT`] or exits
+    /// with an error.
+    pub async fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("the server did not stop within {WAIT:?} of SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "the server exited with {status} on SIGTERM:\n{}", self.log());
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

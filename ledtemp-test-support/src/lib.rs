@@ -27,7 +27,11 @@
 //! - [`delivery`]: counting frames end to end: what the nodes published
 //!   ([`RecordingCodec`](delivery::RecordingCodec)), what the broker routed
 //!   ([`Observer`](delivery::Observer)), and whether a store holds each exactly once
-//!   ([`SequenceTally`](delivery::SequenceTally)).
+//!   ([`SequenceTally`](delivery::SequenceTally)); nodes that stop cleanly
+//!   ([`Fleet`](delivery::Fleet)), and the server as a process
+//!   ([`ServerProcess`](delivery::ServerProcess)).
+//! - [`twilio`]: [`TwilioStandIn`](twilio::TwilioStandIn), a local stand-in for Twilio's SMS API
+//!   that records what the alert notifier sends.
 //!
 //! The clock, delay and TCP connector a node needs are `ledtemp-tokio`'s, never copies.
 //!
@@ -92,6 +96,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod secure_broker;
 pub mod server;
+pub mod twilio;
 
 /// Every wait in the helpers (a port opening, a subscription, a frame) ends after this at the
 /// latest, and tests bound their own waits with it.

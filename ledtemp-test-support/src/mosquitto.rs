@@ -80,6 +80,24 @@ impl MosquittoConfig {
     pub fn anonymous() -> Self {
         MosquittoConfig { global: "allow_anonymous true\n".into(), ..MosquittoConfig::default() }
     }
+
+    /// A broker that keeps its subscribers' sessions as docs/broker.md sets it up:
+    /// [`persistence`](Self::persistence) on, `autosave_on_changes true` with
+    /// `autosave_interval 10`, `max_queued_messages 1000000`; anonymous clients, and a log of
+    /// errors, warnings, notices and information (connections, subscriptions) for failure
+    /// messages. The delivery and group tests run on it.
+    pub fn persistent() -> Self {
+        MosquittoConfig {
+            global: "allow_anonymous true\n\
+                     autosave_on_changes true\n\
+                     autosave_interval 10\n\
+                     max_queued_messages 1000000\n\
+                     log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+                .into(),
+            listener: String::new(),
+            persistence: true,
+        }
+    }
 }
 
 /// A Mosquitto process of a test's own, on a free port of 127.0.0.1, killed when dropped.

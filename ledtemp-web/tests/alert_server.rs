@@ -8,63 +8,25 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::IntoResponse;
+use ledtemp_test_support::twilio::{ACCOUNT_SID, BASIC_TOKEN, SmsRequest, TwilioStandIn};
 use ledtemp_web::{Database, ServeArgs, ServeConfig};
 use serde_json::Value;
 use support::broker::TestBroker;
 use support::*;
 
-const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
-const AUTH_TOKEN: &str = "tok3n-value";
-/// base64 of `ACCOUNT_SID:AUTH_TOKEN`.
-const BASIC_TOKEN: &str = "QUMwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjp0b2szbi12YWx1ZQ==";
 const OFFLINE_AFTER_SECS: u64 = 3;
-
-/// What the stand-in for Twilio received: `(path, authorization, form body)`.
-type Requests = Arc<Mutex<Vec<(String, String, String)>>>;
-
-async fn messages(
-    State(requests): State<Requests>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> impl IntoResponse {
-    let authorization = headers
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let mut requests = requests.lock().unwrap();
-    requests.push((
-        uri.path().to_owned(),
-        authorization,
-        String::from_utf8_lossy(&body).into_owned(),
-    ));
-    let sid = format!("SM{:032x}", requests.len());
-    (StatusCode::CREATED, format!(r#"{{"sid":"{sid}","status":"queued"}}"#))
-}
-
-async fn start_twilio() -> (Requests, SocketAddr) {
-    let requests = Requests::default();
-    let app = Router::new().fallback(messages).with_state(Arc::clone(&requests));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (requests, addr)
-}
 
 /// The server's configuration on `database`: an offline rule on kitchen-pi that texts through
 /// `twilio` (its files in `dir`).
-fn config(dir: &Path, database: &Database, broker_port: u16, twilio: SocketAddr) -> ServeConfig {
-    let token = dir.join("twilio-token");
-    std::fs::write(&token, format!("{AUTH_TOKEN}\n")).unwrap();
+fn config(
+    dir: &Path,
+    database: &Database,
+    broker_port: u16,
+    twilio: &TwilioStandIn,
+) -> ServeConfig {
+    let sms = twilio.notifier_toml("sms", &dir.join("twilio-token"));
     let file = dir.join("ledtemp.toml");
     std::fs::write(
         &file,
@@ -75,16 +37,7 @@ fn config(dir: &Path, database: &Database, broker_port: u16, twilio: SocketAddr)
             device = "{KITCHEN}"
             offline_after_secs = {OFFLINE_AFTER_SECS}
             notify = ["sms", "log"]
-
-            [alert.notifier.sms]
-            kind = "twilio"
-            account_sid = "{ACCOUNT_SID}"
-            auth_token_file = {token:?}
-            from = "+15005550006"
-            to = "+14155550100"
-            base_url = "http://{twilio}"
-            daily_cap = 10
-
+            {sms}
             [alert.notifier.log]
             kind = "log"
             "#
@@ -108,11 +61,11 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again(backend: B
     let database = database.database();
     let broker = TestBroker::start().await;
     eprintln!("broker: {:?} on port {}", broker.kind, broker.port);
-    let (requests, twilio) = start_twilio().await;
+    let twilio = TwilioStandIn::start().await;
     let codec = kitchen_codec();
-    let sms_count = || requests.lock().unwrap().len();
+    let sms_count = || twilio.count();
 
-    let server = start_server(config(dir.path(), database, broker.port, twilio), keys()).await;
+    let server = start_server(config(dir.path(), database, broker.port, &twilio), keys()).await;
     let addr = server.http_addr();
     let node = RawPublisher::connect(broker.port, "test-node").await;
     let (topic, frame) = seal(&codec, KITCHEN, 0, &temperature("cpu", 21_000));
@@ -131,7 +84,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again(backend: B
     assert_eq!(fired["active"][0]["key"]["rule"], "kitchen-offline");
     assert_eq!(fired["active"][0]["key"]["device"], KITCHEN);
     eventually("one SMS", || async { (sms_count() == 1).then_some(()) }).await;
-    let (path, authorization, body) = requests.lock().unwrap()[0].clone();
+    let SmsRequest { path, authorization, body } = twilio.requests()[0].clone();
     assert_eq!(path, format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"));
     assert_eq!(authorization, format!("Basic {BASIC_TOKEN}"));
     assert!(body.contains("To=%2B14155550100"), "{body}");
@@ -153,7 +106,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again(backend: B
 
     // The same database after a restart: still firing, and nothing sent again, even after
     // longer than the rule's silence.
-    let server = start_server(config(dir.path(), database, broker.port, twilio), keys()).await;
+    let server = start_server(config(dir.path(), database, broker.port, &twilio), keys()).await;
     let addr = server.http_addr();
     let mut events = EventStream::open(addr).await;
     let restored = alerts(addr).await;
@@ -174,7 +127,7 @@ async fn a_silent_device_texts_once_and_a_restart_does_not_text_again(backend: B
     .await;
     assert_eq!(resolved["recent"][0]["state"], "resolved", "{resolved}");
     eventually("the resolution SMS", || async { (sms_count() == 2).then_some(()) }).await;
-    let body = requests.lock().unwrap()[1].2.clone();
+    let body = twilio.requests()[1].body.clone();
     assert!(body.contains("RESOLVED"), "{body}");
     server.shutdown().await.unwrap();
     assert_eq!(sms_count(), 2);
@@ -193,12 +146,12 @@ async fn a_group_texts_once_and_the_survivor_of_its_leader_texts_the_resolution_
     let Some(postgres) = TestDatabase::create() else { return };
     let database = postgres.database();
     let broker = TestBroker::start().await;
-    let (requests, twilio) = start_twilio().await;
-    let sms_count = || requests.lock().unwrap().len();
+    let twilio = TwilioStandIn::start().await;
+    let sms_count = || twilio.count();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut servers = Vec::new();
     for (dir, id) in dirs.iter().zip(["web-a", "web-b"]) {
-        let mut config = config(dir.path(), &database, broker.port, twilio);
+        let mut config = config(dir.path(), &database, broker.port, &twilio);
         config.mqtt.shared_group = Some("web".into());
         config.mqtt.client_id = id.into();
         servers.push(Some(start_server(config, keys()).await));
@@ -240,7 +193,7 @@ async fn a_group_texts_once_and_the_survivor_of_its_leader_texts_the_resolution_
     let (topic, frame) = seal(&codec, KITCHEN, 1, &temperature("cpu", 21_500));
     node.publish(&topic, &frame).await;
     eventually("the resolution SMS", || async { (sms_count() == 2).then_some(()) }).await;
-    assert!(requests.lock().unwrap()[1].2.contains("RESOLVED"));
+    assert!(twilio.requests()[1].body.contains("RESOLVED"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sms_count(), 2);
     for server in servers.into_iter().flatten() {

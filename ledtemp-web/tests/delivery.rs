@@ -36,21 +36,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use ledtemp_core::{Algorithm, AnyCodec, Backoff, NodeConfig, NodeStats, Stopped};
+use ledtemp_core::{Algorithm, AnyCodec, Backoff, NodeConfig};
 use ledtemp_test_support::WAIT;
 use ledtemp_test_support::delivery::{
-    FrameKind, Observer, PublishLog, RecordingCodec, SequenceTally,
+    Fleet, FrameKind, Observer, ServerProcess, stored_rows, tail, wait_until_stored,
 };
 use ledtemp_test_support::keys::TempKeyring;
 use ledtemp_test_support::mosquitto::{Mosquitto, MosquittoConfig, mosquitto_programs};
-use ledtemp_test_support::net::{accepts, free_port};
 use ledtemp_test_support::node::SimulatedNode;
 use ledtemp_test_support::on_both_backends;
 use ledtemp_test_support::postgres::{Backend, BackendDatabase};
@@ -59,8 +57,7 @@ use ledtemp_test_support::server::get_json;
 use ledtemp_test_support::skip_unless_required;
 use ledtemp_web::Database;
 use tempfile::TempDir;
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, LocalSet};
+use tokio::task::LocalSet;
 
 /// The nodes: three devices, both ciphers.
 const DEVICES: [(&str, Algorithm); 3] = [
@@ -92,14 +89,6 @@ const SERVER_BIN_ENV: &str = "LEDTEMP_DELIVERY_SERVER_BIN";
 
 /// The variable that makes a tmpfs that cannot be mounted a failure.
 const REQUIRE_TMPFS_ENV: &str = "LEDTEMP_REQUIRE_TMPFS";
-
-/// Mosquitto for these tests: the queueing and saving settings of docs/broker.md (with
-/// `persistence true` from [`MosquittoConfig::persistence`]), anonymous clients, a verbose log.
-const MOSQUITTO_SETTINGS: &str = "allow_anonymous true\n\
-     autosave_on_changes true\n\
-     autosave_interval 10\n\
-     max_queued_messages 1000000\n\
-     log_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
 
 // ---------------------------------------------------------------------------------------------
 // The tests
@@ -217,7 +206,7 @@ async fn disk_full() {
     rig.wait_for_failing_store(&format!("a full disk ({filled} bytes of filler)")).await;
     // Frames keep coming while the disk is full: the broker must hold them.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (status, health) = get_json(rig.server.http, "/healthz").await;
+    let (status, health) = get_json(rig.server.http(), "/healthz").await;
     assert_eq!((status, &health["store"]), (503, &"failing".into()), "still full: {health}");
 
     std::fs::remove_file(&filler).unwrap();
@@ -242,7 +231,7 @@ async fn database_unreachable() {
     rig.wait_for_failing_store("the database link was cut").await;
     // Frames keep coming while the database is away: the broker must hold them.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (status, health) = get_json(rig.server.http, "/healthz").await;
+    let (status, health) = get_json(rig.server.http(), "/healthz").await;
     assert_eq!((status, &health["store"]), (503, &"failing".into()), "still away: {health}");
     let link = rig.database_link.as_mut().expect("a PostgreSQL rig has a database link");
     link.open().await;
@@ -290,52 +279,9 @@ async fn through_proxy(url: &str) -> (OsString, Proxy) {
     (url.into(), proxy)
 }
 
-/// The stored rows' sequence numbers, as the server committed them so far (none while the
-/// database does not exist yet).
-fn stored_rows(database: &BackendDatabase) -> SequenceTally {
-    match (database.database(), database.postgres()) {
-        (_, Some(postgres)) => {
-            let mut tally = SequenceTally::new();
-            for (table, kind) in TABLES {
-                for (device, _) in DEVICES {
-                    let sql = format!("SELECT sequence FROM {table} WHERE device = '{device}'");
-                    for sequence in postgres.query_i64(&sql) {
-                        tally.add(device, kind, sequence as u64);
-                    }
-                }
-            }
-            tally
-        }
-        (Database::Sqlite(path), None) => {
-            sqlite_rows(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
-        }
-        (other, None) => panic!("a database of neither backend: {other}"),
-    }
-}
-
-/// The tables with a row per frame, and the kind of frame each holds.
-const TABLES: [(&str, FrameKind); 2] =
-    [("temperatures", FrameKind::Temperature), ("led_changes", FrameKind::Led)];
-
-/// The rows of the SQLite file at `path`, read through a read-only connection (the server may be
-/// writing: WAL readers see the last commit).
-fn sqlite_rows(path: &Path) -> Result<SequenceTally, rusqlite::Error> {
-    use rusqlite::{Connection, OpenFlags};
-    if !path.exists() {
-        return Ok(SequenceTally::new());
-    }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let mut tally = SequenceTally::new();
-    for (table, kind) in TABLES {
-        let mut statement = conn.prepare(&format!("SELECT device, sequence FROM {table}"))?;
-        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?;
-        for row in rows {
-            let (device, sequence): (String, i64) = row?;
-            tally.add(&device, kind, sequence as u64);
-        }
-    }
-    Ok(tally)
+/// The devices' names.
+fn devices() -> [&'static str; 3] {
+    DEVICES.map(|(device, _)| device)
 }
 
 /// Broker, observer, keys, server and database of one test; a running fleet of nodes is apart
@@ -367,11 +313,7 @@ impl Rig {
         let [mosquitto] = mosquitto_programs(&format!("delivery test: {name}"), ["mosquitto"])?;
         let database_dir = TempDir::new().unwrap();
         let database = backend.database(sqlite_dir.unwrap_or(database_dir.path()))?;
-        let config = MosquittoConfig {
-            global: MOSQUITTO_SETTINGS.into(),
-            listener: String::new(),
-            persistence: true,
-        };
+        let config = MosquittoConfig::persistent();
         let mosquitto = Mosquitto::start(&mosquitto, TempDir::new().unwrap(), &config).await;
         let keys = TempKeyring::generate(&DEVICES);
         let codecs = DEVICES.iter().map(|(d, _)| (d.to_string(), keys.codec(d))).collect();
@@ -384,7 +326,7 @@ impl Rig {
             }
             None => (database_argument(&database), None),
         };
-        let server = ServerProcess::spawn(server_link.port(), &database_url, &keys.path()).await;
+        let server = spawn_server(server_link.port(), &database_url, &keys.path()).await;
         let rig = Rig {
             server,
             name: name.to_owned(),
@@ -406,7 +348,7 @@ impl Rig {
     async fn wait_for_failing_store(&self, cause: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let (status, health) = get_json(self.server.http, "/healthz").await;
+            let (status, health) = get_json(self.server.http(), "/healthz").await;
             if status == 503 {
                 assert_eq!(health["store"], "failing", "503 for another reason: {health}");
                 self.note("the store fails; /healthz 503 names it");
@@ -416,7 +358,7 @@ impl Rig {
                 panic!(
                     "the store did not fail within {WAIT:?} of {cause}; /healthz {status} \
                      {health}; rows: {}\n{}",
-                    stored_rows(&self.database).summary(),
+                    stored_rows(&self.database, &devices()).summary(),
                     self.logs()
                 );
             }
@@ -431,37 +373,23 @@ impl Rig {
 
     /// Starts the three nodes; they retry a lost broker with `backoff`.
     fn start_nodes(&self, backoff: Backoff) -> Fleet {
-        let (stop, stopped) = watch::channel(false);
         let nodes = DEVICES
             .iter()
             .enumerate()
-            .map(|(i, (device, _))| {
-                let (codec, log) = RecordingCodec::new(device, self.keys.codec(device));
-                let node = SimulatedNode {
-                    config: NodeConfig {
-                        temperature_period: TEMPERATURE_PERIOD,
-                        ..NodeConfig::default()
-                    },
-                    press_every: PRESS_EVERY,
-                    seed: i as u32,
-                    backoff,
-                    ..SimulatedNode::new(device, codec)
-                };
-                let broker =
-                    ledtemp_tokio::BrokerAddress::new("127.0.0.1", self.mosquitto.port(), *device);
-                let mut stopped = stopped.clone();
-                let events = log.clone();
-                let task = tokio::task::spawn_local(async move {
-                    let stop = async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    };
-                    node.run_until(broker, stop, &mut |event| events.on_event(&event)).await
-                });
-                (device.to_string(), log, task)
+            .map(|(i, (device, _))| SimulatedNode {
+                config: NodeConfig {
+                    temperature_period: TEMPERATURE_PERIOD,
+                    ..NodeConfig::default()
+                },
+                press_every: PRESS_EVERY,
+                seed: i as u32,
+                backoff,
+                ..SimulatedNode::new(device, self.keys.codec(device))
             })
             .collect();
+        let fleet = Fleet::start(self.mosquitto.port(), nodes);
         self.note("nodes started");
-        Fleet { stop, nodes }
+        fleet
     }
 
     /// Stops the nodes cleanly, waits until the observer has every frame they published and the
@@ -481,20 +409,8 @@ impl Rig {
         self.note(&format!("published: {}", published.summary()));
         self.note(&format!("routed: {}", expected.summary()));
 
-        let deadline = tokio::time::Instant::now() + STORED_WAIT;
-        let stored = loop {
-            let stored = stored_rows(&self.database);
-            if expected.is_covered_by(&stored) {
-                // Anything still on its way (a redelivery stored twice) has a moment to land.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                break stored_rows(&self.database);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break stored;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        let (_, stats) = get_json(self.server.http, "/api/stats").await;
+        let stored = wait_until_stored(&self.database, &devices(), &expected, STORED_WAIT).await;
+        let (_, stats) = get_json(self.server.http(), "/api/stats").await;
         self.note(&format!(
             "stored: {}; server since its last start: accepted {}, redelivered {}, replay {}",
             stored.summary(),
@@ -521,173 +437,26 @@ impl Rig {
     fn logs(&self) -> String {
         format!(
             "--- server log (last 150 lines) ---\n{}\n--- mosquitto log (last 60 lines) ---\n{}",
-            tail(&self.server.log(), 150),
+            self.server.log_tail(150),
             tail(&self.mosquitto.log(), 60)
         )
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The running nodes, each with its log of published frames.
-struct Fleet {
-    stop: watch::Sender<bool>,
-    nodes: Vec<RunningNode>,
-}
-
-/// A node's device, its log of published frames and its task, which ends with how it stopped.
-type RunningNode = (String, PublishLog, JoinHandle<(Stopped, NodeStats)>);
-
-impl Fleet {
-    /// How many frames each node has published so far.
-    fn published(&self) -> Vec<usize> {
-        self.nodes.iter().map(|(_, log, _)| log.count()).collect()
-    }
-
-    /// Stops every node cleanly (each publishes its queue and its offline status, then
-    /// disconnects) and returns what they published, and how each ended.
-    async fn stop(self) -> (SequenceTally, Vec<(String, Stopped, NodeStats)>) {
-        self.stop.send(true).unwrap();
-        let mut published = SequenceTally::new();
-        let mut ended = Vec::new();
-        for (device, log, task) in self.nodes {
-            let (stopped, stats) = tokio::time::timeout(WAIT, task)
-                .await
-                .unwrap_or_else(|_| panic!("node {device} did not stop within {WAIT:?}"))
-                .unwrap();
-            published.extend(&log.tally());
-            ended.push((device, stopped, stats));
-        }
-        (published, ended)
-    }
-}
-
-/// `ledtemp-web serve` as a process, its output appended to `server.log` in a directory of its
-/// own; killed when dropped.
-struct ServerProcess {
-    binary: PathBuf,
-    args: Vec<OsString>,
-    http: SocketAddr,
-    dir: TempDir,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl ServerProcess {
-    /// Starts the server against the broker on `broker_port`, and waits until it is ready.
-    async fn spawn(broker_port: u16, database: &OsString, keyring: &Path) -> ServerProcess {
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut args: Vec<OsString> = vec!["serve".into()];
-        for (flag, value) in [
-            ("--broker", OsString::from(format!("127.0.0.1:{broker_port}"))),
-            ("--client-id", SERVER_CLIENT_ID.into()),
-            ("--database", database.clone()),
-            ("--keyring", keyring.into()),
-            ("--listen", http.to_string().into()),
-        ] {
-            args.push(flag.into());
-            args.push(value);
-        }
-        let binary = std::env::var_os(SERVER_BIN_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ledtemp-web")));
-        let mut server = ServerProcess {
-            binary,
-            args,
-            http,
-            dir: TempDir::new().unwrap(),
-            child: None,
-            starts: 0,
-        };
-        server.start().await;
-        server
-    }
-
-    fn log_file(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
-    /// What it logged so far, over all its starts.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_file()).unwrap_or_default()
-    }
-
-    /// Starts it (again: on the same database, broker session and port) and waits until it is
-    /// ready.
-    async fn start(&mut self) {
-        assert!(self.child.is_none(), "the server is running");
-        self.starts += 1;
-        let mut log: File =
-            OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
-        writeln!(log, "=== test: start {} of {} ===", self.starts, self.binary.display()).unwrap();
-        let child = Command::new(&self.binary)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
-        self.child = Some(child);
-        self.wait_ready().await;
-    }
-
-    /// Waits until `/healthz` says 200: subscribed to the broker, the store taking commits.
-    /// Panics, with its log, if it exits or is not ready within [`WAIT`].
-    async fn wait_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("the server exited ({status}):\n{}", tail(&self.log(), 100));
-            }
-            if accepts(self.http.port()).await && get_json(self.http, "/healthz").await.0 == 200 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server was not ready within {WAIT:?}:\n{}",
-                tail(&self.log(), 100)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `kill -9`: it ends at once, whatever it was doing.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, and waits until it exits; panics if it does not exit within [`WAIT`] or exits
-    /// with an error.
-    async fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(sent.success(), "kill -TERM failed");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("the server did not stop within {WAIT:?} of SIGTERM:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(status.success(), "the server exited with {status} on SIGTERM:\n{}", self.log());
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts the server against the broker on `broker_port` as [`SERVER_CLIENT_ID`] (the same
+/// session on every start), and waits until it is ready; [`SERVER_BIN_ENV`] names another build
+/// to run.
+async fn spawn_server(broker_port: u16, database: &OsString, keyring: &Path) -> ServerProcess {
+    let binary = std::env::var_os(SERVER_BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ledtemp-web")));
+    let flags = [
+        ("--broker", OsString::from(format!("127.0.0.1:{broker_port}"))),
+        ("--client-id", SERVER_CLIENT_ID.into()),
+        ("--database", database.clone()),
+        ("--keyring", keyring.into()),
+    ];
+    ServerProcess::spawn(binary, flags).await
 }
 
 // ---------------------------------------------------------------------------------------------
