@@ -449,10 +449,6 @@ fn the_group_texts_once_and_the_survivor_of_its_killed_leader_texts_the_resoluti
 /// from its own commit of 3 on a window that had not seen 1, expects none, and B refuses the
 /// will on its cache alone (a refusal is never checked against the database).
 #[test]
-#[ignore = "server bug (issue 14): a group member refuses a genuine Last Will as stale_will \
-            when the other member accepted the node's online status; rejections are decided on \
-            the cached replay window, which a commit without conflict leaves behind the \
-            database's"]
 fn an_offline_status_is_accepted_by_the_server_that_did_not_see_its_online_status() {
     run(async {
         let what = "group test: the will at the other server";

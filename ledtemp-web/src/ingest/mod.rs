@@ -400,7 +400,14 @@ impl Ingest {
         let mut batch = Batch::default();
         let mut rejections = Vec::with_capacity(frames.len());
         for frame in frames {
-            let checked = self.verify(&batch, frame).and_then(|verified| {
+            let mut verified = self.verify(&batch, frame);
+            if let Err((Some(device), error)) = &verified
+                && error.reject_reason() == Some(RejectReason::StaleWill)
+                && self.refresh_window(&batch, device, frame)
+            {
+                verified = self.verify(&batch, frame);
+            }
+            let checked = verified.and_then(|verified| {
                 self.admit(&mut batch, verified).map_err(|(d, e)| (Some(d), e))
             });
             match checked {
@@ -409,6 +416,31 @@ impl Ingest {
             }
         }
         (batch, rejections)
+    }
+
+    /// A Last Will the cached window refused: the one refusal a stale cache can get wrong. In a
+    /// group, another server may have accepted the online status the will belongs to, so the
+    /// database's window (the truth) is read and taken into the cache when it is ahead. Whether
+    /// the cache changed (then the frame is checked again). A database one server owns always
+    /// agrees with its cache, and is not asked.
+    fn refresh_window(&mut self, batch: &Batch, device: &DeviceId, frame: &IncomingFrame) -> bool {
+        let Ok(header) = FrameHeader::parse(&frame.payload) else { return false };
+        let key = (device.clone(), header.key_id);
+        if batch.windows.contains_key(&key) {
+            // The batch's own frames moved it: its commit compares with the database.
+            return false;
+        }
+        match self.store.stored_window(device, header.key_id) {
+            Ok(Some(stored)) if Some(stored) != self.windows.get(&key).map(ReplayWindow::state) => {
+                self.windows.insert(key, ReplayWindow::restore(stored));
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::warn!(%device, "cannot read the stored replay window: {error}");
+                false
+            }
+        }
     }
 
     /// Steps 1 to 5: checks one frame against the keys and the windows (`batch` overrides the

@@ -167,6 +167,18 @@ pub trait Store: Send + 'static {
         Ok(())
     }
 
+    /// The stored replay window of (`device`, `key_id`), when several servers share the
+    /// database and one may have moved it past this server's cache; `None` when there is none or
+    /// the database is one server's (SQLite, and the default: the cache is the truth).
+    fn stored_window(
+        &mut self,
+        device: &DeviceId,
+        key_id: KeyId,
+    ) -> Result<Option<ReplayState>, Error> {
+        let _ = (device, key_id);
+        Ok(None)
+    }
+
     /// Whether this server leads: evaluates the alert rules, sends notifications and prunes
     /// history, which one server of a group must do, not each. Takes the lead when it is free.
     /// A database one server owns (SQLite), and the default: always.

@@ -77,7 +77,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ledtemp_core::{KeyId, MilliCelsius, ReplayState, SensorName};
+use ledtemp_core::{DeviceId, KeyId, MilliCelsius, ReplayState, SensorName};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -417,6 +417,34 @@ impl Store for PostgresStore {
         let session = self.session()?;
         let outcome = link.runtime.run_timed(write(session, commit, &notices));
         self.settle(outcome)
+    }
+
+    /// Reads the window row (on the writer's connection; no lock: a refusal checked again, the
+    /// commit compares and sets under the lock anyway).
+    fn stored_window(
+        &mut self,
+        device: &DeviceId,
+        key_id: KeyId,
+    ) -> Result<Option<ReplayState>, Error> {
+        let link = Arc::clone(&self.link);
+        let session = self.session()?;
+        let (name, key_id) = (device.as_str(), i16::from(key_id.0));
+        let params: [&(dyn ToSql + Sync); 2] = [&name, &key_id];
+        let reading = session.client.query_opt(
+            "SELECT top, seen, expected_will FROM replay_windows WHERE device = $1 AND key_id = $2",
+            &params,
+        );
+        let outcome = link.runtime.run_timed(reading);
+        let Some(row) = self.settle(outcome)? else { return Ok(None) };
+        let state = (|| {
+            Ok::<_, tokio_postgres::Error>(ReplayState {
+                top: to_u64(row.try_get(0)?),
+                seen: to_u64(row.try_get(1)?),
+                expected_will: to_u64(row.try_get(2)?),
+            })
+        })()
+        .map_err(db)?;
+        Ok(Some(state))
     }
 
     /// Holds or takes the leader lock on the writer's session. A session that was lost and
