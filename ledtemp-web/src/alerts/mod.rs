@@ -31,9 +31,10 @@
 //! device's state before it), [`Engine::handle_tick`] advances time for offline rules (asking
 //! the device states when each device was last heard from, through [`LastSeen`]) and
 //! [`Engine::poll_timeout`] says when that is next needed; notifications come out of
-//! [`Engine::poll_notification`]. [`Engine::export`] gives the whole state as plain serde
-//! data, and [`Engine::restore`] goes on from it: after a restart a firing alert stays firing
-//! and is not sent again, and cooldowns still hold.
+//! [`Engine::poll_notification`] and stay in the state until [`Engine::confirm_sent`] (an
+//! outbox). [`Engine::export`] gives the whole state as plain serde data, and
+//! [`Engine::restore`] goes on from it: after a restart a firing alert stays firing and is not
+//! sent again, cooldowns still hold, and a notification never confirmed is sent (again).
 //!
 //! # Delivery
 //!
@@ -87,6 +88,7 @@
 //! let alert = engine.poll_notification().unwrap();
 //! assert_eq!(alert.kind, NotificationKind::Firing);
 //! assert!(alert.text.starts_with("ALERT kitchen-pi/room 31.5 °C, at or above 30.0 °C"));
+//! engine.confirm_sent(&alert); // every notifier has it: it leaves the stored outbox
 //!
 //! engine.handle(&room(29_000, t0 + 120_000), &before); // inside the hysteresis: still firing
 //! assert!(engine.poll_notification().is_none());
