@@ -708,23 +708,17 @@ impl Ingest {
     /// and nothing is counted as accepted here.
     pub fn apply_remote(&mut self, updates: &[DeviceUpdate]) {
         let mut devices: BTreeMap<DeviceId, DeviceState> = BTreeMap::new();
+        let mut alerts = self.alerts.as_mut().filter(|_| self.leading);
         for update in updates {
-            devices
+            let state = devices
                 .entry(update.device.clone())
-                .or_insert_with(|| self.live.device(&update.device).unwrap_or_default())
-                .apply(update);
-        }
-        if let Some(alerts) = self.alerts.as_mut().filter(|_| self.leading) {
+                .or_insert_with(|| self.live.device(&update.device).unwrap_or_default());
             // The leader's engine sees every server's updates, each with its device's state
-            // before it.
-            let mut before: BTreeMap<&DeviceId, DeviceState> = BTreeMap::new();
-            for update in updates {
-                let state = before
-                    .entry(&update.device)
-                    .or_insert_with(|| self.live.device(&update.device).unwrap_or_default());
+            // before it, as it sees this server's own.
+            if let Some(alerts) = alerts.as_mut() {
                 alerts.handle(update, state);
-                state.apply(update);
             }
+            state.apply(update);
         }
         let refs: Vec<&DeviceUpdate> = updates.iter().collect();
         self.live.publish(devices.into_iter().collect(), &refs);
