@@ -54,6 +54,7 @@ fn json_of(device: &DeviceId, message: &Message, seq: u64) -> JsonMessage {
         Message::Temperature(t) => ("temp", t.sensor.as_str(), t.temperature.0),
         Message::Led(l) => ("led", l.led.as_str(), i32::from(l.state.is_on())),
         Message::Status(_) => ("status", "", 0),
+        Message::Command(c) => ("cmd", c.led.as_str(), i32::from(c.state.is_on())),
     };
     JsonMessage {
         device: device.to_string(),

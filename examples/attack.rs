@@ -487,6 +487,14 @@ fn describe(message: &Message) -> String {
             }
             NodeStatus::Offline => "offline".to_owned(),
         },
+        Message::Command(command) => {
+            format!(
+                "command: LED {} {} (session {})",
+                command.led,
+                state(command.state),
+                command.session.get()
+            )
+        }
     }
 }
 

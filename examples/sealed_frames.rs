@@ -39,6 +39,14 @@ fn receive(codec: &AesGcmCodec, window: &mut ReplayWindow, topic: &str, frame: &
                 )
             }
             Message::Status(s) => format!("accepted #{}: {:?}", opened.header.sequence.get(), s),
+            Message::Command(c) => {
+                format!(
+                    "accepted #{}: set LED {} {:?}",
+                    opened.header.sequence.get(),
+                    c.led,
+                    c.state
+                )
+            }
         },
         Err(e) => format!("REJECTED: {e}"),
     }

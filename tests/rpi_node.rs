@@ -126,7 +126,7 @@ async fn simulate_publishes_sealed_frames_that_open_with_the_configured_key() {
             match &checked.message {
                 Message::Led(_) => leds += 1,
                 Message::Temperature(_) => temperatures += 1,
-                Message::Status(_) => {}
+                Message::Status(_) | Message::Command(_) => {}
             }
             messages.push(checked.message);
         }

@@ -9,8 +9,8 @@ use crate::frame::{FRAME_OVERHEAD, HEADER_LEN, MAX_PAYLOAD_LEN, TAG_LEN};
 use crate::message::{LedState, MilliCelsius, NodeStatus, Uptime};
 use crate::topic::{MAX_TOPIC_LEN, write_topic_bytes};
 use crate::{
-    DeviceId, Error, FrameHeader, KeyId, LedChange, Message, SequenceNumber, StatusReport,
-    TemperatureReading, Topic,
+    DeviceId, Error, FrameHeader, KeyId, LedChange, LedCommand, Message, SequenceNumber,
+    StatusReport, TemperatureReading, Topic,
 };
 
 /// Turns messages into frames and back, without allocating.
@@ -39,6 +39,15 @@ pub trait Codec {
     /// bytes. The frame is authentic but may be a replay: check its sequence number against the
     /// device's [`ReplayWindow`](crate::ReplayWindow) before acting on it.
     fn open(&self, topic: &Topic, frame: &[u8]) -> Result<OpenedFrame, Error>;
+
+    /// Whether an opened frame proves who sealed it (true for every real codec). Only the
+    /// teaching [`InsecurePlaintextCodec`](crate::InsecurePlaintextCodec) says `false`; a node
+    /// holding it then acts on every command as the original project did, with no session,
+    /// expiry or replay check, because a sequence number or session anyone can write proves
+    /// nothing.
+    fn authenticates(&self) -> bool {
+        true
+    }
 }
 
 impl<C: Codec + ?Sized> Codec for &C {
@@ -56,6 +65,9 @@ impl<C: Codec + ?Sized> Codec for &C {
     }
     fn open(&self, topic: &Topic, frame: &[u8]) -> Result<OpenedFrame, Error> {
         (**self).open(topic, frame)
+    }
+    fn authenticates(&self) -> bool {
+        (**self).authenticates()
     }
 }
 
@@ -155,7 +167,7 @@ where
         let payload_len = encode_payload(message, rest)?;
         let (payload, rest) = rest.split_at_mut(payload_len);
         let tag_out = rest.get_mut(..TAG_LEN).ok_or(Error::BufferTooSmall)?;
-        let nonce = Nonce::<A>::from(header.nonce());
+        let nonce = Nonce::<A>::from(header.nonce(message.direction()));
         let tag = self
             .cipher
             .encrypt_inout_detached(&nonce, aad, payload.into())
@@ -177,7 +189,7 @@ where
         let payload = payload.get_mut(..ciphertext.len()).ok_or(Error::Oversize)?;
         let mut aad = [0; HEADER_LEN + MAX_TOPIC_LEN];
         let aad = associated_data(&mut aad, &header, topic.device(), topic.kind_and_name())?;
-        let nonce = Nonce::<A>::from(header.nonce());
+        let nonce = Nonce::<A>::from(header.nonce(topic.direction()));
         let buffer = InOutBuf::new(ciphertext, payload).map_err(|_| Error::Truncated)?;
         self.cipher
             .decrypt_inout_detached(&nonce, aad, buffer, &tag)
@@ -209,6 +221,14 @@ struct StatusPayload {
     status: NodeStatus,
 }
 
+#[derive(Serialize, Deserialize)]
+struct CommandPayload {
+    state: LedState,
+    #[serde(with = "postcard::fixint::le")]
+    session: u64,
+    expires: Uptime,
+}
+
 pub(crate) fn encode_payload(message: &Message, out: &mut [u8]) -> Result<usize, Error> {
     let written = match message {
         Message::Led(m) => {
@@ -221,6 +241,10 @@ pub(crate) fn encode_payload(message: &Message, out: &mut [u8]) -> Result<usize,
         Message::Status(m) => {
             postcard::to_slice(&StatusPayload { uptime: m.uptime, status: m.status.clone() }, out)
         }
+        Message::Command(m) => postcard::to_slice(
+            &CommandPayload { state: m.state, session: m.session.get(), expires: m.expires },
+            out,
+        ),
     };
     written.map(|w| w.len()).map_err(|_| Error::BufferTooSmall)
 }
@@ -250,6 +274,15 @@ pub(crate) fn decode_payload(topic: &Topic, bytes: &[u8]) -> Result<Message, Err
         Topic::Status { .. } => {
             let p: StatusPayload = decode_exact(bytes)?;
             Message::Status(StatusReport { status: p.status, uptime: p.uptime })
+        }
+        Topic::Command { led, .. } => {
+            let p: CommandPayload = decode_exact(bytes)?;
+            Message::Command(LedCommand {
+                led: led.clone(),
+                state: p.state,
+                session: SequenceNumber::new(p.session).map_err(|_| Error::MalformedPayload)?,
+                expires: p.expires,
+            })
         }
     })
 }

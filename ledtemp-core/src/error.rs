@@ -52,6 +52,15 @@ pub enum Error {
     Capacity,
     /// The AEAD refused to seal (input too long for the cipher); nothing was sent.
     SealFailed,
+    /// A command names another session of the node than its current connection (one recorded
+    /// before the node reconnected or rebooted, or sent before its online status), or reached a
+    /// node that is not connected or is stopping. Refused; nothing changed.
+    StaleCommand,
+    /// A command arrived after the moment, on the node's clock, until which its sender allowed
+    /// it to act. Refused; nothing changed.
+    CommandExpired,
+    /// A command names an LED the node does not have. Refused before any cryptography.
+    UnknownLed,
 }
 
 impl fmt::Display for Error {
@@ -82,6 +91,11 @@ impl fmt::Display for Error {
             }
             Error::Capacity => f.write_str("more LEDs or sensors than a node supports"),
             Error::SealFailed => f.write_str("AEAD refused to seal the frame"),
+            Error::StaleCommand => {
+                f.write_str("command for another session of the node (replayed or outdated)")
+            }
+            Error::CommandExpired => f.write_str("command arrived after its expiry"),
+            Error::UnknownLed => f.write_str("command for an LED the node does not have"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The frame header and the limits of the wire format (see `docs/protocol.md`).
 
 use crate::message::MAX_LEDS;
-use crate::{Error, MAX_NAME_LEN};
+use crate::{Direction, Error, MAX_NAME_LEN};
 
 /// Version byte of frames this crate writes and accepts.
 pub const FRAME_VERSION: u8 = 1;
@@ -99,11 +99,15 @@ impl FrameHeader {
         [FRAME_VERSION, self.key_id.0, s0, s1, s2, s3, s4]
     }
 
-    /// The 96-bit AEAD nonce: version, key id, two zero bytes, then the sequence number as 64-bit
-    /// big-endian. Unique per key as long as sequence numbers are (NIST SP 800-38D, 8.2.1).
-    pub fn nonce(&self) -> [u8; 12] {
+    /// The 96-bit AEAD nonce of a frame travelling in `direction`: version, key id, the
+    /// direction ([`Direction::nonce_byte`]: `0x00` from the device, `0x01` to it), a zero byte,
+    /// then the sequence number as 64-bit big-endian. Unique per key as long as each direction's
+    /// sequence numbers are (NIST SP 800-38D, 8.2.1): the device and the server count
+    /// separately, and the direction byte keeps their equal numbers apart.
+    pub fn nonce(&self, direction: Direction) -> [u8; 12] {
         let s = self.sequence.0.to_be_bytes();
-        [FRAME_VERSION, self.key_id.0, 0, 0, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]
+        let d = direction.nonce_byte();
+        [FRAME_VERSION, self.key_id.0, d, 0, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]
     }
 }
 
@@ -118,7 +122,10 @@ mod tests {
         let mut frame = [0u8; FRAME_OVERHEAD];
         frame[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         assert_eq!(FrameHeader::parse(&frame), Ok(header));
-        assert_eq!(header.nonce(), [1, 7, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let nonce = [1, 7, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(header.nonce(Direction::FromDevice), nonce);
+        let nonce = [1, 7, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(header.nonce(Direction::ToDevice), nonce);
     }
 
     #[test]

@@ -114,8 +114,8 @@ pub use hardware::{
     AsyncPublisher, AsyncTempSensor, Button, Led, Outgoing, Publisher, QoS, TempSensor,
 };
 pub use message::{
-    LedChange, LedState, LedStatus, MAX_LEDS, Message, MilliCelsius, NodeStatus, StatusReport,
-    TemperatureReading, Uptime,
+    LedChange, LedCommand, LedState, LedStatus, MAX_LEDS, Message, MilliCelsius, NodeStatus,
+    StatusReport, TemperatureReading, Uptime,
 };
 #[cfg(feature = "minimq")]
 pub use mqtt::{
@@ -124,7 +124,8 @@ pub use mqtt::{
 };
 pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
 pub use node::{
-    DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats, SHUTDOWN_TIMEOUT, Shutdown,
+    AppliedCommand, DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats,
+    SHUTDOWN_TIMEOUT, Shutdown,
 };
 #[cfg(feature = "insecure-plaintext")]
 pub use plaintext::{InsecurePlaintextCodec, SealedOrPlaintext};
@@ -133,7 +134,10 @@ pub use sequence::{MemorySequenceStore, SequenceCounter, SequenceStore};
 pub use sim::{ScriptedButton, SimulatedFault, SimulatedTemperature};
 pub use time::{Clock, Instant};
 pub use tmp102::Tmp102;
-pub use topic::{MAX_TOPIC_LEN, TOPIC_FILTER_ALL, TOPIC_ROOT, Topic, TopicString};
+pub use topic::{
+    Direction, MAX_TOPIC_LEN, TOPIC_FILTER_ALL, TOPIC_FILTERS_FROM_DEVICES, TOPIC_ROOT, Topic,
+    TopicString,
+};
 
 /// Re-exported so callers name the same `aead` the codec is generic over.
 pub use aead;

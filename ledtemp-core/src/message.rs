@@ -3,8 +3,8 @@
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::topic::{KIND_LED, KIND_STATUS, KIND_TEMPERATURE, Topic};
-use crate::{DeviceId, LedName, SensorName};
+use crate::topic::{KIND_COMMAND, KIND_LED, KIND_STATUS, KIND_TEMPERATURE, Topic};
+use crate::{DeviceId, LedName, SensorName, SequenceNumber};
 
 /// Most LEDs a status report can carry.
 pub const MAX_LEDS: usize = 8;
@@ -33,6 +33,14 @@ impl LedState {
     /// `true` when on.
     pub fn is_on(self) -> bool {
         self == LedState::On
+    }
+}
+
+impl Uptime {
+    /// Whether `self` is later than `other`, on a clock that wraps (the two at most about
+    /// 24.8 days apart, half the wrap).
+    pub fn is_after(self, other: Uptime) -> bool {
+        (self.0.wrapping_sub(other.0) as i32) > 0
     }
 }
 
@@ -115,8 +123,33 @@ pub struct StatusReport {
     pub uptime: Uptime,
 }
 
-/// Everything a node publishes. Each kind has its own topic (see [`Topic`]); the names of the LED
-/// or sensor travel in the topic, not in the sealed payload.
+/// A command to a device: set one of its LEDs. Sealed by the server with the device's key
+/// (direction [`ToDevice`](crate::Direction::ToDevice)) and published on
+/// `ledtemp/<device>/cmd/<led>`; the node answers with an [`LedChange`] of that LED
+/// ([`Node::handle_command`](crate::Node::handle_command)).
+///
+/// A node applies a command only within the session it names and before it expires, once:
+/// `docs/security.md` ("Commands") has the argument.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LedCommand {
+    /// Which LED.
+    pub led: LedName,
+    /// The state to set it to.
+    pub state: LedState,
+    /// The node's session the command is for: the sequence number of the online status of the
+    /// node's connection the sender last saw. A node refuses a command for any other session,
+    /// so a command recorded before the node reconnected or rebooted is dead.
+    pub session: SequenceNumber,
+    /// The node's uptime after which the command must not act: the sender's estimate of the
+    /// node's clock when it sent the command, plus how long it waits for the confirmation. A
+    /// command held back longer than that is refused, so a command the sender gave up on never
+    /// acts later.
+    pub expires: Uptime,
+}
+
+/// Everything on the wire: what a node publishes, and the commands sent to it. Each kind has its
+/// own topic (see [`Topic`]); the names of the LED or sensor travel in the topic, not in the
+/// sealed payload.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[allow(clippy::large_enum_variant, reason = "no allocator to box into; messages are transient")]
 pub enum Message {
@@ -126,6 +159,8 @@ pub enum Message {
     Temperature(TemperatureReading),
     /// Online or offline; topic `ledtemp/<device>/status`.
     Status(StatusReport),
+    /// A command to the device; topic `ledtemp/<device>/cmd/<led>`.
+    Command(LedCommand),
 }
 
 impl Message {
@@ -138,6 +173,7 @@ impl Message {
                 Topic::Temperature { device, sensor: reading.sensor.clone() }
             }
             Message::Status(_) => Topic::Status { device },
+            Message::Command(command) => Topic::Command { device, led: command.led.clone() },
         }
     }
 
@@ -147,15 +183,27 @@ impl Message {
             Message::Led(m) => (KIND_LED, Some(m.led.as_str())),
             Message::Temperature(m) => (KIND_TEMPERATURE, Some(m.sensor.as_str())),
             Message::Status(_) => (KIND_STATUS, None),
+            Message::Command(m) => (KIND_COMMAND, Some(m.led.as_str())),
         }
     }
 
-    /// The node time the message carries.
+    /// The node time the message carries (for a command, its expiry).
     pub fn uptime(&self) -> Uptime {
         match self {
             Message::Led(m) => m.uptime,
             Message::Temperature(m) => m.uptime,
             Message::Status(m) => m.uptime,
+            Message::Command(m) => m.expires,
+        }
+    }
+
+    /// Which way the message travels.
+    pub fn direction(&self) -> crate::Direction {
+        match self {
+            Message::Command(_) => crate::Direction::ToDevice,
+            Message::Led(_) | Message::Temperature(_) | Message::Status(_) => {
+                crate::Direction::FromDevice
+            }
         }
     }
 }

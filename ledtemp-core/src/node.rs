@@ -8,9 +8,9 @@ use heapless::Vec;
 use crate::hardware::{Outgoing, QoS};
 use crate::message::MAX_LEDS;
 use crate::{
-    Codec, DeviceId, Error, Instant, LedChange, LedName, LedState, LedStatus, Message,
-    MilliCelsius, NodeStatus, SensorName, SequenceCounter, SequenceNumber, SequenceStore,
-    StatusReport, TemperatureReading, Uptime,
+    Codec, DeviceId, Error, Instant, LedChange, LedCommand, LedName, LedState, LedStatus, Message,
+    MilliCelsius, NodeStatus, ReplayWindow, SensorName, SequenceCounter, SequenceNumber,
+    SequenceStore, StatusReport, TemperatureReading, Topic, Uptime,
 };
 
 /// Most temperature sensors one node samples.
@@ -85,6 +85,24 @@ pub struct NodeStats {
     pub sensor_errors: u64,
     /// Messages waiting in the queue now.
     pub queued: usize,
+    /// Commands applied ([`Node::handle_command`]).
+    pub commands_applied: u64,
+    /// Commands refused: not authentic, replayed, for another session, expired, for an LED the
+    /// node does not have, or malformed.
+    pub commands_refused: u64,
+}
+
+/// A command the node applied: the answer of [`Node::handle_command`]. The LED is driven by the
+/// next [`Node::poll_led`] (when its state changed), and its state goes out as an LED frame,
+/// changed or not: the confirmation the sender waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedCommand {
+    /// Which LED.
+    pub index: usize,
+    /// Its state now.
+    pub state: LedState,
+    /// Whether the command changed it.
+    pub changed: bool,
 }
 
 /// A message waiting to be sealed and sent. Kept compact (names are looked up by index when the
@@ -259,6 +277,12 @@ pub struct Node<C, S, const QUEUE: usize = DEFAULT_QUEUE_CAPACITY> {
     shutdown_deadline: Option<Instant>,
     /// A stopping node's offline status was published.
     offline_sent: bool,
+    /// The current session: the sequence number of the current connection's online status, set
+    /// by `handle_connect`. Commands must name it.
+    session: Option<SequenceNumber>,
+    /// The sequence numbers of the commands accepted in the current session (the server's
+    /// counter); reset with every new session.
+    commands: ReplayWindow,
     stats: NodeStats,
 }
 
@@ -305,6 +329,8 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
             will: None,
             shutdown_deadline: None,
             offline_sent: false,
+            session: None,
+            commands: ReplayWindow::new(),
             stats: NodeStats::default(),
         })
     }
@@ -344,6 +370,87 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         if self.leds.get(index).is_some_and(|led| led.state != state) {
             self.change_led(now, index, state);
         }
+    }
+
+    /// A command frame received on `topic` at `now`: opened with the node's key (direction to the
+    /// device), checked, and applied. The LED's state then goes out as an LED frame whether it
+    /// changed or not, so the sender sees the state the device confirmed.
+    ///
+    /// Refused, changing nothing (counted in [`NodeStats::commands_refused`]):
+    /// - a topic that is not `ledtemp/<this device>/cmd/<led>` ([`Error::InvalidTopic`]), or an
+    ///   LED the node does not have ([`Error::UnknownLed`]), before any cryptography;
+    /// - whatever [`Codec::open`] refuses: forged, altered, moved to another LED or device,
+    ///   sealed with another key, a frame from the device itself replayed on the command topic
+    ///   ([`Error::Unauthentic`] and the frame errors);
+    /// - a command for another session than the current connection's, or while the node is not
+    ///   connected or is stopping ([`Error::StaleCommand`]): a command recorded before a
+    ///   reconnection or a reboot;
+    /// - a command past its expiry on the node's clock ([`Error::CommandExpired`]);
+    /// - a copy of a command already accepted in this session ([`Error::Replayed`],
+    ///   [`Error::TooOld`]).
+    ///
+    /// Nothing is written to the sequence store: the node's own counter moves only by the LED
+    /// frame it sends in answer. `docs/security.md` ("Commands") has the argument.
+    pub fn handle_command(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        frame: &[u8],
+    ) -> Result<AppliedCommand, Error> {
+        let result = self.check_command(now, topic, frame);
+        match &result {
+            Ok(applied) => {
+                self.stats.commands_applied += 1;
+                if applied.changed {
+                    self.change_led(now, applied.index, applied.state);
+                } else {
+                    let state = applied.state;
+                    self.enqueue(Pending::Led {
+                        index: applied.index as u8,
+                        state,
+                        at: now.uptime(),
+                    });
+                }
+            }
+            Err(_) => self.stats.commands_refused += 1,
+        }
+        result
+    }
+
+    /// Every check of [`handle_command`](Self::handle_command); accepts the command's number in
+    /// the window (the only change) when all pass.
+    fn check_command(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        frame: &[u8],
+    ) -> Result<AppliedCommand, Error> {
+        let topic = Topic::parse(topic)?;
+        let Topic::Command { device, led } = &topic else {
+            return Err(Error::InvalidTopic);
+        };
+        if *device != self.device {
+            return Err(Error::InvalidTopic);
+        }
+        let index = self.leds.iter().position(|slot| slot.name == *led).ok_or(Error::UnknownLed)?;
+        let opened = self.codec.open(&topic, frame)?;
+        let Message::Command(LedCommand { state, session, expires, .. }) = opened.message else {
+            return Err(Error::MalformedPayload);
+        };
+        let changed = self.leds.get(index).is_some_and(|slot| slot.state != state);
+        if !self.codec.authenticates() {
+            // INSECURE teaching codec: the original project's node, which obeys every message.
+            return Ok(AppliedCommand { index, state, changed });
+        }
+        if self.is_stopping() || self.session != Some(session) {
+            return Err(Error::StaleCommand);
+        }
+        if now.uptime().is_after(expires) {
+            return Err(Error::CommandExpired);
+        }
+        let window = self.commands.state_after(opened.header.sequence)?;
+        self.commands = ReplayWindow::restore(window);
+        Ok(AppliedCommand { index, state, changed })
     }
 
     /// Advances timers: settles buttons, marks sensors due, queues the periodic LED announcement.
@@ -425,6 +532,10 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         self.stats.frames_sealed += 1;
         self.queue.retain(|p| !matches!(p, Pending::Online { .. }));
         self.online_reserved = Some(online);
+        // A new session: commands for the one before are stale from now on, so its window
+        // has nothing left to guard.
+        self.session = Some(online);
+        self.commands = ReplayWindow::new();
         self.will = Some((will, now.uptime()));
         let entry = Pending::Online { leds: self.led_bits(), at: now.uptime() };
         if self.queue.is_full() {
@@ -471,7 +582,7 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         self.stats.frames_sealed += 1;
         let (qos, retain) = match message {
             Message::Temperature(_) => (self.config.temperature_qos, false),
-            Message::Led(_) | Message::Status(_) => (QoS::AtLeastOnce, true),
+            Message::Led(_) | Message::Status(_) | Message::Command(_) => (QoS::AtLeastOnce, true),
         };
         let frame = buf.get(..len).ok_or(Error::BufferTooSmall)?;
         Ok(Some(Outgoing {
@@ -920,7 +1031,7 @@ mod tests {
     }
 
     /// Opens `frame` as the server does: the codec, then the replay window with the will rule.
-    fn accept_as_server(window: &mut crate::ReplayWindow, topic: &str, frame: &[u8]) -> Message {
+    fn accept_as_server(window: &mut ReplayWindow, topic: &str, frame: &[u8]) -> Message {
         let opened = codec().open(&Topic::parse(topic).unwrap(), frame).unwrap();
         window.accept_frame(&opened).unwrap_or_else(|e| panic!("{opened:?}: {e}"));
         opened.message
@@ -930,7 +1041,7 @@ mod tests {
     fn a_stopping_node_sends_its_queue_then_its_own_will_and_asks_to_disconnect() {
         let mut store = MemorySequenceStore::new();
         let mut node = node::<8>(&mut store);
-        let mut window = crate::ReplayWindow::new();
+        let mut window = ReplayWindow::new();
         let mut buf = [0u8; MAX_FRAME_LEN];
         let will = node.handle_connect(at(0), &mut buf).unwrap();
         let (will_topic, will_frame) = (will.topic.to_string(), will.frame.to_vec());
@@ -1001,7 +1112,7 @@ mod tests {
     fn a_stopping_node_that_reconnects_sends_the_new_will_and_never_drops_it() {
         let mut store = MemorySequenceStore::new();
         let mut node = node::<3>(&mut store);
-        let mut window = crate::ReplayWindow::new();
+        let mut window = ReplayWindow::new();
         let mut buf = [0u8; MAX_FRAME_LEN];
         node.handle_connect(at(0), &mut buf).unwrap();
         let online = node.poll_transmit(&mut buf).unwrap().unwrap();
@@ -1048,5 +1159,216 @@ mod tests {
             at(0),
         );
         assert!(matches!(result, Err(Error::Capacity)));
+    }
+
+    /// The server's side of a command: sealed with the device's key, numbered by the server's
+    /// own counter.
+    fn command(
+        codec: &impl Codec,
+        device: &str,
+        led: &str,
+        state: LedState,
+        session: SequenceNumber,
+        expires_ms: u32,
+        sequence: u64,
+    ) -> (String, StdVec<u8>) {
+        let message = Message::Command(LedCommand {
+            led: LedName::new(led).unwrap(),
+            state,
+            session,
+            expires: Uptime(expires_ms),
+        });
+        let device = DeviceId::new(device).unwrap();
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let sequence = SequenceNumber::new(sequence).unwrap();
+        let len = codec.seal(&device, sequence, &message, &mut buf).unwrap();
+        (message.topic(&device).to_string(), buf[..len].to_vec())
+    }
+
+    /// A node connected at 0 ms, its online status sent; returns its session.
+    fn connected<C: Codec, S: SequenceStore, const Q: usize>(
+        node: &mut Node<C, S, Q>,
+    ) -> SequenceNumber {
+        let mut will = [0u8; MAX_FRAME_LEN];
+        node.handle_connect(at(0), &mut will).unwrap();
+        let session = node.session.unwrap();
+        drain(node);
+        session
+    }
+
+    #[test]
+    fn a_command_of_the_current_session_sets_the_led_and_the_node_confirms_it() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let session = connected(&mut node);
+        while node.poll_led().is_some() {}
+        let (topic, frame) = command(&codec(), "pi", "green", LedState::On, session, 5_000, 0);
+        assert_eq!(topic, "ledtemp/pi/cmd/green");
+        let applied = node.handle_command(at(1_000), &topic, &frame).unwrap();
+        assert_eq!(applied, AppliedCommand { index: 1, state: LedState::On, changed: true });
+        assert_eq!(node.poll_led(), Some((1, LedState::On)));
+        assert_eq!(node.led_state(1), Some(LedState::On));
+        let sent = drain(&mut node);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, "ledtemp/pi/led/green");
+        assert_eq!(sent[0].2, led_change("green", LedState::On, 1_000));
+
+        // The same state again: nothing to drive, but the state is confirmed all the same.
+        let (topic, frame) = command(&codec(), "pi", "green", LedState::On, session, 5_000, 1);
+        let applied = node.handle_command(at(1_100), &topic, &frame).unwrap();
+        assert!(!applied.changed);
+        assert_eq!(node.poll_led(), None);
+        assert_eq!(drain(&mut node)[0].2, led_change("green", LedState::On, 1_100));
+        assert_eq!(node.stats().commands_applied, 2);
+    }
+
+    #[test]
+    fn a_copy_of_a_command_is_refused_in_its_session_and_changes_nothing() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let session = connected(&mut node);
+        let (topic, on) = command(&codec(), "pi", "red", LedState::On, session, 60_000, 7);
+        let (_, off) = command(&codec(), "pi", "red", LedState::Off, session, 60_000, 8);
+        node.handle_command(at(10), &topic, &on).unwrap();
+        node.handle_command(at(20), &topic, &off).unwrap();
+        drain(&mut node);
+        // Replaying "on" would switch the LED back: refused.
+        assert_eq!(node.handle_command(at(30), &topic, &on), Err(Error::Replayed));
+        assert_eq!(node.led_state(0), Some(LedState::Off));
+        assert!(drain(&mut node).is_empty(), "a refused command sends nothing");
+        // Late but unseen commands inside the window are fine; far below it they are not.
+        let (_, late) = command(&codec(), "pi", "red", LedState::On, session, 60_000, 5);
+        node.handle_command(at(40), &topic, &late).unwrap();
+        let (_, far) = command(&codec(), "pi", "red", LedState::Off, session, 60_000, 500);
+        node.handle_command(at(50), &topic, &far).unwrap();
+        let (_, old) = command(&codec(), "pi", "red", LedState::On, session, 60_000, 6);
+        assert_eq!(node.handle_command(at(60), &topic, &old), Err(Error::TooOld));
+        assert_eq!(node.led_state(0), Some(LedState::Off));
+        assert_eq!(node.stats().commands_refused, 2);
+    }
+
+    #[test]
+    fn a_command_of_an_earlier_session_is_refused_after_a_reconnect_and_a_reboot() {
+        let mut store = MemorySequenceStore::new();
+        let (topic, frame) = {
+            let mut node = node::<8>(&mut store);
+            let session = connected(&mut node);
+            let recorded = command(&codec(), "pi", "red", LedState::On, session, 60_000, 0);
+            // Reconnected: a new session, the recorded command is stale, unused or not.
+            let mut will = [0u8; MAX_FRAME_LEN];
+            node.handle_connect(at(100), &mut will).unwrap();
+            assert_eq!(
+                node.handle_command(at(200), &recorded.0, &recorded.1),
+                Err(Error::StaleCommand)
+            );
+            recorded
+        };
+        // Rebooted (the store keeps only the sequence block; nothing was written per command):
+        // the new node's session is a number it never used before, so the command is stale too,
+        // and stays so however often it is replayed.
+        let writes = store.writes();
+        let mut node = node::<8>(&mut store);
+        assert_eq!(node.handle_command(at(10), &topic, &frame), Err(Error::StaleCommand));
+        connected(&mut node);
+        assert_eq!(node.handle_command(at(20), &topic, &frame), Err(Error::StaleCommand));
+        assert_eq!(node.led_state(0), Some(LedState::Off));
+        assert!(drain(&mut node).is_empty());
+        assert_eq!(store.writes(), writes + 1, "one block reservation at boot, none per command");
+    }
+
+    #[test]
+    fn a_command_past_its_expiry_is_refused_also_across_the_uptime_wrap() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let session = connected(&mut node);
+        let (topic, frame) = command(&codec(), "pi", "red", LedState::On, session, 5_000, 0);
+        assert_eq!(node.handle_command(at(5_001), &topic, &frame), Err(Error::CommandExpired));
+        node.handle_command(at(5_000), &topic, &frame).unwrap();
+        // Uptime wraps after 2^32 ms: an expiry just after the wrap is still ahead of a node
+        // just before it, and one just before is behind a node just after.
+        let wrap = 1u64 << 32;
+        let (_, ahead) = command(&codec(), "pi", "red", LedState::Off, session, 100, 1);
+        node.handle_command(at(wrap - 100), &topic, &ahead).unwrap();
+        let (_, behind) = command(&codec(), "pi", "red", LedState::On, session, u32::MAX - 50, 2);
+        assert_eq!(node.handle_command(at(wrap + 10), &topic, &behind), Err(Error::CommandExpired));
+    }
+
+    #[test]
+    fn forged_moved_and_foreign_commands_are_refused_before_they_act() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let session = connected(&mut node);
+        let (topic, frame) = command(&codec(), "pi", "red", LedState::On, session, 60_000, 0);
+        let mut tampered = frame.clone();
+        tampered[9] ^= 1;
+        assert_eq!(node.handle_command(at(1), &topic, &tampered), Err(Error::Unauthentic));
+        // Moved to the other LED, or arriving for another device.
+        assert_eq!(
+            node.handle_command(at(1), "ledtemp/pi/cmd/green", &frame),
+            Err(Error::Unauthentic)
+        );
+        assert_eq!(
+            node.handle_command(at(1), "ledtemp/other/cmd/red", &frame),
+            Err(Error::InvalidTopic)
+        );
+        assert_eq!(
+            node.handle_command(at(1), "ledtemp/pi/cmd/blue", &frame),
+            Err(Error::UnknownLed)
+        );
+        assert_eq!(
+            node.handle_command(at(1), "ledtemp/pi/led/red", &frame),
+            Err(Error::InvalidTopic)
+        );
+        // Sealed with another key (another device's, with the same key id).
+        let other = AesGcmCodec::from_key_bytes(KeyId(1), &[7; 16]).unwrap();
+        let (_, foreign) = command(&other, "pi", "red", LedState::On, session, 60_000, 1);
+        assert_eq!(node.handle_command(at(1), &topic, &foreign), Err(Error::Unauthentic));
+        // The device's own LED frame (same key, uplink direction) posted on the command topic.
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let led = led_change("red", LedState::On, 1);
+        let device = DeviceId::new("pi").unwrap();
+        let len = codec().seal(&device, SequenceNumber::new(3).unwrap(), &led, &mut buf).unwrap();
+        assert_eq!(node.handle_command(at(1), &topic, &buf[..len]), Err(Error::Unauthentic));
+        assert_eq!(node.led_state(0), Some(LedState::Off));
+        assert!(drain(&mut node).is_empty());
+        assert_eq!(node.stats().commands_refused, 7);
+        // The genuine command still works: nothing above moved the window.
+        node.handle_command(at(2), &topic, &frame).unwrap();
+        assert_eq!(node.led_state(0), Some(LedState::On));
+    }
+
+    #[test]
+    fn a_node_not_connected_or_stopping_refuses_commands() {
+        let mut store = MemorySequenceStore::new();
+        let mut node = node::<8>(&mut store);
+        let session = SequenceNumber::new(0).unwrap();
+        let (topic, frame) = command(&codec(), "pi", "red", LedState::On, session, 60_000, 0);
+        assert_eq!(node.handle_command(at(1), &topic, &frame), Err(Error::StaleCommand));
+        assert_eq!(connected(&mut node), session);
+        node.handle_shutdown(at(2));
+        assert_eq!(node.handle_command(at(3), &topic, &frame), Err(Error::StaleCommand));
+        assert_eq!(node.led_state(0), Some(LedState::Off));
+    }
+
+    #[test]
+    fn the_insecure_plaintext_node_obeys_every_command_as_the_original_project_did() {
+        use crate::InsecurePlaintextCodec;
+        let plain = InsecurePlaintextCodec::new(KeyId(1));
+        let mut node: Node<_, _, 8> = Node::new(
+            DeviceId::new("pi").unwrap(),
+            &[LedName::new("red").unwrap()],
+            &[],
+            plain,
+            MemorySequenceStore::new(),
+            NodeConfig::default(),
+            at(0),
+        )
+        .unwrap();
+        // No connection, a made-up session, long expired, and the same frame twice: all obeyed.
+        let session = SequenceNumber::new(999).unwrap();
+        let (topic, frame) = command(&plain, "pi", "red", LedState::On, session, 0, 0);
+        node.handle_command(at(10_000), &topic, &frame).unwrap();
+        node.handle_command(at(10_001), &topic, &frame).unwrap();
+        assert_eq!(node.led_state(0), Some(LedState::On));
     }
 }

@@ -66,6 +66,10 @@ impl Codec for InsecurePlaintextCodec {
         let message = decode_payload(topic, payload)?;
         Ok(OpenedFrame { header, message })
     }
+
+    fn authenticates(&self) -> bool {
+        false
+    }
 }
 
 /// A sealed codec, or, **for teaching only**, the [`InsecurePlaintextCodec`]: what a node or
@@ -111,6 +115,10 @@ impl<C: Codec> Codec for SealedOrPlaintext<C> {
 
     fn open(&self, topic: &Topic, frame: &[u8]) -> Result<OpenedFrame, Error> {
         self.inner().open(topic, frame)
+    }
+
+    fn authenticates(&self) -> bool {
+        self.inner().authenticates()
     }
 }
 

@@ -57,7 +57,7 @@ pub struct ReplayState {
 /// frame (a store re-checking a batch against the stored window) needs to know of its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReplayRule {
-    /// A reading or an LED change: the plain window.
+    /// A reading, an LED change or a command (on the node): the plain window.
     Plain,
     /// An online status: the plain window, and it makes the next number the expected Last Will.
     Online,
@@ -74,7 +74,7 @@ impl ReplayRule {
             Message::Status(StatusReport { status: NodeStatus::Online { .. }, .. }) => {
                 ReplayRule::Online
             }
-            Message::Led(_) | Message::Temperature(_) => ReplayRule::Plain,
+            Message::Led(_) | Message::Temperature(_) | Message::Command(_) => ReplayRule::Plain,
         }
     }
 }

@@ -9,8 +9,14 @@ use crate::{DeviceId, Error, LedName, MAX_NAME_LEN, SensorName};
 /// First level of every ledtemp topic.
 pub const TOPIC_ROOT: &str = "ledtemp";
 
-/// Topic filter that matches everything every ledtemp device publishes.
+/// Topic filter that matches everything under the ledtemp root: what devices publish, and the
+/// commands sent to them.
 pub const TOPIC_FILTER_ALL: &str = "ledtemp/+/#";
+
+/// The topic filters a receiver of device frames subscribes to: every LED, temperature and
+/// status topic of every device, and no command topic ([`Topic::Command`] goes the other way).
+pub const TOPIC_FILTERS_FROM_DEVICES: [&str; 3] =
+    ["ledtemp/+/led/+", "ledtemp/+/temp/+", "ledtemp/+/status"];
 
 /// Longest topic, in bytes: `ledtemp/<device>/temp/<sensor>` with both names at their limit.
 pub const MAX_TOPIC_LEN: usize =
@@ -19,6 +25,29 @@ pub const MAX_TOPIC_LEN: usize =
 pub(crate) const KIND_LED: &str = "led";
 pub(crate) const KIND_TEMPERATURE: &str = "temp";
 pub(crate) const KIND_STATUS: &str = "status";
+pub(crate) const KIND_COMMAND: &str = "cmd";
+
+/// Which way a frame travels. Both directions use the device's key, so the direction is bound
+/// into the nonce (its first reserved byte, [`FrameHeader::nonce`](crate::FrameHeader::nonce))
+/// and, through the topic kind, into the associated data: the two never share a nonce, and a
+/// frame of one direction never opens as one of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the device: LED changes, temperatures, status reports. Nonce byte 2 is `0x00`.
+    FromDevice,
+    /// To the device: commands ([`Topic::Command`]). Nonce byte 2 is `0x01`.
+    ToDevice,
+}
+
+impl Direction {
+    /// The nonce byte that names the direction.
+    pub const fn nonce_byte(self) -> u8 {
+        match self {
+            Direction::FromDevice => 0x00,
+            Direction::ToDevice => 0x01,
+        }
+    }
+}
 
 /// A topic held without allocation.
 pub type TopicString = String<MAX_TOPIC_LEN>;
@@ -30,6 +59,7 @@ pub type TopicString = String<MAX_TOPIC_LEN>;
 /// | `ledtemp/<device>/led/<led>` | [`LedChange`](crate::LedChange) |
 /// | `ledtemp/<device>/temp/<sensor>` | [`TemperatureReading`](crate::TemperatureReading) |
 /// | `ledtemp/<device>/status` | [`StatusReport`](crate::StatusReport) |
+/// | `ledtemp/<device>/cmd/<led>` | [`LedCommand`](crate::LedCommand), to the device |
 ///
 /// Parsing is strict (no empty levels, no extra levels, names validated), so a parsed topic
 /// formats back to exactly the bytes it came from; the sealed frame's associated data relies on it.
@@ -62,6 +92,13 @@ pub enum Topic {
         /// Sending device.
         device: DeviceId,
     },
+    /// `ledtemp/<device>/cmd/<led>`: a command to the device, about one of its LEDs.
+    Command {
+        /// The device the command is for.
+        device: DeviceId,
+        /// LED name.
+        led: LedName,
+    },
 }
 
 impl Topic {
@@ -84,6 +121,9 @@ impl Topic {
                 sensor: SensorName::new(sensor).map_err(|_| Error::InvalidTopic)?,
             },
             (Some(KIND_STATUS), None) => Topic::Status { device },
+            (Some(KIND_COMMAND), Some(led)) => {
+                Topic::Command { device, led: LedName::new(led).map_err(|_| Error::InvalidTopic)? }
+            }
             _ => return Err(Error::InvalidTopic),
         };
         match levels.next() {
@@ -97,8 +137,30 @@ impl Topic {
         match self {
             Topic::Led { device, .. }
             | Topic::Temperature { device, .. }
-            | Topic::Status { device } => device,
+            | Topic::Status { device }
+            | Topic::Command { device, .. } => device,
         }
+    }
+
+    /// Which way frames on this topic travel.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Topic::Command { .. } => Direction::ToDevice,
+            Topic::Led { .. } | Topic::Temperature { .. } | Topic::Status { .. } => {
+                Direction::FromDevice
+            }
+        }
+    }
+
+    /// The filter a node subscribes to for the commands sent to `device`:
+    /// `ledtemp/<device>/cmd/+`.
+    pub fn command_filter(device: &DeviceId) -> TopicString {
+        let mut out = TopicString::new();
+        // Cannot overflow: shorter than the longest topic.
+        for part in [TOPIC_ROOT, "/", device.as_str(), "/", KIND_COMMAND, "/+"] {
+            let _ = out.push_str(part);
+        }
+        out
     }
 
     /// The topic as a string.
@@ -123,6 +185,7 @@ impl Topic {
             Topic::Led { led, .. } => (KIND_LED, Some(led.as_str())),
             Topic::Temperature { sensor, .. } => (KIND_TEMPERATURE, Some(sensor.as_str())),
             Topic::Status { .. } => (KIND_STATUS, None),
+            Topic::Command { led, .. } => (KIND_COMMAND, Some(led.as_str())),
         }
     }
 
@@ -174,13 +237,34 @@ mod tests {
 
     #[test]
     fn parses_each_kind_and_formats_back() {
-        for s in ["ledtemp/pi-1/led/red", "ledtemp/pi-1/temp/cpu", "ledtemp/pi-1/status"] {
+        for s in [
+            "ledtemp/pi-1/led/red",
+            "ledtemp/pi-1/temp/cpu",
+            "ledtemp/pi-1/status",
+            "ledtemp/pi-1/cmd/red",
+        ] {
             let topic = Topic::parse(s).unwrap();
             assert_eq!(topic.to_topic_string().as_str(), s);
             let mut buf = [0u8; MAX_TOPIC_LEN];
             let n = topic.write_bytes(&mut buf).unwrap();
             assert_eq!(&buf[..n], s.as_bytes());
         }
+    }
+
+    #[test]
+    fn commands_travel_to_the_device_and_have_their_own_filter() {
+        let command = Topic::parse("ledtemp/pi-1/cmd/red").unwrap();
+        assert_eq!(command.direction(), Direction::ToDevice);
+        assert_eq!(
+            Topic::parse("ledtemp/pi-1/led/red").unwrap().direction(),
+            Direction::FromDevice
+        );
+        let device = DeviceId::new("pi-1").unwrap();
+        assert_eq!(Topic::command_filter(&device).as_str(), "ledtemp/pi-1/cmd/+");
+        let name = "n".repeat(MAX_NAME_LEN);
+        let longest = format!("ledtemp/{name}/cmd/{name}");
+        assert!(longest.len() < MAX_TOPIC_LEN);
+        assert_eq!(Topic::parse(&longest).unwrap().to_topic_string().as_str(), longest);
     }
 
     #[test]
@@ -211,6 +295,10 @@ mod tests {
             "other/pi/status",
             "/ledtemp/pi/status",
             "ledtemp/pi/humidity/x",
+            "ledtemp/pi/cmd",
+            "ledtemp/pi/cmd/",
+            "ledtemp/pi/cmd/+",
+            "ledtemp/pi/cmd/red/x",
         ] {
             assert_eq!(Topic::parse(s), Err(Error::InvalidTopic), "{s:?}");
         }

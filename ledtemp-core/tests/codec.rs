@@ -6,8 +6,9 @@ mod support;
 
 use aead::{AeadInOut, KeyInit};
 use ledtemp_core::{
-    AesGcmCodec, ChaChaCodec, Codec, Error, FRAME_OVERHEAD, FrameHeader, KeyId, LedState,
-    MAX_FRAME_LEN, MAX_TOPIC_LEN, Message, ReplayState, ReplayWindow, SequenceNumber, Topic,
+    AesGcmCodec, ChaChaCodec, Codec, Direction, Error, FRAME_OVERHEAD, FrameHeader, KeyId,
+    LedState, MAX_FRAME_LEN, MAX_TOPIC_LEN, Message, ReplayState, ReplayWindow, SequenceNumber,
+    Topic,
 };
 use serde_json::Value;
 use support::*;
@@ -120,20 +121,22 @@ fn seal_payload(
 ) -> Vec<u8> {
     fn seal_with<A: AeadInOut + KeyInit>(
         key: &[u8],
-        header: FrameHeader,
+        nonce: [u8; 12],
         aad: &[u8],
         payload: &mut [u8],
     ) -> Vec<u8> {
         let cipher = A::new_from_slice(key).unwrap();
-        let nonce = aead::Nonce::<A>::try_from(header.nonce().as_slice()).unwrap();
+        let nonce = aead::Nonce::<A>::try_from(nonce.as_slice()).unwrap();
         cipher.encrypt_inout_detached(&nonce, aad, payload.into()).unwrap().to_vec()
     }
     let aad = [header.to_bytes().as_slice(), topic.as_bytes()].concat();
+    let direction = Topic::parse(topic).map_or(Direction::FromDevice, |t| t.direction());
+    let nonce = header.nonce(direction);
     let mut ciphertext = payload.to_vec();
     let tag = match aead {
-        "AES-128-GCM" => seal_with::<aes_gcm::Aes128Gcm>(key, header, &aad, &mut ciphertext),
+        "AES-128-GCM" => seal_with::<aes_gcm::Aes128Gcm>(key, nonce, &aad, &mut ciphertext),
         "ChaCha20-Poly1305" => {
-            seal_with::<chacha20poly1305::ChaCha20Poly1305>(key, header, &aad, &mut ciphertext)
+            seal_with::<chacha20poly1305::ChaCha20Poly1305>(key, nonce, &aad, &mut ciphertext)
         }
         other => panic!("unknown AEAD {other}"),
     };
@@ -241,7 +244,8 @@ fn test_vectors_match_exactly() {
         assert_eq!(topic.to_topic_string().as_str(), v["topic"].as_str().unwrap(), "{name}");
         let sequence = seq(v["sequence"].as_u64().unwrap());
         let header = FrameHeader { key_id, sequence };
-        assert_eq!(header.nonce().to_vec(), unhex(&v["nonce"]), "{name}: nonce");
+        let nonce = header.nonce(message.direction());
+        assert_eq!(nonce.to_vec(), unhex(&v["nonce"]), "{name}: nonce");
         let aad = [header.to_bytes().as_slice(), topic.to_topic_string().as_bytes()].concat();
         assert_eq!(aad, unhex(&v["aad"]), "{name}: aad");
 

@@ -52,6 +52,8 @@ pub enum FrameKind {
     Led,
     /// An online or offline status: it updates the device, no row of its own.
     Status,
+    /// A command to the device (sealed by the server, never by a node).
+    Command,
 }
 
 impl FrameKind {
@@ -61,6 +63,7 @@ impl FrameKind {
             Message::Temperature(_) => FrameKind::Temperature,
             Message::Led(_) => FrameKind::Led,
             Message::Status(_) => FrameKind::Status,
+            Message::Command(_) => FrameKind::Command,
         }
     }
 }
@@ -194,7 +197,7 @@ impl SequenceTally {
             let slot = match kind {
                 FrameKind::Temperature => 0,
                 FrameKind::Led => 1,
-                FrameKind::Status => 2,
+                FrameKind::Status | FrameKind::Command => 2,
             };
             per_device.entry(device).or_default()[slot] +=
                 numbers.values().map(|&n| n as usize).sum::<usize>();

@@ -170,8 +170,13 @@ pub struct DeviceUpdate {
 }
 
 impl DeviceUpdate {
-    /// The update an opened `message` from `device`, received at `at`, stands for.
-    pub fn from_message(device: DeviceId, at: UnixMillis, message: &Message) -> DeviceUpdate {
+    /// The update an opened `message` from `device`, received at `at`, stands for; `None` for a
+    /// command, which goes to a device and says nothing about it.
+    pub fn from_message(
+        device: DeviceId,
+        at: UnixMillis,
+        message: &Message,
+    ) -> Option<DeviceUpdate> {
         let led = |led: &LedName, state: LedState| LedPoint { led: led.clone(), state, at };
         let observation = match message {
             Message::Temperature(reading) => {
@@ -192,8 +197,9 @@ impl DeviceUpdate {
             Message::Status(StatusReport { status: NodeStatus::Offline, .. }) => {
                 Observation::Offline
             }
+            Message::Command(_) => return None,
         };
-        DeviceUpdate { device, at, observation, retained: false }
+        Some(DeviceUpdate { device, at, observation, retained: false })
     }
 
     /// Whether the device is online after this update (everything but the Last Will says so).
@@ -336,14 +342,14 @@ mod tests {
             status: NodeStatus::Online { leds: [led("red", true)].into_iter().collect() },
             uptime: Uptime(0),
         });
-        state.apply(&DeviceUpdate::from_message(device(), UnixMillis(2_000), &online));
+        state.apply(&DeviceUpdate::from_message(device(), UnixMillis(2_000), &online).unwrap());
         let reading = Message::Temperature(TemperatureReading {
             sensor: SensorName::new("cpu").unwrap(),
             temperature: MilliCelsius(21_375),
             uptime: Uptime(1),
         });
         // Out of order: an older frame does not move last_seen back.
-        let update = DeviceUpdate::from_message(device(), UnixMillis(1_000), &reading);
+        let update = DeviceUpdate::from_message(device(), UnixMillis(1_000), &reading).unwrap();
         assert_eq!(state.new_names(&update), (0, 1));
         state.apply(&update);
         assert_eq!(state.last_seen, Some(UnixMillis(2_000)));
@@ -353,10 +359,10 @@ mod tests {
             state: LedState::Off,
             uptime: Uptime(2),
         });
-        state.apply(&DeviceUpdate::from_message(device(), UnixMillis(3_000), &change));
+        state.apply(&DeviceUpdate::from_message(device(), UnixMillis(3_000), &change).unwrap());
         let offline =
             Message::Status(StatusReport { status: NodeStatus::Offline, uptime: Uptime(3) });
-        state.apply(&DeviceUpdate::from_message(device(), UnixMillis(4_000), &offline));
+        state.apply(&DeviceUpdate::from_message(device(), UnixMillis(4_000), &offline).unwrap());
         assert!(!state.online);
         assert!(!state.is_online(UnixMillis(4_001), Duration::from_secs(120)));
         let json =

@@ -429,7 +429,7 @@ impl std::ops::DerefMut for World {
 }
 
 fn update(device: &str, message: &Message, at_ms: i64) -> DeviceUpdate {
-    DeviceUpdate::from_message(DeviceId::new(device).unwrap(), UnixMillis(at_ms), message)
+    DeviceUpdate::from_message(DeviceId::new(device).unwrap(), UnixMillis(at_ms), message).unwrap()
 }
 
 fn reading(device: &str, sensor: &str, milli_celsius: i32, at_ms: i64) -> DeviceUpdate {

@@ -79,7 +79,7 @@
 //!         temperature: MilliCelsius(milli_celsius),
 //!         uptime: Uptime(0),
 //!     });
-//!     DeviceUpdate::from_message(kitchen.clone(), UnixMillis(at_ms), &reading)
+//!     DeviceUpdate::from_message(kitchen.clone(), UnixMillis(at_ms), &reading).unwrap()
 //! };
 //! let before = DeviceState::default(); // the device's state before each update
 //! engine.handle(&room(31_000, t0), &before);

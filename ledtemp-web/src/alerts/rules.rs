@@ -885,7 +885,7 @@ mod tests {
 
     fn update(message: &Message, at_ms: i64) -> DeviceUpdate {
         let device = DeviceId::new("kitchen-pi").unwrap();
-        DeviceUpdate::from_message(device, UnixMillis(at_ms), message)
+        DeviceUpdate::from_message(device, UnixMillis(at_ms), message).unwrap()
     }
 
     fn reading(sensor: &str, milli_celsius: i32, at_ms: i64) -> DeviceUpdate {

@@ -33,7 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledtemp_core::{
-    Codec, DeviceId, FrameHeader, InsecurePlaintextCodec, KeyId, ReplayState, ReplayWindow, Topic,
+    Codec, DeviceId, Direction, FrameHeader, InsecurePlaintextCodec, KeyId, ReplayState,
+    ReplayWindow, Topic,
 };
 use tokio::sync::mpsc;
 
@@ -454,6 +455,10 @@ impl Ingest {
             .map_err(|_| ledtemp_core::Error::InvalidTopic)
             .and_then(Topic::parse)
             .map_err(|e| (None, Error::rejected(e)))?;
+        if topic.direction() == Direction::ToDevice {
+            // A command (this server's own, or another's): not the server's to read.
+            return Err((None, Error::rejected(ledtemp_core::Error::InvalidTopic)));
+        }
         let device = topic.device().clone();
         let fail = |e: ledtemp_core::Error| (Some(device.clone()), Error::rejected(e));
         let window_of = |key_id: KeyId| {
@@ -488,11 +493,10 @@ impl Ingest {
                 (opened, window)
             }
         };
+        let update = DeviceUpdate::from_message(device.clone(), frame.received, &opened.message)
+            .ok_or_else(|| fail(ledtemp_core::Error::InvalidTopic))?;
         Ok(Verified {
-            update: DeviceUpdate {
-                retained: frame.retained,
-                ..DeviceUpdate::from_message(device, frame.received, &opened.message)
-            },
+            update: DeviceUpdate { retained: frame.retained, ..update },
             key_id: opened.header.key_id,
             sequence: opened.header.sequence.get(),
             uptime: opened.message.uptime(),
