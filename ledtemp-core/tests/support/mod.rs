@@ -2,8 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ledtemp_core::{
-    DeviceId, LedChange, LedName, LedState, LedStatus, Message, MilliCelsius, NodeStatus,
-    SensorName, StatusReport, TemperatureReading, Uptime,
+    DeviceId, LedChange, LedCommand, LedName, LedState, LedStatus, MAX_SEQUENCE, Message,
+    MilliCelsius, NodeStatus, SensorName, SequenceNumber, StatusReport, TemperatureReading, Uptime,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -36,6 +36,17 @@ pub fn offline(uptime: u32) -> Message {
     Message::Status(StatusReport { status: NodeStatus::Offline, uptime: Uptime(uptime) })
 }
 
+/// A command to a device: set `name` to `state`, for the node's `session`, until its uptime
+/// `expires`.
+pub fn command(name: &str, state: LedState, session: u64, expires: u32) -> Message {
+    Message::Command(LedCommand {
+        led: LedName::new(name).unwrap(),
+        state,
+        session: SequenceNumber::new(session).unwrap(),
+        expires: Uptime(expires),
+    })
+}
+
 fn state_of(v: &Value) -> LedState {
     match v.as_str().unwrap() {
         "on" => LedState::On,
@@ -46,14 +57,14 @@ fn state_of(v: &Value) -> LedState {
 
 /// A message from its JSON description in `tests/vectors.json`.
 pub fn message_from_json(v: &Value) -> Message {
-    let uptime = v["uptime_ms"].as_u64().unwrap() as u32;
+    let uptime = || v["uptime_ms"].as_u64().unwrap() as u32;
     match v["kind"].as_str().unwrap() {
         "temperature" => temperature(
             v["sensor"].as_str().unwrap(),
             v["milli_celsius"].as_i64().unwrap() as i32,
-            uptime,
+            uptime(),
         ),
-        "led" => led(v["led"].as_str().unwrap(), state_of(&v["state"]), uptime),
+        "led" => led(v["led"].as_str().unwrap(), state_of(&v["state"]), uptime()),
         "online" => {
             let leds: Vec<(String, LedState)> = v["leds"]
                 .as_array()
@@ -62,9 +73,15 @@ pub fn message_from_json(v: &Value) -> Message {
                 .map(|l| (l["led"].as_str().unwrap().to_owned(), state_of(&l["state"])))
                 .collect();
             let leds: Vec<(&str, LedState)> = leds.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-            online(&leds, uptime)
+            online(&leds, uptime())
         }
-        "offline" => offline(uptime),
+        "offline" => offline(uptime()),
+        "command" => command(
+            v["led"].as_str().unwrap(),
+            state_of(&v["state"]),
+            v["session"].as_u64().unwrap(),
+            u32::try_from(v["expires_ms"].as_u64().unwrap()).unwrap(),
+        ),
         other => panic!("bad message kind {other}"),
     }
 }
@@ -77,7 +94,7 @@ pub fn led_state_strategy() -> impl Strategy<Value = LedState> {
     any::<bool>().prop_map(LedState::from)
 }
 
-/// Any valid message.
+/// Any valid message, either direction.
 pub fn message_strategy() -> impl Strategy<Value = Message> {
     prop_oneof![
         (name_strategy(), any::<i32>(), any::<u32>()).prop_map(|(s, t, u)| temperature(&s, t, u)),
@@ -89,5 +106,7 @@ pub fn message_strategy() -> impl Strategy<Value = Message> {
                 online(&leds, u)
             }),
         any::<u32>().prop_map(offline),
+        (name_strategy(), led_state_strategy(), 0..=MAX_SEQUENCE, any::<u32>())
+            .prop_map(|(n, s, session, e)| command(&n, s, session, e)),
     ]
 }
