@@ -364,7 +364,10 @@ mod tests {
         assert_eq!(config.pipeline.database, Database::Sqlite(PathBuf::from("ledtemp.db")));
         assert_eq!(config.keyring, PathBuf::from("keyring.toml"));
         assert_eq!(config.pipeline.retention, Some(Duration::from_secs(30 * 24 * 3600)));
-        assert_eq!(config.mqtt.filter(), "ledtemp/+/#");
+        assert_eq!(
+            config.mqtt.filters(),
+            ["ledtemp/+/led/+", "ledtemp/+/temp/+", "ledtemp/+/status"]
+        );
         assert_eq!(config.embedded_broker, None);
     }
 
@@ -432,7 +435,7 @@ mod tests {
             config.pipeline.database.to_string(),
             "postgres://web@db2:5432/ledtemp?sslmode=prefer"
         );
-        assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
+        assert_eq!(config.mqtt.filters()[2], "$share/web/ledtemp/+/status");
         // A shared group on a SQLite file, or without a client id of its own, is refused.
         let sqlite =
             ServeArgs { config: Some(path), database: Some("y.db".into()), ..ServeArgs::default() };

@@ -137,6 +137,30 @@ impl KeyTable {
         }
     }
 
+    /// Seals `message` for `device` as number `sequence` with the key `key_id`, if that key is
+    /// usable at `now_ms` (not revoked, not past its `retire_at`); `None` otherwise. The server
+    /// seals only commands, with its own sequence numbers
+    /// ([`Store::reserve_command_sequences`](crate::Store::reserve_command_sequences)).
+    pub(crate) fn seal(
+        &self,
+        device: &DeviceId,
+        key_id: KeyId,
+        sequence: ledtemp_core::SequenceNumber,
+        message: &ledtemp_core::Message,
+        now_ms: i64,
+    ) -> Option<Vec<u8>> {
+        match self.read().get(&(device.clone(), key_id)) {
+            Some(KeySlot::Usable { codec, retire_at_ms })
+                if retire_at_ms.is_none_or(|at| now_ms < at) =>
+            {
+                let mut out = [0u8; ledtemp_core::MAX_FRAME_LEN];
+                let len = codec.seal(device, sequence, message, &mut out).ok()?;
+                out.get(..len).map(<[u8]>::to_vec)
+            }
+            _ => None,
+        }
+    }
+
     /// Swaps in `keys` as a whole (a reloaded keyring) and returns what changed. Frames being
     /// opened meanwhile finish with the old keys; every later one uses the new. Replay windows
     /// are not part of the table and are kept.

@@ -75,6 +75,7 @@
 
 pub mod alerts;
 mod broker;
+mod command;
 mod config;
 // The dashboard (page, script, styles, vendored chart library) is maintained separately.
 mod dashboard;
@@ -90,13 +91,17 @@ mod server;
 mod store;
 
 pub use broker::EmbeddedBroker;
+pub use command::{
+    COMMAND_LIFETIME, COMMAND_SEQUENCE_BLOCK, CONFIRM_TIMEOUT, CommandLink, CommandOutcome,
+    CommandRecord, CommandRefusal, CommandRequest, Commander, SealedCommand,
+};
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
 pub use http::{
     AccessControl, AppState, AuthArgs, AuthConfig, CONTENT_SECURITY_POLICY_VALUE,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits, MAX_REQUEST_BODY,
-    MAX_VERIFICATIONS, MIN_PASSWORD_LEN, SESSION_RECHECK, app, hash_password,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits, MAX_COMMAND_LOG,
+    MAX_REQUEST_BODY, MAX_VERIFICATIONS, MIN_PASSWORD_LEN, SESSION_RECHECK, app, hash_password,
     hash_password_command, new_api_token, new_token_command,
 };
 pub use ingest::{

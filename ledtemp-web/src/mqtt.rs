@@ -82,8 +82,8 @@ pub struct SubscriberConfig {
     /// When QoS 1 frames are acknowledged to the broker: after commit (the default), or on
     /// receipt (the baseline of `benches/ingest.rs`; loses frames on a crash).
     pub acknowledge: Acknowledge,
-    /// MQTT v5 shared subscription group: `$share/<group>/ledtemp/+/#`, so several servers split
-    /// the stream.
+    /// MQTT v5 shared subscription group: `$share/<group>/<filter>` for each filter, so several
+    /// servers split the stream.
     pub shared_group: Option<String>,
     /// Broker user name and password.
     pub credentials: Option<(String, String)>,
@@ -94,12 +94,22 @@ pub struct SubscriberConfig {
 }
 
 impl SubscriberConfig {
-    /// The topic filter subscribed to.
-    pub fn filter(&self) -> String {
-        match &self.shared_group {
-            Some(group) => format!("$share/{group}/{}", ledtemp_core::TOPIC_FILTER_ALL),
-            None => ledtemp_core::TOPIC_FILTER_ALL.to_owned(),
-        }
+    /// The topic filters subscribed to: what devices publish
+    /// ([`TOPIC_FILTERS_FROM_DEVICES`](ledtemp_core::TOPIC_FILTERS_FROM_DEVICES)), not the
+    /// commands servers send them; each prefixed with the shared group, if any.
+    pub fn filters(&self) -> Vec<String> {
+        self.shared(&ledtemp_core::TOPIC_FILTERS_FROM_DEVICES)
+    }
+
+    /// `filters`, prefixed with the shared group, if any.
+    fn shared(&self, filters: &[&str]) -> Vec<String> {
+        filters
+            .iter()
+            .map(|filter| match &self.shared_group {
+                Some(group) => format!("$share/{group}/{filter}"),
+                None => (*filter).to_owned(),
+            })
+            .collect()
     }
 }
 
@@ -272,6 +282,7 @@ pub async fn run_subscriber(
     live: Arc<LiveState>,
     frames: mpsc::Sender<WorkerInput>,
     mut control: watch::Receiver<SubscriberControl>,
+    commands: crate::CommandLink,
 ) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options.set_keep_alive(config.keep_alive);
@@ -290,9 +301,14 @@ pub async fn run_subscriber(
     if let Some(tls) = &config.tls {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.client_config())));
     }
-    let filter = config.filter();
+    let filters = config.filters();
+    let filter = filters.join(" ");
+    // Before commands existed the server subscribed to everything under the root; a session
+    // kept from then would still deliver the commands (and each frame twice) through it.
+    let legacy = config.shared(&[ledtemp_core::TOPIC_FILTER_ALL]);
     // Room for every acknowledgement the broker can be owed at once, and the subscription.
     let (client, mut events) = AsyncClient::new(options, ACK_ROOM);
+    commands.set(client.clone());
     let link = Arc::new(AckLink {
         client: client.clone(),
         connection: AtomicU64::new(0),
@@ -331,9 +347,19 @@ pub async fn run_subscriber(
                 logged_down = false;
                 ever_connected = true;
                 connected = true;
-                let mut subscription = Filter::new(filter.clone(), QoS::AtLeastOnce);
-                subscription.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
-                if let Err(error) = client.try_subscribe_many([subscription]) {
+                if connack.session_present {
+                    for old in &legacy {
+                        if let Err(error) = client.try_unsubscribe(old.clone()) {
+                            tracing::error!("cannot unsubscribe {old}: {error}");
+                        }
+                    }
+                }
+                let subscriptions = filters.iter().map(|filter| {
+                    let mut subscription = Filter::new(filter.clone(), QoS::AtLeastOnce);
+                    subscription.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+                    subscription
+                });
+                if let Err(error) = client.try_subscribe_many(subscriptions) {
                     tracing::error!("cannot subscribe: {error}");
                 }
             }

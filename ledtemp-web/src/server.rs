@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::alerts::{AlertBoard, AlertRunner, AlertsConfig, DeliveryQueue, run_alert_deliveries};
 use crate::broker::{EmbeddedBroker, local_client_addr};
+use crate::command::{CommandLink, Commander};
 use crate::config::ServeConfig;
 use crate::http::{AccessControl, AppState, app};
 use crate::ingest::{Ingest, Limits, Retention, WorkerInput, run_worker};
@@ -100,6 +101,8 @@ pub struct ServerState {
     pub alerts: Option<Arc<AlertBoard>>,
     /// The keys the pipeline opens frames with (a keyring reload swaps them in place).
     pub keys: Arc<KeyTable>,
+    /// Sends LED commands; `None` without an MQTT link (a pipeline fed directly).
+    pub commands: Option<Commander>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -185,7 +188,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             ingest,
-            state: ServerState { live, history, alerts: board, keys },
+            state: ServerState { live, history, alerts: board, keys, commands: None },
             deliveries,
         })
     }
@@ -273,18 +276,22 @@ impl Server {
         }
         let (inputs, worker_inputs) = mpsc::channel(INGEST_QUEUE);
         let deliveries = pipeline.alert_deliveries(Some(inputs.clone())).map(tokio::spawn);
-        let Pipeline { ingest, state, .. } = pipeline;
+        let Pipeline { ingest, mut state, .. } = pipeline;
         let retention = Retention { keep: config.pipeline.retention, every: PRUNE_EVERY };
         let worker = std::thread::Builder::new()
             .name("ledtemp-ingest".into())
             .spawn(move || run_worker(ingest, worker_inputs, retention))
             .map_err(|e| Error::io("starting the ingest thread", e))?;
         let (mqtt_control, control) = watch::channel(SubscriberControl::Run);
+        let link = CommandLink::new();
+        state.commands =
+            Some(Commander::new(inputs.clone(), link.clone(), Arc::clone(&state.live)));
         let mqtt = tokio::spawn(run_subscriber(
             config.mqtt.clone(),
             Arc::clone(&state.live),
             inputs.clone(),
             control,
+            link,
         ));
         let remote = tokio::spawn(forward_remote(remote_updates, inputs.clone()));
         let clock = tokio::spawn(run_clock(inputs));

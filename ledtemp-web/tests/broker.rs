@@ -266,7 +266,7 @@ async fn two_servers_in_a_shared_group_split_the_stream_and_refuse_each_others_r
         let mut config = serve_config_on(&postgres.database(), broker.port);
         config.mqtt.shared_group = Some("web".into());
         config.mqtt.client_id = id.into();
-        assert_eq!(config.mqtt.filter(), "$share/web/ledtemp/+/#");
+        assert_eq!(config.mqtt.filters()[0], "$share/web/ledtemp/+/led/+");
         let server = Server::start(config, keys()).await.unwrap();
         wait_healthy(server.http_addr(), 200).await;
         servers.push(server);

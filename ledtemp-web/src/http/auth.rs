@@ -116,6 +116,44 @@ pub(crate) struct SessionContext {
     csrf: String,
 }
 
+/// Who made a request, as the command log names them: no login configured, a bearer token (by
+/// the first 8 hex digits of its hash) or a login session (by those of its key's).
+#[derive(Debug, Clone)]
+pub(crate) enum Principal {
+    /// No login is configured.
+    Open,
+    /// `Authorization: Bearer`.
+    Token(String),
+    /// A dashboard login.
+    Session(String),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Open => f.write_str("open"),
+            Principal::Token(id) => write!(f, "token {id}"),
+            Principal::Session(id) => write!(f, "session {id}"),
+        }
+    }
+}
+
+/// The synchronizer-token check of a state-changing request made with a login session: its
+/// `X-CSRF-Token` header must be the session's token (from `GET /auth/session`). A request with
+/// a bearer token, or to a server without login, carries no ambient credential and needs none;
+/// the same-origin check ([`guard`]) applies to all. `Some` is the 403 to answer.
+pub(crate) fn refuse_without_csrf_token(
+    access: &AccessControl,
+    session: Option<&SessionContext>,
+    headers: &HeaderMap,
+    path: &str,
+) -> Option<Response> {
+    let session = session?;
+    let presented = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or(b"");
+    let valid = bool::from(presented.ct_eq(session.csrf.as_bytes()));
+    (!valid).then(|| access.csrf_rejected("a POST without the session's token", path))
+}
+
 /// The client's address (unspecified when the server was not started with connection info).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientIp(IpAddr);
@@ -270,13 +308,16 @@ pub(crate) async fn guard(
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
     request.extensions_mut().insert(ClientIp(ip));
     if !access.required {
+        request.extensions_mut().insert(Principal::Open);
         return next.run(request).await;
     }
     if let Some(value) = request.headers().get(AUTHORIZATION) {
         let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-        if !token.is_some_and(|token| access.token_valid(token.trim())) {
+        let Some(token) = token.map(str::trim).filter(|token| access.token_valid(token)) else {
             return unauthorized();
-        }
+        };
+        let id = hex::encode(sha256(token).get(..4).unwrap_or_default());
+        request.extensions_mut().insert(Principal::Token(id));
         request.extensions_mut().insert(Authenticated);
         return next.run(request).await;
     }
@@ -286,6 +327,7 @@ pub(crate) async fn guard(
         Some(SessionContext { key, csrf })
     });
     if let Some(session) = session {
+        request.extensions_mut().insert(Principal::Session(session.key.short_id()));
         request.extensions_mut().insert(session);
         request.extensions_mut().insert(Authenticated);
     }
@@ -470,9 +512,9 @@ pub(crate) async fn logout(
 ) -> Response {
     let access = &state.access;
     if let Some(axum::Extension(session)) = session {
-        let presented = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or(b"");
-        if !bool::from(presented.ct_eq(session.csrf.as_bytes())) {
-            return access.csrf_rejected("logout without the session's token", "/auth/logout");
+        let path = "/auth/logout";
+        if let Some(refused) = refuse_without_csrf_token(access, Some(&session), &headers, path) {
+            return refused;
         }
         lock(&access.sessions).close(&session.key);
         tracing::info!("logout");

@@ -1,10 +1,11 @@
 //! The HTTP side: JSON API, Server-Sent Events, health and metrics, behind the login
-//! ([`auth`]). Handlers only read state; login and logout (POST, CSRF-checked) are the only
-//! routes that change any.
+//! ([`auth`]). Handlers only read state, but for three POSTs, each CSRF-checked: login, logout
+//! and switching a device's LED (`command`).
 
 mod api;
 mod auth;
 mod auth_config;
+mod command;
 mod health;
 mod login_limit;
 mod metrics;
@@ -21,6 +22,7 @@ pub use auth_config::{
     AuthArgs, AuthConfig, MIN_PASSWORD_LEN, hash_password, hash_password_command, new_api_token,
     new_token_command,
 };
+pub use command::MAX_COMMAND_LOG;
 
 use std::sync::Arc;
 
@@ -79,6 +81,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/devices/{id}/temperature", get(api::temperature))
         .route("/api/stats", get(api::stats))
         .route("/api/alerts", get(api::alerts))
+        .route("/api/devices/{id}/leds/{led}", post(command::switch_led))
+        .route("/api/commands", get(command::command_log))
         .route("/api/events", get(sse::events))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_login));

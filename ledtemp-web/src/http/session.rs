@@ -32,6 +32,12 @@ impl SessionKey {
     pub(crate) fn of(id: &str) -> SessionKey {
         SessionKey(sha256(id))
     }
+
+    /// The first 8 hex digits of the key (a hash of the cookie): names the session in logs
+    /// without revealing its cookie.
+    pub(crate) fn short_id(&self) -> String {
+        hex::encode(self.0.get(..4).unwrap_or_default())
+    }
 }
 
 #[derive(Debug)]

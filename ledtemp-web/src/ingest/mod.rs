@@ -23,6 +23,7 @@
 //! A rejected frame changes nothing but a counter (and maybe a rate-limited log line). Frames that
 //! arrive together are committed in one transaction ([`Ingest::handle_batch`]).
 
+mod commands;
 mod limits;
 mod reject_log;
 
@@ -99,6 +100,15 @@ pub enum WorkerInput {
     /// Updates another server of a shared subscription group committed to the shared database
     /// ([`Store::follow_others`]): for this server's live view.
     Remote(Vec<DeviceUpdate>),
+    /// An LED command to seal ([`Commander`](crate::Commander)); the answer goes to the sender.
+    Command(
+        crate::command::CommandRequest,
+        tokio::sync::oneshot::Sender<
+            Result<crate::command::SealedCommand, crate::command::CommandRefusal>,
+        >,
+    ),
+    /// A command's outcome, for the stored command log.
+    CommandLog(crate::command::CommandRecord),
 }
 
 /// How the ingest worker prunes old history.
@@ -160,6 +170,10 @@ pub fn run_worker(
                 WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
                 WorkerInput::Remote(updates) => ingest.apply_remote(&updates),
                 WorkerInput::NotificationSent(notification) => ingest.confirm_sent(&notification),
+                WorkerInput::Command(request, reply) => {
+                    let _ = reply.send(ingest.seal_command(&request));
+                }
+                WorkerInput::CommandLog(record) => ingest.log_command(&record),
             }
         }
         if let Some(keep) = retention.keep
@@ -224,6 +238,8 @@ pub struct Ingest {
     last_stats: Option<StatsSnapshot>,
     /// When a failing store was last logged.
     store_log: Option<Instant>,
+    /// Sequence blocks and node clocks for LED commands.
+    commands: commands::CommandState,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -258,6 +274,7 @@ impl Ingest {
             leading,
             last_stats: None,
             store_log: None,
+            commands: commands::CommandState::default(),
         }
     }
 
@@ -577,6 +594,7 @@ impl Ingest {
         }
         self.store_recovered();
         self.windows.extend(std::mem::take(&mut batch.windows));
+        self.commands.note_frames(&batch.accepted);
         let updates: Vec<&DeviceUpdate> = batch.accepted.iter().map(|f| &f.update).collect();
         // Committed: the batch's device states become the cache's (moved, not copied).
         self.live.publish(std::mem::take(&mut batch.devices).into_iter().collect(), &updates);

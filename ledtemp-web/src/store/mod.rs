@@ -33,6 +33,7 @@ use ledtemp_core::{
 
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
+use crate::command::{CommandOutcome, CommandRecord};
 use crate::model::{DeviceState, DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
 
 /// A frame that passed every check, with what the store needs to persist it.
@@ -186,6 +187,21 @@ pub trait Store: Send + 'static {
         Ok(true)
     }
 
+    /// Reserves the next `count` sequence numbers of the server's own counter for commands to
+    /// (`device`, `key_id`) and returns the first: the numbers `first..first + count` are this
+    /// server's alone. The reservation is written (committed) before it is returned, so a crash
+    /// at any point never hands out a number twice; servers sharing the database get disjoint
+    /// blocks. Numbers a server reserved but did not use before it stopped are skipped.
+    fn reserve_command_sequences(
+        &mut self,
+        device: &DeviceId,
+        key_id: KeyId,
+        count: u64,
+    ) -> Result<u64, Error>;
+
+    /// Appends `record` to the command log.
+    fn log_command(&mut self, record: &CommandRecord) -> Result<(), Error>;
+
     /// Stores one notifier's daily cap (after a delivery).
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error>;
 
@@ -218,6 +234,14 @@ pub struct HistoryQuery {
 pub trait HistoryStore: Send + Sync + 'static {
     /// The readings `query` asks for, oldest first.
     fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error>;
+
+    /// The most recent `limit` entries of the command log (of `device` only, if set), newest
+    /// first.
+    fn commands(
+        &self,
+        device: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, Error>;
 }
 
 /// Where the server keeps its data: a SQLite file (the default, `ledtemp.db`) or a PostgreSQL
@@ -331,6 +355,48 @@ fn to_i64(value: u64) -> i64 {
 /// The inverse of [`to_i64`].
 fn to_u64(value: i64) -> u64 {
     u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// The highest first number a command block may start at so that all of it stays a valid
+/// sequence number; a database at or past it has used the key up.
+fn command_block_fits(first: u64, count: u64) -> Result<u64, Error> {
+    match first.checked_add(count) {
+        Some(end) if end <= ledtemp_core::MAX_SEQUENCE + 1 => Ok(first),
+        _ => Err(Error::Store(
+            "the key's command sequence numbers are used up: rotate the device's key".into(),
+        )),
+    }
+}
+
+/// A command log row read back; `None` (logged) for a row naming an invalid device or LED or
+/// an unknown outcome.
+#[allow(clippy::too_many_arguments)]
+fn command_row(
+    at: i64,
+    by: String,
+    device: &str,
+    led: &str,
+    on: bool,
+    outcome: &str,
+    sequence: Option<i64>,
+    confirmed_ms: Option<i64>,
+) -> Option<CommandRecord> {
+    let device = name("device id", device, DeviceId::new)?;
+    let led = name("LED name", led, LedName::new)?;
+    let Some(outcome) = CommandOutcome::from_label(outcome) else {
+        tracing::error!("ignoring a stored command with an unknown outcome: {outcome:?}");
+        return None;
+    };
+    Some(CommandRecord {
+        at: UnixMillis(at),
+        by,
+        device,
+        led,
+        state: LedState::from(on),
+        outcome,
+        sequence: sequence.and_then(|s| u64::try_from(s).ok()),
+        confirmed_at: confirmed_ms.map(UnixMillis),
+    })
 }
 
 /// A name read back from the database; an invalid one (a tampered row) is logged and skipped.

@@ -87,6 +87,7 @@ use super::{
 };
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
+use crate::command::CommandRecord;
 use crate::model::{DeviceUpdate, TemperaturePoint, UnixMillis};
 use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
 use connection::{Connection, Link, connection_lost, db, describe, timed_out};
@@ -145,6 +146,26 @@ const MIGRATIONS: &[&str] = &[
         day BIGINT NOT NULL,
         count BIGINT NOT NULL
     );",
+    // 2: LED commands: the servers' own sequence counter per device key (the end of the last
+    // reserved block; each server takes disjoint blocks) and the command log.
+    "CREATE TABLE command_sequences (
+        device TEXT NOT NULL,
+        key_id SMALLINT NOT NULL,
+        reserved_end BIGINT NOT NULL,
+        PRIMARY KEY (device, key_id)
+    );
+    CREATE TABLE command_log (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        by TEXT NOT NULL,
+        device TEXT NOT NULL,
+        led TEXT NOT NULL,
+        led_on BOOLEAN NOT NULL,
+        outcome TEXT NOT NULL,
+        sequence BIGINT,
+        confirmed_ms BIGINT
+    );
+    CREATE INDEX command_log_by_device ON command_log (device, id);",
 ];
 
 /// The PostgreSQL schema version this build writes.
@@ -474,6 +495,58 @@ impl Store for PostgresStore {
         let origin = self.origin;
         link.runtime.spawn(listen(Arc::clone(&link), origin, sink));
         Ok(())
+    }
+
+    /// One statement, committed on its own (PostgreSQL's default `synchronous_commit = on`
+    /// makes it durable before the answer): several servers reserving at once each get a
+    /// block of their own, under the row's lock.
+    fn reserve_command_sequences(
+        &mut self,
+        device: &DeviceId,
+        key_id: KeyId,
+        count: u64,
+    ) -> Result<u64, Error> {
+        let count_sql = i64::try_from(count).map_err(|_| Error::Store("block too large".into()))?;
+        let link = Arc::clone(&self.link);
+        let session = self.session()?;
+        let key = i16::from(key_id.0);
+        let device_name = device.as_str();
+        let params: [&(dyn ToSql + Sync); 3] = [&device_name, &key, &count_sql];
+        let reserving = session.client.query_one(
+            "INSERT INTO command_sequences (device, key_id, reserved_end) VALUES ($1, $2, $3)
+             ON CONFLICT (device, key_id)
+             DO UPDATE SET reserved_end = command_sequences.reserved_end + EXCLUDED.reserved_end
+             RETURNING reserved_end",
+            &params,
+        );
+        let outcome = link.runtime.run_timed(reserving);
+        let row = self.settle(outcome)?;
+        let end: i64 = row.try_get(0).map_err(db)?;
+        let end =
+            u64::try_from(end).map_err(|_| Error::Store("negative command counter".into()))?;
+        super::command_block_fits(end.saturating_sub(count), count)
+    }
+
+    fn log_command(&mut self, record: &CommandRecord) -> Result<(), Error> {
+        let link = Arc::clone(&self.link);
+        let session = self.session()?;
+        let sequence = record.sequence.and_then(|s| i64::try_from(s).ok());
+        let confirmed = record.confirmed_at.map(|at| at.0);
+        let (device, led, on, outcome) = (
+            record.device.as_str(),
+            record.led.as_str(),
+            record.state.is_on(),
+            record.outcome.label(),
+        );
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&record.at.0, &record.by, &device, &led, &on, &outcome, &sequence, &confirmed];
+        let inserting = session.client.execute(
+            "INSERT INTO command_log (at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &params,
+        );
+        let outcome = link.runtime.run_timed(inserting);
+        self.settle(outcome).map(drop)
     }
 
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error> {
@@ -955,5 +1028,61 @@ impl HistoryStore for PostgresHistory {
             }
         }
         Ok(points)
+    }
+
+    fn commands(
+        &self,
+        device: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, Error> {
+        let session = self.session()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let device = device.map(DeviceId::as_str);
+        let params: [&(dyn ToSql + Sync); 2] = [&device, &limit];
+        let rows = self.link.runtime.run_timed(session.client.query(
+            "SELECT at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms
+             FROM command_log WHERE ($1::text IS NULL OR device = $1::text)
+             ORDER BY id DESC LIMIT $2::int8",
+            &params,
+        ));
+        let rows = match rows {
+            Some(Ok(rows)) => rows,
+            Some(Err(error)) => {
+                if connection_lost(&error) || session.client.is_closed() {
+                    self.lost(&session);
+                }
+                return Err(db(error));
+            }
+            None => {
+                self.lost(&session);
+                return Err(timed_out());
+            }
+        };
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (at, by, device, led, on, outcome, sequence, confirmed): (
+                i64,
+                String,
+                String,
+                String,
+                bool,
+                String,
+                Option<i64>,
+                Option<i64>,
+            ) = (
+                row.try_get(0).map_err(db)?,
+                row.try_get(1).map_err(db)?,
+                row.try_get(2).map_err(db)?,
+                row.try_get(3).map_err(db)?,
+                row.try_get(4).map_err(db)?,
+                row.try_get(5).map_err(db)?,
+                row.try_get(6).map_err(db)?,
+                row.try_get(7).map_err(db)?,
+            );
+            records.extend(super::command_row(
+                at, by, &device, &led, on, &outcome, sequence, confirmed,
+            ));
+        }
+        Ok(records)
     }
 }

@@ -16,6 +16,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use ledtemp_core::{DeviceId, KeyId, MilliCelsius, ReplayState, SensorName};
+
+use crate::command::CommandRecord;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::{
@@ -79,6 +81,26 @@ const MIGRATIONS: &[&str] = &[
         day INTEGER NOT NULL,
         count INTEGER NOT NULL
     ) STRICT;",
+    // 3: LED commands: the server's own sequence counter per device key (the end of the last
+    // reserved block) and the command log.
+    "CREATE TABLE command_sequences (
+        device TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        reserved_end INTEGER NOT NULL,
+        PRIMARY KEY (device, key_id)
+    ) STRICT;
+    CREATE TABLE command_log (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        by TEXT NOT NULL,
+        device TEXT NOT NULL,
+        led TEXT NOT NULL,
+        led_on INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        sequence INTEGER,
+        confirmed_ms INTEGER
+    ) STRICT;
+    CREATE INDEX command_log_by_device ON command_log (device, id);",
 ];
 
 /// The schema version this build writes.
@@ -296,6 +318,62 @@ impl Store for SqliteStore {
         self.write(commit).map(|()| CommitOutcome::Written).map_err(db)
     }
 
+    fn reserve_command_sequences(
+        &mut self,
+        device: &DeviceId,
+        key_id: KeyId,
+        count: u64,
+    ) -> Result<u64, Error> {
+        let count_sql = i64::try_from(count).map_err(|_| Error::Store("block too large".into()))?;
+        // A power loss may roll back NORMAL commits; a reservation rolled back would hand its
+        // numbers out again, with other commands: nonces reused. This one is synced (FULL) before
+        // any of its numbers is used.
+        self.conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        let reserved = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO command_sequences (device, key_id, reserved_end) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device, key_id)
+                 DO UPDATE SET reserved_end = reserved_end + excluded.reserved_end
+                 RETURNING reserved_end",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![device.as_str(), key_id.0, count_sql], |row| {
+                    row.get::<_, i64>(0)
+                })
+            });
+        let restored = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        let end = reserved.map_err(db)?;
+        restored.map_err(db)?;
+        let end =
+            u64::try_from(end).map_err(|_| Error::Store("negative command counter".into()))?;
+        super::command_block_fits(end.saturating_sub(count), count)
+    }
+
+    fn log_command(&mut self, record: &CommandRecord) -> Result<(), Error> {
+        let sequence = record.sequence.and_then(|s| i64::try_from(s).ok());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO command_log
+                   (at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    record.at.0,
+                    record.by,
+                    record.device.as_str(),
+                    record.led.as_str(),
+                    record.state.is_on(),
+                    record.outcome.label(),
+                    sequence,
+                    record.confirmed_at.map(|at| at.0),
+                ])
+            })
+            .map(drop)
+            .map_err(db)
+    }
+
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error> {
         self.conn
             .prepare_cached(
@@ -491,6 +569,44 @@ impl SqliteHistory {
 impl HistoryStore for SqliteHistory {
     fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error> {
         self.query(query).map_err(db)
+    }
+
+    fn commands(
+        &self,
+        device: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, Error> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let device = device.map(DeviceId::as_str);
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms
+                 FROM command_log WHERE (?1 IS NULL OR device = ?1) ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = statement
+            .query_map(params![device, limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, bool>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
+                ))
+            })
+            .map_err(db)?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (at, by, device, led, on, outcome, sequence, confirmed) = row.map_err(db)?;
+            records.extend(super::command_row(
+                at, by, &device, &led, on, &outcome, sequence, confirmed,
+            ));
+        }
+        Ok(records)
     }
 }
 
