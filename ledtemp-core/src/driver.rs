@@ -17,8 +17,8 @@ use crate::hardware::{
     AsyncPublisher, AsyncTempSensor, Button, Led, Outgoing, Publisher, TempSensor,
 };
 use crate::{
-    Clock, Codec, Error, Instant, LedState, MAX_FRAME_LEN, MilliCelsius, Node, SequenceStore,
-    Shutdown,
+    AppliedCommand, Clock, Codec, Error, Instant, LedState, MAX_FRAME_LEN, MilliCelsius, Node,
+    SequenceStore, Shutdown,
 };
 
 /// An error of the broker link, as [`RunEvent`] reports it: displayed, it says what happened.
@@ -74,6 +74,24 @@ pub enum RunEvent<'a> {
         /// What the pin said.
         error: &'a dyn Debug,
     },
+    /// A command received on `topic` was applied ([`Node::handle_command`]): the LED is driven
+    /// (when its state changed) and its state goes out as an LED frame, the confirmation.
+    CommandApplied {
+        /// Where it came from: `ledtemp/<device>/cmd/<led>`.
+        topic: &'a str,
+        /// Which LED, its state now, and whether the command changed it.
+        applied: AppliedCommand,
+    },
+    /// A message received on the command subscription was refused and changed nothing:
+    /// forged, altered, replayed, for an earlier session of the node, expired, for an LED the
+    /// node does not have. Expected under attack and after a reconnection; the node goes on.
+    CommandRefused {
+        /// Where it came from, as the broker delivered it (anything under
+        /// `ledtemp/<device>/cmd/`; displayed escaped).
+        topic: &'a str,
+        /// Why ([`Node::handle_command`] has the list).
+        error: Error,
+    },
 }
 
 impl Display for RunEvent<'_> {
@@ -95,6 +113,17 @@ impl Display for RunEvent<'_> {
                 write!(f, "reading sensor {index} failed: {error:?}")
             }
             RunEvent::PinFailed { index, error } => write!(f, "pin {index} failed: {error:?}"),
+            RunEvent::CommandApplied { topic, applied } => write!(
+                f,
+                "command on {topic} applied: LED {} {}",
+                if applied.state.is_on() { "on" } else { "off" },
+                if applied.changed { "(changed)" } else { "(unchanged)" }
+            ),
+            // The topic is the sender's choice below the filter: escaped, it cannot forge a
+            // log line.
+            RunEvent::CommandRefused { topic, error } => {
+                write!(f, "command on \"{}\" refused: {error}", topic.escape_debug())
+            }
         }
     }
 }
@@ -188,7 +217,8 @@ pub trait NodeIo {
     );
     /// Whether the link is up.
     fn is_connected(&mut self) -> bool;
-    /// Connects with `will`.
+    /// Connects with `will` (and subscribes to the node's commands: [`Publisher`]'s
+    /// [Commands](Publisher#commands)).
     async fn connect(
         &mut self,
         will: &Outgoing<'_>,
@@ -200,8 +230,10 @@ pub trait NodeIo {
         frame: &Outgoing<'_>,
         handle: impl FnOnce(Result<(), LinkError<'_>>),
     );
-    /// Keeps the link alive.
-    async fn poll_link(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>));
+    /// Keeps the link alive, and hands each command received since the last call to `handle`
+    /// as `Ok((topic, payload))`, in the order received; a failure of the link comes last, as
+    /// `Err`.
+    async fn poll_link(&mut self, handle: impl FnMut(Result<(&str, &[u8]), LinkError<'_>>));
     /// Ends the connection with MQTT DISCONNECT (the broker discards the will).
     async fn disconnect(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>));
     /// Waits until `deadline`.
@@ -233,9 +265,12 @@ impl Driver {
         }
     }
 
-    /// One pass: (re)connect if due, read buttons, advance timers, read due sensors, drive LEDs,
+    /// One pass: (re)connect if due, poll the link and hand the commands received to the node
+    /// ([`Node::handle_command`], reported as [`RunEvent::CommandApplied`] or
+    /// [`RunEvent::CommandRefused`]), read buttons, advance timers, read due sensors, drive LEDs,
     /// send queued frames while the link is up. Returns when the next pass is due. Errors only
-    /// on what the node cannot go on from ([`Error::SequenceStore`], [`Error::SequenceExhausted`]).
+    /// on what the node cannot go on from ([`Error::SequenceStore`], [`Error::SequenceExhausted`]):
+    /// a refused command is never one.
     pub async fn step<C: Codec, S: SequenceStore, const Q: usize>(
         &mut self,
         node: &mut Node<C, S, Q>,
@@ -259,6 +294,21 @@ impl Driver {
             if !failed {
                 self.backoff.reset();
             }
+        }
+
+        // Polled first, so that an applied command drives its LED and sends its confirmation in
+        // this same pass. The time is read after the connect, which may have taken a while: a
+        // command's expiry is checked against it.
+        let now = io.now();
+        if io.is_connected() {
+            io.poll_link(|received| match received {
+                Ok((topic, frame)) => match node.handle_command(now, topic, frame) {
+                    Ok(applied) => on_event(RunEvent::CommandApplied { topic, applied }),
+                    Err(error) => on_event(RunEvent::CommandRefused { topic, error }),
+                },
+                Err(error) => on_event(RunEvent::LinkLost { error }),
+            })
+            .await;
         }
 
         for index in 0..io.button_count() {
@@ -303,12 +353,6 @@ impl Driver {
                 }
                 node.handle_sent();
             }
-            io.poll_link(|result| {
-                if let Err(error) = result {
-                    on_event(RunEvent::LinkLost { error });
-                }
-            })
-            .await;
         }
         let mut wake = node.poll_timeout().min(now + BUTTON_POLL_INTERVAL);
         if !io.is_connected() {
@@ -480,8 +524,16 @@ macro_rules! impl_node_io {
             ) {
                 report(self.publisher.publish(frame)$($await)*, handle);
             }
-            async fn poll_link(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>)) {
-                report(self.publisher.poll()$($await)*, handle);
+            async fn poll_link(
+                &mut self,
+                mut handle: impl FnMut(Result<(&str, &[u8]), LinkError<'_>>),
+            ) {
+                let result = self
+                    .publisher
+                    .poll_commands(|topic, frame| handle(Ok((topic, frame))))$($await)*;
+                if let Err(error) = result {
+                    handle(Err(&error));
+                }
             }
             async fn disconnect(&mut self, handle: impl FnOnce(Result<(), LinkError<'_>>)) {
                 report(self.publisher.disconnect()$($await)*, handle);
@@ -718,7 +770,7 @@ mod tests {
     impl core::error::Error for Refused {}
 
     /// Refuses the first connection attempt (or every one, when `down`); records what it
-    /// publishes and when it disconnects.
+    /// publishes and when it disconnects; hands out the commands in `incoming` on the next poll.
     #[derive(Default)]
     struct FakePublisher {
         down: bool,
@@ -727,6 +779,7 @@ mod tests {
         wills: Vec<Vec<u8>>,
         published: Vec<(String, Vec<u8>)>,
         disconnects: u32,
+        incoming: Vec<(String, Vec<u8>)>,
     }
     impl Publisher for FakePublisher {
         type Error = Refused;
@@ -748,6 +801,15 @@ mod tests {
             Ok(())
         }
         fn poll(&mut self) -> Result<(), Refused> {
+            Ok(())
+        }
+        fn poll_commands(
+            &mut self,
+            mut on_command: impl FnMut(&str, &[u8]),
+        ) -> Result<(), Refused> {
+            for (topic, frame) in self.incoming.drain(..) {
+                on_command(&topic, &frame);
+            }
             Ok(())
         }
         fn disconnect(&mut self) -> Result<(), Refused> {
@@ -917,5 +979,88 @@ mod tests {
             topics,
             ["ledtemp/pi/status", "ledtemp/pi/temp/cpu", "ledtemp/pi/led/red", "ledtemp/pi/status"]
         );
+    }
+
+    #[test]
+    fn commands_received_are_applied_and_confirmed_and_refusals_are_reported_not_fatal() {
+        use crate::{LedCommand, SequenceNumber, Uptime};
+        let clock = FakeClock(Rc::new(Cell::new(0)));
+        let mut node = blocking_node();
+        let mut buttons = [FakeButton(clock.clone())];
+        let mut leds = [FakeLed::default()];
+        let mut sensors = [FakeSensor(0)];
+        let mut io = BlockingIo {
+            buttons: &mut buttons,
+            leds: &mut leds,
+            sensors: &mut sensors,
+            publisher: FakePublisher::default(),
+            clock: clock.clone(),
+            delay: clock.clone(),
+        };
+        let mut driver = Driver::default();
+        let mut events: Vec<String> = Vec::new();
+        // One pass; returns its events.
+        let mut step = |io: &mut BlockingIo<'_, _, _, _, FakePublisher, _, _>,
+                        node: &mut Node<_, _, 16>| {
+            let mut events = Vec::new();
+            let wake = block_on(driver.step(node, io, &mut |event| {
+                events.push(std::format!("{event}"));
+            }))
+            .unwrap();
+            block_on(io.sleep_until(wake));
+            events
+        };
+        // Connected at 1 s (the first attempt fails); the press at 100 ms turned the LED on.
+        while io.publisher.published.is_empty() {
+            events.extend(step(&mut io, &mut node));
+        }
+        let codec = AesGcmCodec::from_key_bytes(KeyId(1), &[1; 16]).unwrap();
+        let (topic, frame) = &io.publisher.published[0];
+        let online = codec.open(&Topic::parse(topic).unwrap(), frame).unwrap();
+        assert!(matches!(online.message, Message::Status(_)));
+
+        // The server's command: LED off, for the session of that online status.
+        let device = DeviceId::new("pi").unwrap();
+        let command = Message::Command(LedCommand {
+            led: LedName::new("red").unwrap(),
+            state: LedState::Off,
+            session: online.header.sequence,
+            expires: Uptime(60_000),
+        });
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let len = codec.seal(&device, SequenceNumber::new(0).unwrap(), &command, &mut buf).unwrap();
+        let command = (command.topic(&device).to_string(), buf[..len].to_vec());
+        let sent = io.publisher.published.len();
+        io.publisher.incoming.push(command.clone());
+        events.extend(step(&mut io, &mut node));
+        assert!(
+            events.contains(&"command on ledtemp/pi/cmd/red applied: LED off (changed)".into()),
+            "{events:?}"
+        );
+        assert_eq!(io.leds[0].0.last(), Some(&LedState::Off), "driven in the same pass");
+        let (topic, frame) = io.publisher.published.last().unwrap();
+        assert_eq!(io.publisher.published.len(), sent + 1, "the confirmation, in the same pass");
+        let confirmation = codec.open(&Topic::parse(topic).unwrap(), frame).unwrap().message;
+        assert!(matches!(confirmation, Message::Led(l) if l.state == LedState::Off));
+
+        // A replay, and garbage with a line break in its topic: refused, reported, harmless.
+        io.publisher.incoming.push(command);
+        io.publisher.incoming.push(("ledtemp/pi/cmd/red\nforged".into(), std::vec![0; 36]));
+        events.extend(step(&mut io, &mut node));
+        assert!(
+            events.iter().any(|e| e.starts_with("command on \"ledtemp/pi/cmd/red\" refused: ")),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e.starts_with("command on \"ledtemp/pi/cmd/red\\nforged\" refused")),
+            "escaped: {events:?}"
+        );
+        assert_eq!(io.publisher.published.len(), sent + 1, "nothing more sent");
+        assert_eq!(io.leds[0].0.last(), Some(&LedState::Off));
+        assert_eq!((node.stats().commands_applied, node.stats().commands_refused), (1, 2));
+        events.extend(step(&mut io, &mut node));
+        assert!(io.publisher.connected, "the node goes on");
     }
 }

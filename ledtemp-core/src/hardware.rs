@@ -110,6 +110,81 @@ pub struct Outgoing<'a> {
 /// polls the link in between; a stopping node's driver ends with [`disconnect`](Self::disconnect).
 /// An implementation without Last Will support may ignore `will`.
 ///
+/// # Commands
+///
+/// A node also receives commands (LED on or off) from the server, on
+/// `ledtemp/<device>/cmd/<led>`. A publisher that carries them subscribes, after every
+/// successful [`connect`](Self::connect), to the node's command filter,
+/// [`Topic::command_filter`](crate::Topic::command_filter) (`ledtemp/<device>/cmd/+`), at QoS 1,
+/// and hands every message that arrives on it to the callback of
+/// [`poll_commands`](Self::poll_commands), which the driver calls instead of
+/// [`poll`](Self::poll). The payload goes to the node as it came: the node opens, checks and
+/// refuses what it must ([`Node::handle_command`](crate::Node::handle_command)), so the publisher
+/// checks nothing. A message that arrives while [`publish`](Self::publish) waits for its
+/// acknowledgement is kept for the next `poll_commands`. A publisher without commands implements
+/// only `poll`: the default `poll_commands` polls and receives nothing.
+///
+/// ```
+/// use ledtemp_core::{DeviceId, Outgoing, Publisher, Topic, TopicString};
+///
+/// # #[derive(Debug)] struct LinkDown;
+/// # impl core::fmt::Display for LinkDown {
+/// #     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result { f.write_str("down") }
+/// # }
+/// # impl core::error::Error for LinkDown {}
+/// # struct Client;
+/// # impl Client {
+/// #     fn connect(&mut self, _will: (&str, &[u8])) -> Result<(), LinkDown> { Ok(()) }
+/// #     fn subscribe_qos1(&mut self, _filter: &str) -> Result<(), LinkDown> { Ok(()) }
+/// #     fn publish(&mut self, _topic: &str, _payload: &[u8], _qos1: bool, _retain: bool) -> Result<(), LinkDown> { Ok(()) }
+/// #     /// The next message received on a subscription, if one is there.
+/// #     fn try_receive(&mut self) -> Result<Option<(TopicString, heapless::Vec<u8, 64>)>, LinkDown> { Ok(None) }
+/// #     fn disconnect(&mut self) -> Result<(), LinkDown> { Ok(()) }
+/// # }
+/// /// Your MQTT client, which knows the device it speaks for.
+/// struct MyPublisher {
+///     client: Client,
+///     commands: TopicString,
+///     connected: bool,
+/// }
+///
+/// impl MyPublisher {
+///     fn new(client: Client, device: &DeviceId) -> Self {
+///         MyPublisher { client, commands: Topic::command_filter(device), connected: false }
+///     }
+/// }
+///
+/// impl Publisher for MyPublisher {
+///     type Error = LinkDown;
+///     fn is_connected(&mut self) -> bool {
+///         self.connected
+///     }
+///     fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), LinkDown> {
+///         self.client.connect((&will.topic, will.frame))?;
+///         self.client.subscribe_qos1(&self.commands)?; // ledtemp/<device>/cmd/+
+///         self.connected = true;
+///         Ok(())
+///     }
+///     fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), LinkDown> {
+///         let qos1 = frame.qos == ledtemp_core::QoS::AtLeastOnce;
+///         self.client.publish(&frame.topic, frame.frame, qos1, frame.retain)
+///     }
+///     fn poll(&mut self) -> Result<(), LinkDown> {
+///         self.poll_commands(|_, _| {})
+///     }
+///     fn poll_commands(&mut self, mut on_command: impl FnMut(&str, &[u8])) -> Result<(), LinkDown> {
+///         while let Some((topic, payload)) = self.client.try_receive()? {
+///             on_command(&topic, &payload); // the node checks it
+///         }
+///         Ok(())
+///     }
+///     fn disconnect(&mut self) -> Result<(), LinkDown> {
+///         self.connected = false;
+///         self.client.disconnect()
+///     }
+/// }
+/// ```
+///
 /// Errors are reported to the user as they are displayed: say what happened in plain words, and
 /// name the broker where the error knows it.
 pub trait Publisher {
@@ -119,8 +194,9 @@ pub trait Publisher {
     /// Whether publishing can succeed now. While it is `false` the node queues frames.
     fn is_connected(&mut self) -> bool;
 
-    /// (Re)connects, registering `will` as the Last Will. Called again after every failure, with a
-    /// fresh will each time (its sequence number was reserved for this connection).
+    /// (Re)connects, registering `will` as the Last Will, and subscribes to the node's commands
+    /// (see [Commands](#commands)). Called again after every failure, with a fresh will each time
+    /// (its sequence number was reserved for this connection).
     fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Self::Error>;
 
     /// Publishes one frame. `Ok` means handed to the transport; for [`QoS::AtLeastOnce`] the
@@ -129,6 +205,14 @@ pub trait Publisher {
 
     /// Keeps the link alive (pings, acknowledgements). An error means the link is down.
     fn poll(&mut self) -> Result<(), Self::Error>;
+
+    /// As [`poll`](Self::poll), and hands each message received on the command subscription
+    /// since the last call to `on_command(topic, payload)`, in the order received (see
+    /// [Commands](#commands)). The default receives nothing: it calls `poll`.
+    fn poll_commands(&mut self, on_command: impl FnMut(&str, &[u8])) -> Result<(), Self::Error> {
+        let _ = on_command;
+        self.poll()
+    }
 
     /// Ends the connection cleanly: MQTT DISCONNECT with reason "normal disconnection", so that
     /// the broker discards the Last Will, then closes the transport. Called once, when a stopping
@@ -145,7 +229,8 @@ pub trait AsyncPublisher {
     /// Whether publishing can succeed now.
     fn is_connected(&self) -> bool;
 
-    /// (Re)connects with `will` as the Last Will.
+    /// (Re)connects with `will` as the Last Will, and subscribes to the node's commands
+    /// ([`Publisher`]'s [Commands](Publisher#commands)).
     async fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Self::Error>;
 
     /// Publishes one frame.
@@ -153,6 +238,16 @@ pub trait AsyncPublisher {
 
     /// Keeps the link alive; must return promptly when there is nothing to do.
     async fn poll(&mut self) -> Result<(), Self::Error>;
+
+    /// As [`poll`](Self::poll), and hands each command received since the last call to
+    /// `on_command(topic, payload)`, in the order received. The default receives nothing.
+    async fn poll_commands(
+        &mut self,
+        on_command: impl FnMut(&str, &[u8]),
+    ) -> Result<(), Self::Error> {
+        let _ = on_command;
+        self.poll().await
+    }
 
     /// Ends the connection cleanly with MQTT DISCONNECT (the broker discards the will).
     async fn disconnect(&mut self) -> Result<(), Self::Error>;
@@ -183,6 +278,9 @@ forward_mut! {
         fn connect(&mut self, will: &Outgoing<'_>) -> Result<(), Self::Error> { (**self).connect(will) }
         fn publish(&mut self, frame: &Outgoing<'_>) -> Result<(), Self::Error> { (**self).publish(frame) }
         fn poll(&mut self) -> Result<(), Self::Error> { (**self).poll() }
+        fn poll_commands(&mut self, on_command: impl FnMut(&str, &[u8])) -> Result<(), Self::Error> {
+            (**self).poll_commands(on_command)
+        }
         fn disconnect(&mut self) -> Result<(), Self::Error> { (**self).disconnect() }
     }
 }
@@ -207,6 +305,12 @@ impl<T: AsyncPublisher + ?Sized> AsyncPublisher for &mut T {
     }
     async fn poll(&mut self) -> Result<(), Self::Error> {
         (**self).poll().await
+    }
+    async fn poll_commands(
+        &mut self,
+        on_command: impl FnMut(&str, &[u8]),
+    ) -> Result<(), Self::Error> {
+        (**self).poll_commands(on_command).await
     }
     async fn disconnect(&mut self) -> Result<(), Self::Error> {
         (**self).disconnect().await

@@ -3,7 +3,7 @@
 //! The design, an example and the RAM it takes are on [`MqttPublisher`].
 #![allow(async_fn_in_trait, reason = "node drivers run on one task; no Send bound is wanted")]
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
 use core::fmt;
 use core::future::{Future, poll_fn};
@@ -14,15 +14,46 @@ use core::time::Duration;
 use embassy_time::with_timeout;
 use embedded_io_async::{ErrorKind, Read, Write};
 use heapless::Vec;
-use minimq::{Buffers, ConfigBuilder, Publication, Session, Will};
+use minimq::{
+    Buffers, ConfigBuilder, InboundPublish, Publication, RetainHandling, Session,
+    SubscriptionOptions, TopicFilter, Will,
+};
 
 use crate::hardware::{AsyncPublisher, Outgoing, QoS};
-use crate::{MAX_FRAME_LEN, MAX_TOPIC_LEN, TopicString};
+use crate::{FRAME_OVERHEAD, MAX_FRAME_LEN, MAX_TOPIC_LEN, TopicString};
 
-/// Size of the MQTT receive buffer in [`MqttBuffers`], in bytes. The publisher subscribes to
-/// nothing, so it receives only CONNACK, PUBACK, PINGRESP and DISCONNECT; CONNECT tells the broker
-/// (Maximum Packet Size) never to send more than this.
-pub const MQTT_RX_LEN: usize = 128;
+/// Length of a sealed command frame: header and tag ([`FRAME_OVERHEAD`], 23 bytes), then the
+/// payload: the LED state (1), the session (8) and the expiry (4).
+const COMMAND_FRAME_LEN: usize = FRAME_OVERHEAD + 1 + 8 + 4;
+
+/// Room for the properties a broker forwards with a command: the sender's message expiry
+/// interval (5 bytes, counted down by the broker) and payload format indicator (2), with room to
+/// spare. The link asks for no subscription identifier and allows no topic alias, so the broker
+/// adds none of its own.
+const COMMAND_PROPERTIES_LEN: usize = 16;
+
+/// Largest PUBLISH of a command: fixed header (1, and 2 for a remaining length up to 16,383),
+/// topic (2 + [`MAX_TOPIC_LEN`]; a command topic `ledtemp/<device>/cmd/<led>` is at most 77),
+/// packet id (2), properties (1 + [`COMMAND_PROPERTIES_LEN`]) and the frame
+/// ([`COMMAND_FRAME_LEN`]): 3 + 80 + 2 + 17 + 36 = 138 bytes.
+const MAX_COMMAND_PUBLISH_LEN: usize =
+    3 + (2 + MAX_TOPIC_LEN) + 2 + (1 + COMMAND_PROPERTIES_LEN) + COMMAND_FRAME_LEN;
+
+/// Size of the MQTT receive buffer in [`MqttBuffers`], in bytes: 138, the largest command
+/// PUBLISH. minimq holds one whole packet in it at a time. What the link receives besides
+/// commands (CONNACK with the broker's properties, SUBACK, PUBACK, PINGRESP, DISCONNECT) took
+/// 128 bytes before commands and fits too. CONNECT tells the broker (Maximum Packet Size) never
+/// to send more: a command PUBLISH that does not fit (a sender's extra properties, say) is
+/// dropped by the broker, and could not be a command the node accepts anyway.
+pub const MQTT_RX_LEN: usize = MAX_COMMAND_PUBLISH_LEN;
+
+// The receive buffer still holds everything it held before commands.
+const _: () = assert!(MQTT_RX_LEN >= 128);
+
+/// Commands the [`MqttMailbox`] keeps between two polls: those that arrive while a publish waits
+/// for its PUBACK, and those one poll reads. More in that time are dropped (acknowledged to the
+/// broker, never handed to the node); a sender sees no confirmation and may send again.
+const INBOX_LEN: usize = 2;
 
 /// Longest client id minimq stores, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 64;
@@ -145,6 +176,11 @@ pub struct MqttConfig<'a> {
     /// How long opening the transport, the CONNECT handshake, or one publish (for QoS 1: until
     /// the PUBACK) may take before the connection is given up. Default 5 s.
     pub timeout: Duration,
+    /// The command filter to subscribe to after each connect, at QoS 1: the node's
+    /// [`Topic::command_filter`](crate::Topic::command_filter), `ledtemp/<device>/cmd/+`. What
+    /// arrives on it goes to [`AsyncPublisher::poll_commands`]. Default `None`: no subscription,
+    /// no commands.
+    pub commands: Option<&'a str>,
 }
 
 impl<'a> MqttConfig<'a> {
@@ -155,6 +191,7 @@ impl<'a> MqttConfig<'a> {
             credentials: None,
             keep_alive_secs: 30,
             timeout: Duration::from_secs(5),
+            commands: None,
         }
     }
 }
@@ -313,6 +350,23 @@ impl OwnedFrame {
     }
 }
 
+/// A command as it arrived, copied out of minimq's receive buffer to wait in the mailbox.
+#[derive(Debug, Clone)]
+struct Received {
+    topic: TopicString,
+    frame: Vec<u8, COMMAND_FRAME_LEN>,
+}
+
+impl Received {
+    /// `None` for a message longer than any command (topic or payload): the node would refuse
+    /// it unread.
+    fn copy(publish: &InboundPublish<'_>) -> Option<Self> {
+        let mut topic = TopicString::new();
+        topic.push_str(publish.topic()).ok()?;
+        Some(Received { topic, frame: Vec::from_slice(publish.payload()).ok()? })
+    }
+}
+
 #[derive(Debug)]
 enum Request {
     Connect(OwnedFrame),
@@ -332,6 +386,8 @@ pub struct MqttMailbox<E> {
     /// A request was handed over and its answer not taken yet (a call was cancelled).
     outstanding: Cell<bool>,
     connected: Cell<bool>,
+    /// Commands received and not yet handed out by [`AsyncPublisher::poll_commands`].
+    inbox: RefCell<Vec<Received, INBOX_LEN>>,
 }
 
 impl<E> MqttMailbox<E> {
@@ -342,6 +398,7 @@ impl<E> MqttMailbox<E> {
             response: Cell::new(None),
             outstanding: Cell::new(false),
             connected: Cell::new(false),
+            inbox: RefCell::new(Vec::new()),
         }
     }
 
@@ -357,6 +414,28 @@ impl<E> MqttMailbox<E> {
 
     fn answer(&self, result: Result<(), MqttError<E>>) {
         self.response.set(Some(result));
+    }
+
+    /// Keeps a received command for the next [`AsyncPublisher::poll_commands`]; drops it when
+    /// the inbox is full or it is no command ([`Received::copy`]).
+    fn keep(&self, publish: &InboundPublish<'_>) {
+        if let (Ok(mut inbox), Some(received)) =
+            (self.inbox.try_borrow_mut(), Received::copy(publish))
+        {
+            let _ = inbox.push(received);
+        }
+    }
+
+    fn inbox_is_full(&self) -> bool {
+        self.inbox.try_borrow().map_or(true, |inbox| inbox.is_full())
+    }
+
+    /// Empties the inbox, handing back what it held.
+    fn take_inbox(&self) -> Vec<Received, INBOX_LEN> {
+        self.inbox
+            .try_borrow_mut()
+            .map(|mut inbox| core::mem::take(&mut *inbox))
+            .unwrap_or_default()
     }
 }
 
@@ -403,7 +482,12 @@ fn embassy_duration(duration: Duration) -> embassy_time::Duration {
 /// it, nothing else should.
 ///
 /// Each connect opens a fresh transport with `connector`, then sends CONNECT with clean start
-/// and the will from the request. Any failure drops the connection (without DISCONNECT, so the
+/// and the will from the request, then, when [`MqttConfig::commands`] names a filter,
+/// SUBSCRIBE to it at QoS 1 (retained messages never sent: a command retained before this
+/// connection is for an earlier session of the node, which it would refuse) and waits for the
+/// SUBACK. A broker that refuses the subscription (an ACL that does not let the device read its
+/// commands) leaves the connection up: the node publishes as before and receives no commands.
+/// Any failure drops the connection (without DISCONNECT, so the
 /// broker publishes the will) and is answered as an error; the next connect starts afresh.
 /// Dropping the future drops the connection the same way. Only a disconnect request ends it with
 /// DISCONNECT (then waits up to [`MQTT_CLOSE_WAIT`] for the broker to close the connection).
@@ -458,6 +542,15 @@ pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
                 continue;
             }
         };
+        // Commands of the connection before are for the node's session before: stale.
+        let _ = mailbox.take_inbox();
+        if let Some(filter) = config.commands {
+            let subscribed = with_timeout(timeout, subscribe(&mut connection, filter, mailbox));
+            if let Err(e) = subscribed.await.unwrap_or(Err(MqttError::Timeout)) {
+                mailbox.answer(Err(e));
+                continue;
+            }
+        }
         mailbox.connected.set(true);
         mailbox.answer(Ok(()));
 
@@ -469,12 +562,12 @@ pub async fn mqtt_link<C: Connector, const RX: usize, const TX: usize>(
                     break None;
                 }
                 Request::Publish(frame) => {
-                    match with_timeout(timeout, publish(&mut connection, &frame)).await {
+                    match with_timeout(timeout, publish(&mut connection, &frame, mailbox)).await {
                         Ok(result) => result,
                         Err(_) => Err(MqttError::Timeout),
                     }
                 }
-                Request::Poll => poll(&mut connection).await,
+                Request::Poll => poll(&mut connection, mailbox).await,
                 Request::Disconnect => {
                     break Some(match with_timeout(timeout, connection.disconnect()).await {
                         Ok(result) => result.map_err(MqttError::from),
@@ -526,10 +619,51 @@ fn session_config<'b>(
     Ok(builder)
 }
 
-/// Publishes one frame; for QoS 1, drives the connection until the broker's PUBACK.
+/// Subscribes to `filter` at QoS 1 and drives the connection until the SUBACK; a refused
+/// subscription is no error ([`mqtt_link`]).
+async fn subscribe<E, IO: minimq::Io>(
+    connection: &mut minimq::Connection<'_, '_, IO>,
+    filter: &str,
+    mailbox: &MqttMailbox<E>,
+) -> Result<(), MqttError<E>> {
+    let options = SubscriptionOptions::default()
+        .maximum_qos(minimq::QoS::AtLeastOnce)
+        .retain_behavior(RetainHandling::Never);
+    let op = connection.subscribe(&[TopicFilter::new(filter).options(options)], &[]).await?;
+    loop {
+        if connection.is_complete(&op) {
+            return Ok(());
+        }
+        if connection.is_invalidated(&op) || !connection.is_connected() {
+            return Err(MqttError::Closed);
+        }
+        let result = match connection.poll().await {
+            Ok(Some(publish)) => {
+                mailbox.keep(&publish);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {}
+            // A failure code in the SUBACK (minimq has completed the request).
+            Err(minimq::Error::Peer(minimq::PeerError::Rejected(_)))
+                if connection.is_complete(&op) && connection.is_connected() =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Publishes one frame; for QoS 1, drives the connection until the broker's PUBACK, keeping
+/// the commands that arrive meanwhile in `mailbox`.
 async fn publish<E, IO: minimq::Io>(
     connection: &mut minimq::Connection<'_, '_, IO>,
     frame: &OwnedFrame,
+    mailbox: &MqttMailbox<E>,
 ) -> Result<(), MqttError<E>> {
     let mut publication = Publication::bytes(&frame.topic, &frame.frame).qos(frame.minimq_qos());
     if frame.retain {
@@ -545,20 +679,28 @@ async fn publish<E, IO: minimq::Io>(
         if connection.is_invalidated(&op) || !connection.is_connected() {
             return Err(MqttError::Closed);
         }
-        connection.poll().await?;
+        if let Some(publish) = connection.poll().await? {
+            mailbox.keep(&publish);
+        }
     }
 }
 
-/// Handles what has arrived (acknowledgements, PINGRESP) and sends a ping when due; returns as
-/// soon as reading would wait.
+/// Handles what has arrived (acknowledgements, PINGRESP, commands into `mailbox`) and sends a
+/// ping when due; returns as soon as reading would wait, or the mailbox is full of commands
+/// (the rest waits in the transport for the next poll).
 async fn poll<E, IO: minimq::Io>(
     connection: &mut minimq::Connection<'_, '_, IO>,
+    mailbox: &MqttMailbox<E>,
 ) -> Result<(), MqttError<E>> {
     for _ in 0..MAX_PACKETS_PER_POLL {
+        if mailbox.inbox_is_full() {
+            return Ok(());
+        }
         // `Connection::poll` is cancel-safe when the transport's futures are.
         match poll_once(connection.poll()).await {
             None => return Ok(()),
-            Some(Ok(_)) => {}
+            Some(Ok(Some(publish))) => mailbox.keep(&publish),
+            Some(Ok(None)) => {}
             Some(Err(e)) => return Err(e.into()),
         }
     }
@@ -720,11 +862,26 @@ where
         self.call(Request::Publish(OwnedFrame::copy(frame)?)).await
     }
 
+    /// Polls and drops the commands received (use
+    /// [`poll_commands`](AsyncPublisher::poll_commands) to get them).
     async fn poll(&mut self) -> Result<(), Self::Error> {
-        if !self.is_connected() {
-            return Err(MqttError::NotConnected);
+        self.poll_commands(|_, _| {}).await
+    }
+
+    async fn poll_commands(
+        &mut self,
+        mut on_command: impl FnMut(&str, &[u8]),
+    ) -> Result<(), Self::Error> {
+        let result = match self.is_connected() {
+            true => self.call(Request::Poll).await,
+            false => Err(MqttError::NotConnected),
+        };
+        // Also after a failure: these were acknowledged to the broker, and the node's session
+        // they are for is still current.
+        for received in self.mailbox.take_inbox() {
+            on_command(&received.topic, &received.frame);
         }
-        self.call(Request::Poll).await
+        result
     }
 
     async fn disconnect(&mut self) -> Result<(), Self::Error> {
@@ -732,5 +889,38 @@ where
             return Err(MqttError::NotConnected);
         }
         self.call(Request::Disconnect).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        AesGcmCodec, Codec, DeviceId, KeyId, LedCommand, LedName, LedState, MAX_NAME_LEN, Message,
+        SequenceNumber, Topic, Uptime,
+    };
+
+    #[test]
+    fn the_receive_buffer_holds_the_largest_command_publish() {
+        let codec = AesGcmCodec::from_key_bytes(KeyId(1), &[1; 16]).unwrap();
+        let name = "n".repeat(MAX_NAME_LEN);
+        let device = DeviceId::new(&name).unwrap();
+        let command = Message::Command(LedCommand {
+            led: LedName::new(&name).unwrap(),
+            state: LedState::On,
+            session: SequenceNumber::new(crate::MAX_SEQUENCE).unwrap(),
+            expires: Uptime(u32::MAX),
+        });
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let sequence = SequenceNumber::new(crate::MAX_SEQUENCE).unwrap();
+        let len = codec.seal(&device, sequence, &command, &mut buf).unwrap();
+        assert_eq!(len, COMMAND_FRAME_LEN);
+        let topic = command.topic(&device).to_topic_string();
+        assert!(topic.len() < MAX_TOPIC_LEN);
+        assert!(Topic::command_filter(&device).len() <= MAX_TOPIC_LEN);
+        // Fixed header with a two-byte length, topic, packet id, properties, frame.
+        let body = 2 + topic.len() + 2 + 1 + COMMAND_PROPERTIES_LEN + len;
+        assert!((128..16_384).contains(&body));
+        assert!(1 + 2 + body <= MQTT_RX_LEN);
     }
 }

@@ -55,7 +55,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
@@ -225,32 +225,37 @@ where
     }
 }
 
-/// An LED that exists only in the log (a simulated node, or a board without one).
+/// An LED that exists only in the log (a simulated node, or a board without one): each change
+/// of state is a line on standard output, `LED <name> on` or `LED <name> off`, whether a button
+/// or a command changed it.
+///
+/// Clones share the LED: keep one to watch it while the node, which borrows the other, runs.
 #[derive(Debug, Clone)]
 pub struct LoggedLed {
     name: String,
-    state: Option<LedState>,
+    state: Arc<Mutex<Option<LedState>>>,
 }
 
 impl LoggedLed {
     /// An LED called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        LoggedLed { name: name.into(), state: None }
+        LoggedLed { name: name.into(), state: Arc::new(Mutex::new(None)) }
     }
 
-    /// The state it was last set to.
+    /// The state it was last set to (by this LED or a clone).
     pub fn state(&self) -> Option<LedState> {
-        self.state
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Led for LoggedLed {
     type Error = Infallible;
     fn set(&mut self, state: LedState) -> Result<(), Infallible> {
-        if self.state != Some(state) {
+        let mut current = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != Some(state) {
             println!("LED {} {}", self.name, if state.is_on() { "on" } else { "off" });
         }
-        self.state = Some(state);
+        *current = Some(state);
         Ok(())
     }
 }

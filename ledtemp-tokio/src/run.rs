@@ -9,7 +9,7 @@ use std::pin::pin;
 use ledtemp_core::{
     AsyncIo, AsyncPublisher, AsyncTempSensor, Backoff, Button, Codec, Connector, Driver, Led,
     LedState, MilliCelsius, MqttBuffers, MqttConfig, MqttError, MqttMailbox, MqttPublisher, Node,
-    Outgoing, RunEvent, SequenceStore, Stopped, mqtt_link,
+    Outgoing, RunEvent, SequenceStore, Stopped, Topic, mqtt_link,
 };
 
 use crate::{BrokerAddress, Error, StdClock, TcpConnector, TlsConnector, TokioDelay};
@@ -156,6 +156,12 @@ impl AsyncTempSensor for Absent {
 /// world's hardware. Reports what happens through `on_event`; a broker failure's error is an
 /// [`Error::Broker`] that names the broker.
 ///
+/// Commands: after each connect the node subscribes to `ledtemp/<device>/cmd/+` (QoS 1), and
+/// hands every command that arrives to [`Node::handle_command`]: an applied one drives the
+/// world's LED and goes out confirmed as an LED frame ([`RunEvent::CommandApplied`]); a refused
+/// one (forged, replayed, stale, expired) changes nothing and is reported
+/// ([`RunEvent::CommandRefused`]), and the node goes on.
+///
 /// Returns only on an error the node cannot go on from (the sequence store failed, or the key is
 /// used up). Dropping the future stops the node at once: its connection closes without an MQTT
 /// DISCONNECT, so the broker publishes the node's sealed will (it is offline), and frames still
@@ -233,7 +239,9 @@ where
     let NodeWorld { buttons, leds, sensors, broker, clock, backoff } = world;
     let mailbox = MqttMailbox::new();
     let mut buffers: MqttBuffers = MqttBuffers::new();
+    let commands = Topic::command_filter(node.device());
     let mut config = MqttConfig::new(&broker.client_id);
+    config.commands = Some(&commands);
     config.credentials =
         broker.credentials.as_ref().map(|(user, password)| (user.as_str(), password.as_bytes()));
     let link = pin!(mqtt_link(&mailbox, connector, config, &mut buffers));
@@ -277,6 +285,11 @@ impl<P: AsyncPublisher<Error = MqttError<io::Error>>> AsyncPublisher for NamedPu
 
     async fn poll(&mut self) -> Result<(), Error> {
         let result = self.publisher.poll().await;
+        self.named(result)
+    }
+
+    async fn poll_commands(&mut self, on_command: impl FnMut(&str, &[u8])) -> Result<(), Error> {
+        let result = self.publisher.poll_commands(on_command).await;
         self.named(result)
     }
 
