@@ -72,10 +72,12 @@ impl CommandState {
 }
 
 impl Ingest {
-    /// Seals `request` (see `crate::command` for each step), or says why not. Reserves a new
-    /// block of sequence numbers in the store when the current one is used up: no number is
-    /// used before its block is stored.
-    pub(crate) fn seal_command(
+    /// Seals `request` (the [`Commander`](crate::Commander) describes each step), or says why
+    /// not: with the key of the device's newest live frame, for the session of the online status
+    /// its replay window expects a will for, to expire [`COMMAND_LIFETIME`] after the node's
+    /// estimated uptime now. Reserves a new block of sequence numbers in the store when the
+    /// current one is used up: no number is used before its block is stored.
+    pub fn seal_command(
         &mut self,
         request: &CommandRequest,
     ) -> Result<SealedCommand, CommandRefusal> {
@@ -181,7 +183,7 @@ impl Ingest {
 
     /// Appends `record` to the stored command log; a failure is logged (the command itself
     /// already happened).
-    pub(crate) fn log_command(&mut self, record: &CommandRecord) {
+    pub fn log_command(&mut self, record: &CommandRecord) {
         if let Err(error) = self.store.log_command(record) {
             tracing::error!(device = %record.device, "cannot store a command log entry: {error}");
         }
