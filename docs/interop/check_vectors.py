@@ -6,7 +6,8 @@ With Python's `cryptography` package (pip install cryptography) it
   receiver below and compares the message;
 - re-seals the payload of every authentic frame of `rejected` and checks that the receiver below
   refuses every frame of `rejected` for the stated reason;
-- runs every step of `replay` through the replay window below.
+- runs every step of `replay` through the replay window below;
+- runs every entry of `command_checks` through the node's checks of a command below.
 Run: python3 docs/interop/check_vectors.py
 """
 import json
@@ -21,9 +22,13 @@ VECTORS = pathlib.Path(__file__).resolve().parents[2] / "ledtemp-core" / "tests"
 STATE = {"off": 0, "on": 1}
 STATE_NAME = {0: "off", 1: "on"}
 HEADER_LEN, TAG_LEN, MAX_FRAME_LEN, MAX_LEDS, WIDTH = 7, 16, 301, 8, 64
+MAX_SEQUENCE = 2**40 - 1
 # The step of "Receiving, in this order" that refuses a frame for each reason.
 STEP = {"Oversize": 2, "Truncated": 2, "UnsupportedVersion": 2, "UnknownKey": 3, "Unauthentic": 4,
         "MalformedPayload": 5}
+# The step of the node's checks of a command ("Commands") for each reason; the codec's are 3.
+COMMAND_STEP = {"InvalidTopic": 1, "UnknownLed": 2, "StaleCommand": 4, "CommandExpired": 5,
+                "Replayed": 6, "TooOld": 6}
 NAME_CHARS = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -44,8 +49,11 @@ def varint(n: int) -> bytes:
 
 
 def payload(m: dict) -> bytes:
-    uptime = struct.pack("<I", m["uptime_ms"])
     kind = m["kind"]
+    if kind == "command":
+        return (bytes([STATE[m["state"]]]) + struct.pack("<Q", m["session"])
+                + struct.pack("<I", m["expires_ms"]))
+    uptime = struct.pack("<I", m["uptime_ms"])
     if kind == "temperature":
         return struct.pack("<i", m["milli_celsius"]) + uptime
     if kind == "led":
@@ -67,16 +75,25 @@ def topic(device: str, m: dict) -> str:
         return f"ledtemp/{device}/temp/{m['sensor']}"
     if kind == "led":
         return f"ledtemp/{device}/led/{m['led']}"
+    if kind == "command":
+        return f"ledtemp/{device}/cmd/{m['led']}"
     return f"ledtemp/{device}/status"
+
+
+def nonce_of(key_id: int, sequence: int, t: str) -> bytes:
+    """Version, key id, direction (01 on a command topic, to the device; else 00), 00, sequence."""
+    direction = 1 if t.split("/")[2] == "cmd" else 0
+    return bytes([1, key_id, direction, 0]) + sequence.to_bytes(8, "big")
 
 
 def cipher(aead: str, key: bytes):
     return AESGCM(key) if aead == "AES-128-GCM" else ChaCha20Poly1305(key)
 
 
-def seal(aead: str, key: bytes, key_id: int, sequence: int, t: str, body: bytes) -> bytes:
+def seal(aead: str, key: bytes, key_id: int, sequence: int, t: str, body: bytes,
+         nonce: bytes = b"") -> bytes:
     header = bytes([1, key_id]) + sequence.to_bytes(5, "big")
-    nonce = bytes([1, key_id, 0, 0]) + sequence.to_bytes(8, "big")
+    nonce = nonce or nonce_of(key_id, sequence, t)
     return header + cipher(aead, key).encrypt(nonce, body, header + t.encode())
 
 
@@ -129,6 +146,13 @@ def decode(levels: list, body: bytes) -> dict:
         state = STATE_NAME[r.choice(2)]
         uptime = struct.unpack("<I", r.take(4))[0]
         m = {"kind": "led", "led": levels[3], "state": state, "uptime_ms": uptime}
+    elif levels[2] == "cmd":
+        state = STATE_NAME[r.choice(2)]
+        session, expires = struct.unpack("<QI", r.take(12))
+        if session > MAX_SEQUENCE:
+            raise Refused("MalformedPayload")
+        m = {"kind": "command", "led": levels[3], "state": state, "session": session,
+             "expires_ms": expires}
     else:
         uptime = struct.unpack("<I", r.take(4))[0]
         if r.choice(2) == 1:
@@ -156,7 +180,7 @@ def receive(aead: str, key: bytes, key_id: int, t: str, frame: bytes):
         raise Refused(f"UnknownKey({frame[1]})")
     header = frame[:HEADER_LEN]
     sequence = int.from_bytes(header[2:], "big")
-    nonce = bytes([1, key_id, 0, 0]) + sequence.to_bytes(8, "big")
+    nonce = nonce_of(key_id, sequence, t)
     try:
         body = cipher(aead, key).decrypt(nonce, frame[HEADER_LEN:], header + t.encode())
     except InvalidTag:
@@ -191,6 +215,31 @@ def window_accept(state: dict, sequence: int, kind: str) -> dict:
     return {"top": top, "seen": seen, "expected_will": sequence + 1 if kind == "online" else will}
 
 
+def is_name(s: str) -> bool:
+    return 1 <= len(s.encode()) <= 32 and set(s.encode()) <= NAME_CHARS
+
+
+def node_command(node: dict, v: dict, t: str, frame: bytes) -> dict:
+    """A node's checks of a command, steps 1 to 6 of 'Commands': its window after, or Refused."""
+    levels = t.split("/")
+    if (len(levels) != 4 or levels[0] != "ledtemp" or levels[2] != "cmd"
+            or not all(map(is_name, (levels[1], levels[3]))) or levels[1] != node["device"]):
+        raise Refused("InvalidTopic")
+    if levels[3] not in node["leds"]:
+        raise Refused("UnknownLed")
+    sequence, m = receive(v["aead"], bytes.fromhex(v["key"]), v["key_id"], t, frame)
+    if node["session"] is None or node["stopping"] or m["session"] != node["session"]:
+        raise Refused("StaleCommand")
+    # Uptime after the expiry, on a clock that wraps at 2^32 ms: the difference as a signed
+    # 32-bit number is above zero.
+    if 0 < (node["uptime_ms"] - m["expires_ms"]) % 2**32 < 2**31:
+        raise Refused("CommandExpired")
+    window = {"top": node["window"]["top"], "seen": int(node["window"]["seen"], 16),
+              "expected_will": 0}
+    after = window_accept(window, sequence, "command")
+    return {"top": after["top"], "seen": after["seen"]}
+
+
 def state_of(v: dict) -> dict:
     return {"top": v["top"], "seen": int(v["seen"], 16), "expected_will": v["expected_will"]}
 
@@ -207,8 +256,8 @@ def main() -> int:
     for v in data["vectors"]:
         by_name[v["name"]] = v
         header = bytes([1, v["key_id"]]) + v["sequence"].to_bytes(5, "big")
-        nonce = bytes([1, v["key_id"], 0, 0]) + v["sequence"].to_bytes(8, "big")
         t = topic(v["device"], v["message"])
+        nonce = nonce_of(v["key_id"], v["sequence"], t)
         aad = header + t.encode()
         key = bytes.fromhex(v["key"])
         frame = seal(v["aead"], key, v["key_id"], v["sequence"], t, payload(v["message"]))
@@ -219,8 +268,11 @@ def main() -> int:
     for v in data["rejected"]:
         key, frame = bytes.fromhex(v["key"]), bytes.fromhex(v["frame"])
         if "payload" in v:
-            body = bytes.fromhex(v["payload"])
-            if seal(v["aead"], key, v["key_id"], v["sequence"], v["topic"], body) != frame:
+            body, nonce = bytes.fromhex(v["payload"]), bytes.fromhex(v.get("nonce", ""))
+            if nonce == nonce_of(v["key_id"], v["sequence"], v["topic"]):
+                failures += report(False, "rejected", v["name"], "nonce is the topic's own")
+                continue
+            if seal(v["aead"], key, v["key_id"], v["sequence"], v["topic"], body, nonce) != frame:
                 failures += report(False, "rejected", v["name"], "payload does not seal to frame")
                 continue
         try:
@@ -241,6 +293,20 @@ def main() -> int:
             got = refused.args[0]
         expected = step["error"] if "error" in step else state_of(step["after"])
         failures += report(got == expected, "replay", step["name"], f"{got}, expected {expected}")
+    for check in data["command_checks"]:
+        v = by_name[check["vector"]]
+        t = check.get("topic", v["topic"])
+        try:
+            got = node_command(check["node"], v, t, bytes.fromhex(v["frame"]))
+            got["seen"] = f"{got['seen']:016x}"
+            step = None
+        except Refused as refused:
+            got = refused.args[0]
+            step = COMMAND_STEP.get(got, 3)
+        expected = check.get("accepted", check.get("error"))
+        ok = (got, step) == (expected, check.get("step"))
+        detail = f"{got} at step {step}, expected {expected} at step {check.get('step')}"
+        failures += report(ok, "command_checks", check["name"], detail)
     return 1 if failures else 0
 
 
