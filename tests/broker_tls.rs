@@ -213,6 +213,40 @@ async fn a_device_account_subscribed_to_everything_receives_nothing() {
     server.shutdown().await.unwrap();
 }
 
+/// The ACL's command rules: only the server's account writes command topics, and a device reads
+/// its own command topic and no other. A captured device can neither command another device nor
+/// itself through the broker (its commands would not open anyway: they need the server's
+/// direction in the nonce).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_servers_account_writes_commands_and_a_device_reads_only_its_own() {
+    let Some(broker) = SecureBroker::start(&ACCOUNTS).await else { return };
+    let account = |id, user, password| broker.client_options(id, Some((user, password)));
+    let (kitchen, events) = connect(account(KITCHEN, KITCHEN, KITCHEN_PASSWORD)).await.unwrap();
+    let mut received = watch(events);
+    for filter in ["ledtemp/kitchen-pi/cmd/+", "ledtemp/garage/cmd/+"] {
+        kitchen.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, received.recv()).await.unwrap().unwrap();
+        assert!(answer.starts_with("suback"), "{filter}: {answer}");
+    }
+    let (garage, events) = connect(account(GARAGE, GARAGE, GARAGE_PASSWORD)).await.unwrap();
+    let _garage_events = watch(events);
+    let (server, events) =
+        connect(account(SERVER_USER, SERVER_USER, SERVER_PASSWORD)).await.unwrap();
+    let _server_events = watch(events);
+    let publish = |client: &AsyncClient, topic: &'static str| {
+        let client = client.clone();
+        async move { client.publish(topic, QoS::AtLeastOnce, false, vec![1u8; 36]).await.unwrap() }
+    };
+    publish(&garage, "ledtemp/kitchen-pi/cmd/from-garage").await;
+    publish(&kitchen, "ledtemp/kitchen-pi/cmd/from-itself").await;
+    publish(&server, "ledtemp/garage/cmd/door").await;
+    publish(&server, "ledtemp/kitchen-pi/cmd/red").await;
+    let first = tokio::time::timeout(WAIT, received.recv()).await.unwrap().unwrap();
+    assert_eq!(first, "ledtemp/kitchen-pi/cmd/red", "only the server's command to kitchen-pi");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(received.try_recv().ok(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_wrong_passwords_plain_tcp_and_untrusted_brokers_get_nothing() {
     let Some(broker) = SecureBroker::start(&ACCOUNTS).await else { return };

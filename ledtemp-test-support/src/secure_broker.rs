@@ -23,18 +23,25 @@ use tempfile::TempDir;
 
 use crate::mosquitto::{Mosquitto, MosquittoConfig, mosquitto_programs};
 
-/// The server's broker user: it may read `ledtemp/#` and write nothing.
+/// The server's broker user: it may read what devices publish and write commands.
 pub const SERVER_USER: &str = "ledtemp-web";
 
-/// The ACL: the server reads everything under `ledtemp/`, each device writes only under its own
-/// id (`%u` is the user name, which is the device id), nobody else may do anything.
+/// The ACL of docs/broker.md: the server reads every device's frames and writes commands; each
+/// device writes only its own frames and reads only its own commands (`%u` is the user name,
+/// which is the device id); nobody else may do anything.
 const ACL: &str = "\
-# the server reads every device's frames and publishes nothing
+# the server reads every device's frames and writes the commands to them
 user ledtemp-web
-topic read ledtemp/#
+topic read ledtemp/+/led/+
+topic read ledtemp/+/temp/+
+topic read ledtemp/+/status
+topic write ledtemp/+/cmd/+
 
-# a device (user name = device id) publishes under its own topics only, and reads nothing
-pattern write ledtemp/%u/#
+# a device (user name = device id) writes its own frames and reads its own commands, nothing else
+pattern write ledtemp/%u/led/+
+pattern write ledtemp/%u/temp/+
+pattern write ledtemp/%u/status
+pattern read ledtemp/%u/cmd/+
 ";
 
 /// A CA, and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM.
