@@ -1,4 +1,5 @@
-//! A frame as the server receives it: a topic and a payload, both from the network.
+//! A frame as a receiver gets it (the server a device's frame, a node a command on its `cmd`
+//! topic): a topic and a payload, both from the network.
 //!
 //! Input: one byte `n`, then `n` bytes of topic, then the MQTT payload. Every step a receiver
 //! takes runs: topic parse, header parse, AES-128-GCM and ChaCha20-Poly1305 open, and, for a frame
