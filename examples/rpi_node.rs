@@ -11,6 +11,11 @@
 //! plus noise; the key, the sequence-number store and the broker are real. Wiring, 1-Wire and
 //! I2C set-up and a systemd unit are in docs/raspberry-pi.md.
 //!
+//! The node also obeys commands: it subscribes to `ledtemp/<device>/cmd/+` and sets the GPIO LED
+//! (with `--simulate`, the logged one) as a sealed command from the server says, then confirms
+//! with an LED frame. Refused commands (forged, replayed, for an earlier connection, expired)
+//! are logged as warnings and change nothing.
+//!
 //! SIGTERM (systemd's stop) and Ctrl-C stop the node cleanly: it publishes what is queued and
 //! then its sealed offline status, and disconnects with MQTT DISCONNECT, so the broker does not
 //! publish the Last Will as well; all within `ledtemp_core::SHUTDOWN_TIMEOUT` (2 s) plus, with a
@@ -419,7 +424,8 @@ async fn run(args: Args) -> Result<(), StartError> {
             counter.fetch_add(1, Ordering::Relaxed);
             debug!("{event}");
         }
-        RunEvent::Stopping { .. } => info!("{event}"),
+        RunEvent::Stopping { .. } | RunEvent::CommandApplied { .. } => info!("{event}"),
+        // A refused command (forged, replayed, stale) is logged and changes nothing.
         // Failures name the broker and say what happened ("cannot reach", "lost the connection").
         event => warn!("{event}"),
     };

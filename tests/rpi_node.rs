@@ -1,4 +1,5 @@
-//! `examples/rpi_node.rs` as a user runs it: `--simulate` against a real broker, a stop with
+//! `examples/rpi_node.rs` as a user runs it: `--simulate` against a real broker, a sealed command
+//! applied and confirmed (and its replay ignored), a stop with
 //! SIGTERM as systemd sends it (offline status, DISCONNECT, no Last Will, no sequence number
 //! reused after a restart), and the errors a user meets first (a missing config field, a key
 //! file others can read, a broker it cannot reach).
@@ -16,7 +17,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use ledtemp_core::{
-    Algorithm, AnyCodec, LedState, Message, NodeStatus, SHUTDOWN_TIMEOUT, StatusReport,
+    Algorithm, AnyCodec, Codec, DeviceId, LedCommand, LedName, LedState, MAX_FRAME_LEN, Message,
+    NodeStatus, SHUTDOWN_TIMEOUT, SequenceNumber, StatusReport, Uptime,
 };
 use ledtemp_test_support::WAIT;
 use ledtemp_test_support::broker::TestBroker;
@@ -185,10 +187,15 @@ struct RunningNode {
 
 impl RunningNode {
     fn start(dir: &Path, config: &Path) -> RunningNode {
+        RunningNode::start_pressing_every(dir, config, 1)
+    }
+
+    /// With the scripted button pressed every `seconds`.
+    fn start_pressing_every(dir: &Path, config: &Path, seconds: u64) -> RunningNode {
         let log = dir.join("node.log");
         let out = File::options().create(true).append(true).open(&log).unwrap();
         let child = node_command()
-            .args(["--simulate", "--press-every", "1", "--config"])
+            .args(["--simulate", "--press-every", &seconds.to_string(), "--config"])
             .arg(config)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -249,6 +256,101 @@ async fn collect(
         let checked = checker.check(&received);
         frames.push((received, checked));
     }
+}
+
+/// Publishes `frame` on `topic` at QoS 1 as the server does, and waits for the broker's PUBACK.
+async fn publish_as_server(port: u16, topic: &str, frame: &[u8]) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("ledtemp-test-server", "127.0.0.1", port), 10);
+    client.publish(topic, QoS::AtLeastOnce, false, frame.to_vec()).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while !matches!(events.poll().await.unwrap(), Event::Incoming(Packet::PubAck(_))) {}
+    })
+    .await
+    .expect("the broker acknowledges the command");
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+}
+
+/// Waits until the node's log holds `text`; panics after [`WAIT`].
+async fn log_shows(node: &RunningNode, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !node.log().contains(text) {
+        assert!(tokio::time::Instant::now() < deadline, "no {text:?} in the log:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_applies_a_sealed_command_confirms_it_and_ignores_a_replay() {
+    let broker = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, config) = provision(dir.path(), broker.port);
+    let mut subscriber = Subscriber::start(broker.port).await;
+    // No press during the test: only the command moves the LED.
+    let node = RunningNode::start_pressing_every(dir.path(), &config, 3_600);
+
+    // The node's session: the sequence number of its online status.
+    let mut checker = FrameChecker::new(keys.codec(DEVICE));
+    let mut frames = Vec::new();
+    collect(&mut subscriber, &mut checker, &mut frames, |f| {
+        f.iter().any(|(_, c)| c.as_ref().is_some_and(|c| is_online(&c.message)))
+    })
+    .await;
+    let session = frames
+        .iter()
+        .find_map(|(_, c)| c.as_ref().filter(|c| is_online(&c.message)).map(|c| c.sequence))
+        .unwrap();
+    log_shows(&node, "LED red off").await;
+
+    // The server's command, sealed with the device's key for that session.
+    let device = DeviceId::new(DEVICE).unwrap();
+    let command = Message::Command(LedCommand {
+        led: LedName::new("red").unwrap(),
+        state: LedState::On,
+        session: SequenceNumber::new(session).unwrap(),
+        expires: Uptime(1 << 30),
+    });
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let len = keys
+        .codec(DEVICE)
+        .seal(&device, SequenceNumber::new(1).unwrap(), &command, &mut buf)
+        .unwrap();
+    let (topic, frame) = (command.topic(&device).to_string(), buf[..len].to_vec());
+    assert_eq!(topic, "ledtemp/sim-pi/cmd/red");
+    publish_as_server(broker.port, &topic, &frame).await;
+
+    // The LED turns on, and the confirmation opens with the device's key.
+    log_shows(&node, "LED red on").await;
+    let confirmed = |f: &[(Received, Option<Checked>)]| {
+        f.iter()
+            .filter_map(|(_, c)| c.as_ref())
+            .filter(|c| c.topic == "ledtemp/sim-pi/led/red")
+            .any(|c| matches!(&c.message, Message::Led(l) if l.state == LedState::On))
+    };
+    let mut device_frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !confirmed(&device_frames) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let received = subscriber.next(left).await.expect("the confirmation LED frame");
+        if received.topic.contains("/cmd/") {
+            continue; // the command itself, which the subscriber sees too
+        }
+        let checked = checker.check(&received);
+        device_frames.push((received, checked));
+    }
+    assert!(node.log().contains("command on ledtemp/sim-pi/cmd/red applied: LED on (changed)"));
+
+    // The same frame again: refused, nothing driven, nothing confirmed.
+    publish_as_server(broker.port, &topic, &frame).await;
+    log_shows(&node, "command on \"ledtemp/sim-pi/cmd/red\" refused").await;
+    while let Some(received) = subscriber.next(Duration::from_millis(500)).await {
+        assert_ne!(received.topic, "ledtemp/sim-pi/led/red", "a replay sent an LED frame");
+    }
+    assert_eq!(node.log().matches("LED red on").count(), 1, "{}", node.log());
 }
 
 /// The server's ingest pipeline, on a database in `dir`, with the keys of `keys`.
