@@ -1,5 +1,6 @@
 //! Runs the Cortex-M4F firmware image (`firmware/`) under QEMU and opens every frame it printed
-//! with the host codec.
+//! with the host codec, the command its MQTT peer sent the node (sealed in the image with the
+//! demo key for the node's session) and the node's confirmation included.
 //!
 //! Needs the `thumbv7em-none-eabihf` target, `qemu-system-arm` and the firmware's crates (the
 //! build runs offline: a test never downloads); without them the test says so on standard error
@@ -13,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ledtemp_core::{
-    AesGcmCodec, Codec, LedState, Message, NodeStatus, ReplayWindow, StatusReport, Topic,
+    AesGcmCodec, Codec, LedCommand, LedState, Message, NodeStatus, ReplayWindow, StatusReport,
+    Topic,
 };
 
 const KEY: &[u8; 16] = b"ledtemp-firmware";
@@ -107,11 +109,12 @@ fn the_firmware_image_runs_the_node_under_qemu_and_its_frames_open_on_the_host()
     let codec = AesGcmCodec::from_key_bytes(ledtemp_core::KeyId(1), KEY).unwrap();
     let mut window = ReplayWindow::new();
     let mut will = None;
+    let mut command = None;
     let mut messages = Vec::new();
     let mut sequences = Vec::new();
     for line in console.lines() {
         let mut words = line.split(' ');
-        let (Some(tag @ ("FRAME" | "WILL")), Some(topic), Some(hex)) =
+        let (Some(tag @ ("FRAME" | "WILL" | "COMMAND")), Some(topic), Some(hex)) =
             (words.next(), words.next(), words.next())
         else {
             continue;
@@ -121,6 +124,11 @@ fn the_firmware_image_runs_the_node_under_qemu_and_its_frames_open_on_the_host()
         let opened = codec.open(&topic, &frame).unwrap_or_else(|e| panic!("{line}: {e}"));
         if tag == "WILL" {
             will = Some(opened);
+            continue;
+        }
+        if tag == "COMMAND" {
+            assert_eq!(frame.len(), 36, "a command frame is 36 bytes");
+            command = Some((opened, messages.len()));
             continue;
         }
         window.accept_frame(&opened).unwrap();
@@ -142,6 +150,26 @@ fn the_firmware_image_runs_the_node_under_qemu_and_its_frames_open_on_the_host()
         })
         .collect();
     assert!(leds.len() >= 3, "presses every 700 ms for 3.5 s: {leds:?}");
+
+    // The command, for the session of the online status: LED on. The node applied it (its LED
+    // frame after the command confirms "on", before the first press at 700 ms toggled it back)
+    // and refused the replay.
+    let (command, after) = command.expect("the peer sent a command");
+    let Message::Command(LedCommand { state, session, .. }) = &command.message else {
+        panic!("not a command: {command:?}");
+    };
+    assert_eq!((*state, session.get()), (LedState::On, sequences[0]), "for the online session");
+    let confirmation = messages[after..].iter().find_map(|m| match m {
+        Message::Led(change) => Some(change.state),
+        _ => None,
+    });
+    assert_eq!(confirmation, Some(LedState::On), "the confirmation opens and says on");
+    assert_eq!(leds[0], LedState::On, "the command's change comes first");
+    let applied = console.find("COMMAND applied").expect("applied");
+    assert!(console[applied..].contains("LED red on"), "the LED was driven: {console}");
+    assert!(console.contains("COMMAND refused"), "the replay was refused: {console}");
+    assert!(console.contains("STAT commands_applied 1"), "{console}");
+    assert!(console.contains("STAT commands_refused 1"), "{console}");
     assert!(leds.windows(2).all(|w| w[0] != w[1]), "each press toggles: {leds:?}");
     let temperatures: Vec<i32> = messages
         .iter()
@@ -165,4 +193,12 @@ fn the_firmware_image_runs_the_node_under_qemu_and_its_frames_open_on_the_host()
     for line in console.lines().filter(|l| l.starts_with("RAM ")) {
         eprintln!("{line}");
     }
+    // Node RAM (docs/performance.md): node with its cipher, driver, MQTT buffers and mailbox.
+    let ram = |part: &str| -> u64 {
+        let line = console.lines().find(|l| l.starts_with(&format!("RAM {part} "))).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let node_ram: u64 =
+        ["node", "driver", "mqtt_buffers", "mqtt_mailbox"].into_iter().map(ram).sum();
+    assert!(node_ram <= 4096, "node RAM {node_ram} B is over 4 KiB");
 }

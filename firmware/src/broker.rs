@@ -1,9 +1,19 @@
 //! An in-memory MQTT v5 peer: the transport the firmware image publishes through.
 //!
-//! It answers CONNECT with CONNACK, PUBLISH (QoS 1) with PUBACK and PINGREQ with PINGRESP, and
-//! prints every frame it receives (and the Last Will from CONNECT) on the semihosting console as
-//! `FRAME <topic> <hex>` / `WILL <topic> <hex>`, for the host test to open with the host codec.
-//! Only what minimq sends is parsed; anything else ends the run with an error line.
+//! It answers CONNECT with CONNACK, SUBSCRIBE with SUBACK, PUBLISH (QoS 1) with PUBACK and
+//! PINGREQ with PINGRESP, and prints every frame it receives (and the Last Will from CONNECT) on
+//! the semihosting console as `FRAME <topic> <hex>` / `WILL <topic> <hex>`, for the host test to
+//! open with the host codec. Only what minimq sends is parsed; anything else ends the run with an
+//! error line.
+//!
+//! It also plays the server's part for commands: when the node's first online status arrives,
+//! and the node has subscribed to its command filter, the peer seals a command (LED `red` on)
+//! with the demo key for the session that status opened (its sequence number) and sends it to the
+//! node as an MQTT PUBLISH at QoS 1 on `ledtemp/<device>/cmd/red`, printed as
+//! `COMMAND <topic> <hex>`; then the same frame once more, a replay the node must refuse. The
+//! command is sealed here, in the image, rather than on the host: the host would have to
+//! predict the session before the image runs, or pass the frame in through semihosting file
+//! calls, which need `unsafe` in the image.
 
 use core::cell::RefCell;
 use core::convert::Infallible;
@@ -11,29 +21,78 @@ use core::future::poll_fn;
 use core::task::Poll;
 
 use heapless::Vec;
+use ledtemp_core::{
+    Codec, LedCommand, LedName, LedState, MAX_FRAME_LEN, Message, NodeStatus, SequenceNumber,
+    Topic, TopicString, Uptime,
+};
 
 use crate::console;
 
 /// Bytes the peer keeps of a packet being received: the largest PUBLISH minimq sends here.
 const INBOUND: usize = 1024;
-const OUTBOUND: usize = 64;
+/// Bytes waiting to go to the node: acknowledgements, and the command PUBLISH twice.
+const OUTBOUND: usize = 256;
+
+/// How long after the node's online status the command may act, in node time.
+const COMMAND_LIFETIME_MS: u32 = 60_000;
 
 /// The in-memory broker.
-pub struct InMemoryBroker {
+pub struct InMemoryBroker<C> {
     inbound: Vec<u8, INBOUND>,
     outbound: Vec<u8, OUTBOUND>,
     /// Frames received on a ledtemp topic.
     pub frames: u32,
+    /// The codec commands are sealed with (the device's demo key).
+    codec: C,
+    /// The node subscribed to its commands on this connection.
+    subscribed: bool,
+    /// Commands sent (the replay included).
+    pub commands: u32,
 }
 
-impl InMemoryBroker {
-    pub const fn new() -> Self {
-        InMemoryBroker { inbound: Vec::new(), outbound: Vec::new(), frames: 0 }
+impl<C: Codec> InMemoryBroker<C> {
+    pub const fn new(codec: C) -> Self {
+        InMemoryBroker {
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            frames: 0,
+            codec,
+            subscribed: false,
+            commands: 0,
+        }
+    }
+
+    /// Sends `command` to the node, then its replay.
+    fn send_command(&mut self, command: &SealedCommand) {
+        console::frame(b"COMMAND ", command.topic.as_bytes(), &command.frame);
+        for packet_id in [1u16, 2] {
+            self.send_publish(command.topic.as_bytes(), &command.frame, packet_id);
+            self.commands += 1;
+        }
+    }
+
+    /// A PUBLISH at QoS 1 to the node, without properties.
+    fn send_publish(&mut self, topic: &[u8], payload: &[u8], packet_id: u16) {
+        let remaining = 2 + topic.len() + 2 + 1 + payload.len();
+        let (Ok(remaining), Ok(topic_len)) = (u8::try_from(remaining), u16::try_from(topic.len()))
+        else {
+            return;
+        };
+        if remaining >= 0x80 {
+            return; // a one-byte remaining length is all this peer writes
+        }
+        let [topic_hi, topic_lo] = topic_len.to_be_bytes();
+        let [id_hi, id_lo] = packet_id.to_be_bytes();
+        let _ = self.outbound.extend_from_slice(&[0x32, remaining, topic_hi, topic_lo]);
+        let _ = self.outbound.extend_from_slice(topic);
+        let _ = self.outbound.extend_from_slice(&[id_hi, id_lo, 0x00]);
+        let _ = self.outbound.extend_from_slice(payload);
     }
 
     /// Parses and answers every complete packet in `inbound`.
     fn process(&mut self) {
         while let Some((header, body_start, len)) = packet_bounds(&self.inbound) {
+            let mut command = None;
             let end = body_start + len;
             let Some(body) = self.inbound.get(body_start..end) else { return };
             let reply = match header >> 4 {
@@ -51,11 +110,29 @@ impl InMemoryBroker {
                                 let [hi, lo] = id.to_be_bytes();
                                 let _ = self.outbound.extend_from_slice(&[0x40, 0x02, hi, lo]);
                             }
+                            if self.commands == 0 && self.subscribed {
+                                command = seal_command(&self.codec, topic, payload);
+                            }
                         }
                         None => console::line(b"ERROR malformed PUBLISH"),
                     }
                     None
                 }
+                // PUBACK of a command.
+                4 => None,
+                // SUBSCRIBE: granted at QoS 1.
+                8 => match body.first_chunk::<2>() {
+                    Some(&[hi, lo]) => {
+                        self.subscribed = true;
+                        console::line(b"SUBSCRIBED");
+                        let _ = self.outbound.extend_from_slice(&[0x90, 0x04, hi, lo, 0x00, 0x01]);
+                        None
+                    }
+                    None => {
+                        console::line(b"ERROR malformed SUBSCRIBE");
+                        None
+                    }
+                },
                 12 => Some(&[0xD0, 0x00][..]),
                 14 => None,
                 _ => {
@@ -65,6 +142,9 @@ impl InMemoryBroker {
             };
             if let Some(reply) = reply {
                 let _ = self.outbound.extend_from_slice(reply);
+            }
+            if let Some(command) = command {
+                self.send_command(&command);
             }
             let rest = self.inbound.len() - end;
             self.inbound.copy_within(end.., 0);
@@ -92,29 +172,60 @@ impl InMemoryBroker {
     fn reset(&mut self) {
         self.inbound.clear();
         self.outbound.clear();
+        self.subscribed = false;
     }
 }
 
+/// A command sealed by the peer.
+struct SealedCommand {
+    topic: TopicString,
+    frame: Vec<u8, MAX_FRAME_LEN>,
+}
+
+/// For the node's online status `frame` on `topic`: a command (LED `red` on) for the session the
+/// status opened, sealed with `codec`. `None` for any other frame.
+fn seal_command<C: Codec>(codec: &C, topic: &[u8], frame: &[u8]) -> Option<SealedCommand> {
+    let topic = Topic::parse(core::str::from_utf8(topic).ok()?).ok()?;
+    let opened = codec.open(&topic, frame).ok()?;
+    let Message::Status(status) = &opened.message else { return None };
+    if !matches!(status.status, NodeStatus::Online { .. }) {
+        return None;
+    }
+    let command = Message::Command(LedCommand {
+        led: LedName::new("red").ok()?,
+        state: LedState::On,
+        session: opened.header.sequence,
+        expires: Uptime(status.uptime.0.wrapping_add(COMMAND_LIFETIME_MS)),
+    });
+    let device = topic.device();
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let len = codec.seal(device, SequenceNumber::new(0).ok()?, &command, &mut buf).ok()?;
+    Some(SealedCommand {
+        topic: command.topic(device).to_topic_string(),
+        frame: Vec::from_slice(buf.get(..len)?).ok()?,
+    })
+}
+
 /// Hands out connections to the in-memory broker.
-pub struct BrokerConnector<'a>(pub &'a RefCell<InMemoryBroker>);
+pub struct BrokerConnector<'a, C>(pub &'a RefCell<InMemoryBroker<C>>);
 
 /// One connection to the in-memory broker.
-pub struct BrokerLink<'a>(&'a RefCell<InMemoryBroker>);
+pub struct BrokerLink<'a, C>(&'a RefCell<InMemoryBroker<C>>);
 
-impl<'a> ledtemp_core::Connector for BrokerConnector<'a> {
-    type Io = BrokerLink<'a>;
+impl<'a, C: Codec> ledtemp_core::Connector for BrokerConnector<'a, C> {
+    type Io = BrokerLink<'a, C>;
     type Error = Infallible;
-    async fn connect(&mut self) -> Result<BrokerLink<'a>, Infallible> {
+    async fn connect(&mut self) -> Result<BrokerLink<'a, C>, Infallible> {
         self.0.borrow_mut().reset();
         Ok(BrokerLink(self.0))
     }
 }
 
-impl embedded_io_async::ErrorType for BrokerLink<'_> {
+impl<C> embedded_io_async::ErrorType for BrokerLink<'_, C> {
     type Error = Infallible;
 }
 
-impl embedded_io_async::Write for BrokerLink<'_> {
+impl<C: Codec> embedded_io_async::Write for BrokerLink<'_, C> {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
         Ok(self.0.borrow_mut().write_bytes(buf))
     }
@@ -124,7 +235,7 @@ impl embedded_io_async::Write for BrokerLink<'_> {
     }
 }
 
-impl embedded_io_async::Read for BrokerLink<'_> {
+impl<C: Codec> embedded_io_async::Read for BrokerLink<'_, C> {
     /// Stays pending while there is nothing to read, like a socket.
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
         poll_fn(|_| match self.0.borrow_mut().read_bytes(buf) {

@@ -4,7 +4,10 @@
 //! It runs the real `ledtemp_core::Node` with a simulated button and temperature sensor, seals
 //! every frame with AES-128-GCM (ChaCha20-Poly1305 with `--features chacha`) and publishes through
 //! minimq to an in-memory MQTT peer, which prints each frame as hex on the semihosting console.
-//! After 3.5 s of board time it prints its counters and the RAM its parts take, and exits with
+//! The node subscribes to its commands; the peer sends it one (LED on, sealed in the peer with
+//! the demo key for the node's session) after the online status, and replays it: the node
+//! applies the first (`LED red on`, `COMMAND applied`, then the confirming LED frame) and refuses
+//! the replay (`COMMAND refused`). After 3.5 s of board time it prints its counters and the RAM its parts take, and exits with
 //! status 0 if it published, or 1 otherwise. The host test `tests/firmware_qemu.rs` opens every
 //! printed frame with the host codec.
 #![no_std]
@@ -25,7 +28,7 @@ use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use ledtemp_core::{
     AsyncIo, Clock, DeviceId, Driver, KeyId, LedName, LedState, MemorySequenceStore, MqttBuffers,
     MqttConfig, MqttMailbox, MqttPublisher, Node, NodeConfig, NodeIo, RunEvent, ScriptedButton,
-    SensorName, SimulatedTemperature, block_on, mqtt_link,
+    SensorName, SimulatedTemperature, Topic, block_on, mqtt_link,
 };
 
 use broker::{BrokerConnector, InMemoryBroker};
@@ -98,7 +101,12 @@ async fn run() -> u32 {
     else {
         return 0;
     };
-    let Ok(codec) = Codec::from_key_bytes(KeyId(1), &KEY) else { return 0 };
+    let (Ok(codec), Ok(peer_codec)) =
+        (Codec::from_key_bytes(KeyId(1), &KEY), Codec::from_key_bytes(KeyId(1), &KEY))
+    else {
+        return 0;
+    };
+    let commands = Topic::command_filter(&device);
     let start = SysTickClock.now();
     let node = Node::<_, _, QUEUE>::new(
         device,
@@ -111,11 +119,12 @@ async fn run() -> u32 {
     );
     let Ok(mut node) = node else { return 0 };
 
-    let broker = RefCell::new(InMemoryBroker::new());
+    let broker = RefCell::new(InMemoryBroker::new(peer_codec));
     let mailbox = MqttMailbox::new();
     let mut buffers: MqttBuffers = MqttBuffers::new();
-    let link =
-        pin!(mqtt_link(&mailbox, BrokerConnector(&broker), MqttConfig::new("mcu-1"), &mut buffers));
+    let mut config = MqttConfig::new("mcu-1");
+    config.commands = Some(&commands);
+    let link = pin!(mqtt_link(&mailbox, BrokerConnector(&broker), config, &mut buffers));
     let publisher = MqttPublisher::new(&mailbox, link);
 
     let mut buttons =
@@ -133,10 +142,11 @@ async fn run() -> u32 {
     let mut driver = Driver::default();
     let end = start + RUN_FOR;
     let mut failures = 0u64;
-    let mut on_event = |event: RunEvent<'_>| {
-        if !matches!(event, RunEvent::Published { .. } | RunEvent::Connected) {
-            failures += 1;
-        }
+    let mut on_event = |event: RunEvent<'_>| match event {
+        RunEvent::Published { .. } | RunEvent::Connected => {}
+        RunEvent::CommandApplied { .. } => console::line(b"COMMAND applied"),
+        RunEvent::CommandRefused { .. } => console::line(b"COMMAND refused"),
+        _ => failures += 1,
     };
     while io.now() < end {
         match driver.step(&mut node, &mut io, &mut on_event).await {
@@ -153,12 +163,15 @@ async fn run() -> u32 {
     console::number(b"STAT frames_dropped", stats.frames_dropped);
     console::number(b"STAT sensor_errors", stats.sensor_errors);
     console::number(b"STAT driver_failures", failures);
+    console::number(b"STAT commands_applied", stats.commands_applied);
+    console::number(b"STAT commands_refused", stats.commands_refused);
     console::number(b"RAM node", size_of::<Node<Codec, MemorySequenceStore, QUEUE>>() as u64);
     console::number(b"RAM codec", size_of::<Codec>() as u64);
     console::number(b"RAM driver", size_of::<Driver>() as u64);
     console::number(b"RAM mqtt_buffers", size_of::<MqttBuffers>() as u64);
     console::number(b"RAM mqtt_mailbox", size_of_val(&mailbox) as u64);
     let frames = broker.borrow().frames;
+    console::number(b"STAT broker_commands", u64::from(broker.borrow().commands));
     console::number(b"STAT broker_frames", u64::from(frames));
     frames
 }
