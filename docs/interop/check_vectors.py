@@ -230,9 +230,9 @@ def node_command(node: dict, v: dict, t: str, frame: bytes) -> dict:
     sequence, m = receive(v["aead"], bytes.fromhex(v["key"]), v["key_id"], t, frame)
     if node["session"] is None or node["stopping"] or m["session"] != node["session"]:
         raise Refused("StaleCommand")
-    # Uptime after the expiry, on a clock that wraps at 2^32 ms: the difference as a signed
-    # 32-bit number is above zero.
-    if 0 < (node["uptime_ms"] - m["expires_ms"]) % 2**32 < 2**31:
+    # In time from expiry - MAX_COMMAND_LIFETIME (60 s) to the expiry, on a clock that wraps
+    # at 2^32 ms: the expiry minus the uptime, modulo 2^32, is at most 60000.
+    if (m["expires_ms"] - node["uptime_ms"]) % 2**32 > 60_000:
         raise Refused("CommandExpired")
     window = {"top": node["window"]["top"], "seen": int(node["window"]["seen"], 16),
               "expected_will": 0}

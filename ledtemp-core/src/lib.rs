@@ -124,8 +124,8 @@ pub use mqtt::{
 };
 pub use name::{DeviceId, LedName, MAX_NAME_LEN, Name, SensorName};
 pub use node::{
-    AppliedCommand, DEFAULT_QUEUE_CAPACITY, MAX_SENSORS, Node, NodeConfig, NodeStats,
-    SHUTDOWN_TIMEOUT, Shutdown,
+    AppliedCommand, DEFAULT_QUEUE_CAPACITY, MAX_COMMAND_LIFETIME, MAX_SENSORS, Node, NodeConfig,
+    NodeStats, SHUTDOWN_TIMEOUT, Shutdown,
 };
 #[cfg(feature = "insecure-plaintext")]
 pub use plaintext::{InsecurePlaintextCodec, SealedOrPlaintext};

@@ -36,14 +36,6 @@ impl LedState {
     }
 }
 
-impl Uptime {
-    /// Whether `self` is later than `other`, on a clock that wraps (the two at most about
-    /// 24.8 days apart, half the wrap).
-    pub fn is_after(self, other: Uptime) -> bool {
-        (self.0.wrapping_sub(other.0) as i32) > 0
-    }
-}
-
 impl From<bool> for LedState {
     fn from(on: bool) -> Self {
         if on { LedState::On } else { LedState::Off }

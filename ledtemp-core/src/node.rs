@@ -16,6 +16,14 @@ use crate::{
 /// Most temperature sensors one node samples.
 pub const MAX_SENSORS: usize = 4;
 
+/// The longest a command may be valid, on the node's clock: a node refuses one whose expiry is
+/// past or more than this far ahead ([`Node::handle_command`]). A sender gives its commands at
+/// most this long (the reference server gives them 5 s). The 32-bit uptime a command's expiry is
+/// written in wraps every 49.7 days; bounding the expiry's distance shrinks what a wrapped clock
+/// could let through to a command held back a multiple of 49.7 days, to within this much, and in
+/// a connection that lasted that long (`docs/security.md`, "Commands").
+pub const MAX_COMMAND_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Default capacity of the store-and-forward queue, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 32;
 
@@ -382,10 +390,12 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
     /// - whatever [`Codec::open`] refuses: forged, altered, moved to another LED or device,
     ///   sealed with another key, a frame from the device itself replayed on the command topic
     ///   ([`Error::Unauthentic`] and the frame errors);
-    /// - a command for another session than the current connection's, or while the node is not
-    ///   connected or is stopping ([`Error::StaleCommand`]): a command recorded before a
-    ///   reconnection or a reboot;
-    /// - a command past its expiry on the node's clock ([`Error::CommandExpired`]);
+    /// - a command for another session than the current connection's (the one of the last
+    ///   [`handle_connect`](Self::handle_connect)), before the first connection, or while the
+    ///   node is stopping ([`Error::StaleCommand`]): a command recorded before a reconnection or
+    ///   a reboot;
+    /// - a command past its expiry on the node's clock, or whose expiry is more than
+    ///   [`MAX_COMMAND_LIFETIME`] ahead of it ([`Error::CommandExpired`]);
     /// - a copy of a command already accepted in this session ([`Error::Replayed`],
     ///   [`Error::TooOld`]).
     ///
@@ -445,7 +455,11 @@ impl<C: Codec, S: SequenceStore, const QUEUE: usize> Node<C, S, QUEUE> {
         if self.is_stopping() || self.session != Some(session) {
             return Err(Error::StaleCommand);
         }
-        if now.uptime().is_after(expires) {
+        // Valid from `expires - MAX_COMMAND_LIFETIME` to `expires` on the node's clock, compared
+        // on the wrapping 32-bit uptime. An expiry further ahead is no expiry a sender computes:
+        // read on a clock that wrapped, it is a command held back for weeks.
+        let ahead = expires.0.wrapping_sub(now.uptime().0);
+        if u64::from(ahead) > MAX_COMMAND_LIFETIME.as_millis() as u64 {
             return Err(Error::CommandExpired);
         }
         let window = self.commands.state_after(opened.header.sequence)?;
@@ -1291,6 +1305,16 @@ mod tests {
         node.handle_command(at(wrap - 100), &topic, &ahead).unwrap();
         let (_, behind) = command(&codec(), "pi", "red", LedState::On, session, u32::MAX - 50, 2);
         assert_eq!(node.handle_command(at(wrap + 10), &topic, &behind), Err(Error::CommandExpired));
+        // An expiry more than MAX_COMMAND_LIFETIME ahead is refused: held back 25 days, a
+        // command's expiry looks 24.7 days ahead on the wrapped clock.
+        let lifetime = MAX_COMMAND_LIFETIME.as_millis() as u64;
+        let (_, far) = command(&codec(), "pi", "red", LedState::On, session, 70_000, 3);
+        assert_eq!(node.handle_command(at(9_999), &topic, &far), Err(Error::CommandExpired));
+        let held = 25 * 24 * 3_600_000;
+        let (_, late) = command(&codec(), "pi", "red", LedState::On, session, 5_000, 4);
+        assert_eq!(node.handle_command(at(held), &topic, &late), Err(Error::CommandExpired));
+        let (_, longest) = command(&codec(), "pi", "red", LedState::On, session, 70_000, 5);
+        node.handle_command(at(70_000 - lifetime), &topic, &longest).unwrap();
     }
 
     #[test]
