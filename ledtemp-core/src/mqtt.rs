@@ -73,11 +73,11 @@ const MAX_PUBLISH_LEN: usize = 5 + (2 + MAX_TOPIC_LEN) + 2 + 1 + MAX_FRAME_LEN;
 /// `MqttBuffers::<MQTT_RX_LEN, { MQTT_TX_LEN + n }>::with_sizes()`).
 pub const MQTT_TX_LEN: usize = MAX_CONNECT_LEN + MAX_PUBLISH_LEN + 16;
 
-/// The publisher's packet buffers: `RX + TX` bytes ([`MQTT_RX_LEN`] + [`MQTT_TX_LEN`] = 1013 by
+/// The publisher's packet buffers: `RX + TX` bytes ([`MQTT_RX_LEN`] + [`MQTT_TX_LEN`] = 1023 by
 /// default). Put them in a `static` cell or on the stack of the task that runs the node.
 ///
-/// RAM of the whole publisher: these buffers, an [`MqttMailbox`] (about 400 bytes: one frame and
-/// topic in flight) and the [`mqtt_link`] future (about 400 bytes for its copy of the will, plus
+/// RAM of the whole publisher: these buffers, an [`MqttMailbox`] (about 660 bytes: one frame and
+/// topic in flight, and two received commands) and the [`mqtt_link`] future (about 400 bytes for its copy of the will, plus
 /// minimq's session state and the transport).
 #[derive(Debug)]
 pub struct MqttBuffers<const RX: usize = MQTT_RX_LEN, const TX: usize = MQTT_TX_LEN> {
@@ -728,7 +728,7 @@ async fn poll<E, IO: minimq::Io>(
 /// # Example
 ///
 /// ```no_run
-/// # async fn example() -> Result<(), ledtemp_core::MqttError<core::convert::Infallible>> {
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use core::pin::pin;
 /// use ledtemp_core::{
 ///     AsyncPublisher, Connector, MqttBuffers, MqttConfig, MqttMailbox, MqttPublisher, Outgoing,
@@ -755,13 +755,17 @@ async fn poll<E, IO: minimq::Io>(
 ///
 /// let mailbox = MqttMailbox::new();
 /// let mut buffers = MqttBuffers::new();
-/// let link = pin!(mqtt_link(&mailbox, Broker, MqttConfig::new("kitchen-pi"), &mut buffers));
+/// let mut config = MqttConfig::new("kitchen-pi");
+/// let commands = ledtemp_core::Topic::command_filter(&ledtemp_core::DeviceId::new("kitchen-pi")?);
+/// config.commands = Some(&commands); // ledtemp/kitchen-pi/cmd/+
+/// let link = pin!(mqtt_link(&mailbox, Broker, config, &mut buffers));
 /// let mut publisher = MqttPublisher::new(&mailbox, link);
 /// # let (will, frame): (Outgoing<'_>, Outgoing<'_>) = todo!();
 /// // The driver (`run_async`) makes these calls; shown here for the order.
 /// publisher.connect(&will).await?; // will: from `Node::handle_connect`
 /// publisher.publish(&frame).await?; // QoS 1: returns once the broker acknowledged it
-/// publisher.poll().await?; // between frames: pings, acknowledgements
+/// // Between frames: pings, acknowledgements, and the commands received, for `Node::handle_command`.
+/// publisher.poll_commands(|topic, frame| { /* node.handle_command(now, topic, frame) */ }).await?;
 /// # Ok(()) }
 /// ```
 ///
@@ -779,12 +783,16 @@ async fn poll<E, IO: minimq::Io>(
 /// # Contract
 ///
 /// - [`connect`](AsyncPublisher::connect): a fresh transport, CONNECT with clean start and the
-///   node's sealed offline frame as Last Will.
+///   node's sealed offline frame as Last Will, then SUBSCRIBE to [`MqttConfig::commands`] at
+///   QoS 1 (when set) and its SUBACK.
 /// - [`publish`](AsyncPublisher::publish): for [`QoS::AtLeastOnce`], `Ok` only once the broker's
 ///   PUBACK arrived, so a frame the node then drops from its queue is with the broker; for
 ///   [`QoS::AtMostOnce`], once written.
 /// - [`poll`](AsyncPublisher::poll): handles what has arrived and pings when due; returns at once
 ///   when nothing is there.
+/// - [`poll_commands`](AsyncPublisher::poll_commands): as `poll`, then hands out the commands
+///   received since the last call (those that arrived during a publish included), at most
+///   two per call; more arriving within one publish are dropped. `poll` drops them.
 /// - [`disconnect`](AsyncPublisher::disconnect): MQTT DISCONNECT (reason 0, normal disconnection:
 ///   the broker discards the will), then waits up to [`MQTT_CLOSE_WAIT`] for the broker to close
 ///   the connection.
