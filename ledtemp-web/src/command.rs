@@ -136,6 +136,14 @@ pub enum CommandOutcome {
 }
 
 impl CommandOutcome {
+    /// Every outcome, in the order `/metrics` lists them.
+    pub const ALL: [CommandOutcome; 4] = [
+        CommandOutcome::Confirmed,
+        CommandOutcome::TimedOut,
+        CommandOutcome::Offline,
+        CommandOutcome::NotSent,
+    ];
+
     /// The label stored and shown: `confirmed`, `timed_out`, `offline`, `not_sent`.
     pub const fn label(self) -> &'static str {
         match self {
@@ -148,14 +156,7 @@ impl CommandOutcome {
 
     /// The outcome of `label`.
     pub fn from_label(label: &str) -> Option<CommandOutcome> {
-        [
-            CommandOutcome::Confirmed,
-            CommandOutcome::TimedOut,
-            CommandOutcome::Offline,
-            CommandOutcome::NotSent,
-        ]
-        .into_iter()
-        .find(|outcome| outcome.label() == label)
+        CommandOutcome::ALL.into_iter().find(|outcome| outcome.label() == label)
     }
 }
 
@@ -314,6 +315,7 @@ impl Commander {
     }
 
     fn log(&self, record: CommandRecord) {
+        self.live.stats.add_command(record.outcome);
         let sent = self
             .worker
             .upgrade()

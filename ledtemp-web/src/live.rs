@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::RejectReason;
+use crate::command::CommandOutcome;
 use crate::model::{DeviceState, DeviceSummary, DeviceUpdate, Reading, UnixMillis};
 
 /// How many events a slow SSE client may fall behind before it skips ahead.
@@ -30,6 +31,7 @@ pub struct Stats {
     broker_connected: AtomicBool,
     sse_clients: AtomicUsize,
     insecure_plaintext: AtomicBool,
+    commands: [AtomicU64; CommandOutcome::ALL.len()],
 }
 
 /// The rejected-frame counters by reason, as `/api/stats` shows them.
@@ -75,6 +77,18 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    /// Counts an LED command by how it ended.
+    pub fn add_command(&self, outcome: CommandOutcome) {
+        if let Some(counter) = self.commands.get(outcome as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// LED commands that ended with `outcome`.
+    pub fn commands(&self, outcome: CommandOutcome) -> u64 {
+        self.commands.get(outcome as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// Counts accepted frames.
     pub fn add_accepted(&self, n: u64) {
         self.accepted.fetch_add(n, Ordering::Relaxed);

@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use super::AppState;
 use crate::RejectReason;
 use crate::alerts::AlertBoard;
+use crate::command::CommandOutcome;
 
 /// The alert engine's counters and each notifier's deliveries. Notifier names come from the
 /// server's own configuration, but are escaped as Prometheus label values all the same.
@@ -84,6 +85,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             reason.label(),
             stats.rejected(reason)
         );
+    }
+    let _ = writeln!(out, "# HELP ledtemp_commands_total LED commands asked for, by outcome.");
+    let _ = writeln!(out, "# TYPE ledtemp_commands_total counter");
+    for outcome in CommandOutcome::ALL {
+        let count = stats.commands(outcome);
+        let _ = writeln!(out, "ledtemp_commands_total{{outcome=\"{}\"}} {count}", outcome.label());
     }
     let _ = writeln!(
         out,
