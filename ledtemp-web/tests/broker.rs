@@ -149,7 +149,10 @@ async fn verified_frames_are_shown_and_attacks_are_counted_and_change_nothing(ba
     expected.oversize += 1;
     attacker.publish(topic, b"\x00garbage that is long enough to be a frame").await;
     expected.malformed += 1;
+    // A topic outside the three device filters never reaches the server; one inside them with a
+    // name outside the allowed characters reaches it and is refused unparsed.
     attacker.publish("ledtemp/kitchen-pi/bogus", frame).await;
+    attacker.publish("ledtemp/kitchen-pi/led/a.b", frame).await;
     expected.malformed += 1;
 
     // Random bytes of every interesting length: shorter than a frame can be, frame-sized, the
