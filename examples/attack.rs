@@ -519,7 +519,7 @@ async fn record_commands(
     count: Option<usize>,
 ) -> Result<Value> {
     let filter = "ledtemp/+/cmd/+";
-    let mut mqtt = Mqtt::connect(broker, "record-commands", Some(filter)).await?;
+    let mut mqtt = Mqtt::connect_live(broker, "record-commands", filter).await?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
     // The tests wait for this line before they switch an LED.
     println!(
@@ -596,32 +596,39 @@ impl CommandTarget {
     }
 }
 
-/// What the device's status frame (retained by the broker) shows in its clear header: its
-/// session (the status's sequence number) and key id. Zeros if none arrives.
-async fn sniff_session(
-    broker: &(String, u16),
-    device: &DeviceId,
-) -> Result<(SequenceNumber, KeyId)> {
+/// What the device's status frame (retained by the broker) shows in its clear header.
+struct StatusHeader {
+    /// The device's session: the status frame's sequence number (0 if none was seen).
+    session: SequenceNumber,
+    /// Its key id (1 if none was seen).
+    key_id: KeyId,
+    /// Whether the device speaks plaintext (the insecure target).
+    plaintext: bool,
+}
+
+async fn sniff_status(broker: &(String, u16), device: &DeviceId) -> Result<StatusHeader> {
     let filter = format!("ledtemp/{device}/status");
     let mut mqtt = Mqtt::connect(broker, "status", Some(&filter)).await?;
     let status = tokio::time::timeout(Duration::from_secs(2), mqtt.next()).await.ok().flatten();
-    let header = status.and_then(|(_, frame)| {
-        FrameHeader::parse(&frame).or_else(|_| InsecurePlaintextCodec::parse_header(&frame)).ok()
-    });
-    Ok(match header {
-        Some(header) => {
-            println!(
-                "  {filter}: session {} (the status frame's sequence number), key id {}",
-                header.sequence.get(),
-                header.key_id.0
-            );
-            (header.sequence, header.key_id)
-        }
-        None => {
-            println!("  {filter}: no status frame seen; guessing session 0, key id 1");
-            (SequenceNumber::new(0)?, KeyId(1))
-        }
-    })
+    let Some((topic, frame)) = status else {
+        println!("  {filter}: no status frame seen; guessing session 0, key id 1");
+        return Ok(StatusHeader {
+            session: SequenceNumber::new(0)?,
+            key_id: KeyId(1),
+            plaintext: false,
+        });
+    };
+    let plaintext = Topic::parse(&topic)
+        .is_ok_and(|topic| InsecurePlaintextCodec::new(KeyId(0)).open(&topic, &frame).is_ok());
+    let header =
+        FrameHeader::parse(&frame).or_else(|_| InsecurePlaintextCodec::parse_header(&frame))?;
+    println!(
+        "  {filter}: session {} (the status frame's sequence number), key id {}{}",
+        header.sequence.get(),
+        header.key_id.0,
+        if plaintext { ", PLAINTEXT" } else { ", sealed" }
+    );
+    Ok(StatusHeader { session: header.sequence, key_id: header.key_id, plaintext })
 }
 
 /// Publishes commands and watches every device's LED topics: a node that applied a command
@@ -635,7 +642,7 @@ struct CommandSender {
 
 impl CommandSender {
     async fn connect(broker: &(String, u16), watch: Duration) -> Result<CommandSender> {
-        let mqtt = Mqtt::connect(broker, "command", Some("ledtemp/+/led/+")).await?;
+        let mqtt = Mqtt::connect_live(broker, "command", "ledtemp/+/led/+").await?;
         Ok(CommandSender { mqtt, watch, sent: 0, answered: 0 })
     }
 
@@ -688,8 +695,8 @@ async fn command_forge(
         "command-forge: switching {}/{} {state} without the server",
         target.device, target.led
     );
-    let (session, key_id) = sniff_session(broker, &target.device).await?;
-    let command = target.command(session);
+    let status = sniff_status(broker, &target.device).await?;
+    let (command, key_id) = (target.command(status.session), status.key_id);
     // Far ahead of any number the server used, as a forger would pick it.
     let sequence = SequenceNumber::new(1_000_000 + u64::from(random_bytes::<2>()[0]))?;
     let guessed = AnyCodec::new(Algorithm::Aes128Gcm, key_id, &random_bytes::<16>())?;
@@ -789,17 +796,25 @@ async fn command_foreign_key(
         "command-foreign-key: switching {}/{} {state} with the real key of {} (key id {})",
         target.device, target.led, key.device, key.key_id.0
     );
-    let (session, _) = sniff_session(broker, &target.device).await?;
-    let command = target.command(session);
+    let status = sniff_status(broker, &target.device).await?;
+    let command = target.command(status.session);
     let sequence = SequenceNumber::new(1_000_000 + u64::from(random_bytes::<2>()[0]))?;
     let mut sender = CommandSender::connect(broker, watch).await?;
-    sender
-        .send(
-            &format!("command sealed with {}'s key", key.device),
-            &target.topic(),
+    let (what, frame) = if status.plaintext {
+        // The original project's node takes a command from anybody: the captured device's
+        // identity is all it takes, its key is not even needed.
+        let plain = InsecurePlaintextCodec::new(key.key_id);
+        (
+            format!("plaintext command from {} (no key needed)", key.device),
+            seal(&plain, &target.device, sequence, &command)?,
+        )
+    } else {
+        (
+            format!("command sealed with {}'s key", key.device),
             seal(&key.codec(), &target.device, sequence, &command)?,
         )
-        .await?;
+    };
+    sender.send(&what, &target.topic(), frame).await?;
     Ok(sender.summary("command-foreign-key"))
 }
 
@@ -864,7 +879,7 @@ async fn command_csrf(
         with_token: true,
     });
     let filter = format!("ledtemp/{}/cmd/+", target.device);
-    let mut sniffer = Mqtt::connect(broker, "csrf-sniff", Some(&filter)).await?;
+    let mut sniffer = Mqtt::connect_live(broker, "csrf-sniff", &filter).await?;
     let mut attempts = Vec::new();
     let mut refused = 0usize;
     for post in &posts {
@@ -1129,6 +1144,21 @@ struct Mqtt {
 impl Mqtt {
     /// Connects (and subscribes to `filter`); returns once the broker acknowledged.
     async fn connect(broker: &(String, u16), role: &str, filter: Option<&str>) -> Result<Mqtt> {
+        Mqtt::connect_with(broker, role, filter, true).await
+    }
+
+    /// [`Mqtt::connect`], handing over only messages published from now on: none of the
+    /// broker's retained ones.
+    async fn connect_live(broker: &(String, u16), role: &str, filter: &str) -> Result<Mqtt> {
+        Mqtt::connect_with(broker, role, Some(filter), false).await
+    }
+
+    async fn connect_with(
+        broker: &(String, u16),
+        role: &str,
+        filter: Option<&str>,
+        retained: bool,
+    ) -> Result<Mqtt> {
         let id = format!("ledtemp-attack-{role}-{}", std::process::id());
         let mut options = MqttOptions::new(id, broker.0.clone(), broker.1);
         options.set_keep_alive(Duration::from_secs(15));
@@ -1158,7 +1188,9 @@ impl Mqtt {
                             let _ = ready.send(Ok(()));
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    Ok(Event::Incoming(Packet::Publish(publish)))
+                        if retained || !publish.retain =>
+                    {
                         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
                         let _ = tx.send((topic, publish.payload.to_vec()));
                     }

@@ -6,18 +6,28 @@
 //!   restart on the same database) and flood frame is refused and counted exactly, and the
 //!   dashboard shows nothing the attacker sent;
 //! - the `--insecure-plaintext` target: the same attacks succeed (which proves these tests can
-//!   fail), and the device cap stops the flood of invented devices.
+//!   fail), and the device cap stops the flood of invented devices;
+//! - LED commands, against two nodes that apply them (`CommandNode`): a forged command, a genuine
+//!   one replayed within the node's session and after the node rebooted, moved to another LED and
+//!   to another device, sealed with another device's key, and the dashboard's switch posted from
+//!   another origin or without the session's CSRF token. The sealed nodes refuse each (their
+//!   refusals counted by reason) and no LED changes; the plaintext nodes obey each.
 //!
 //! The binary under test is the example cargo built for this test run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledtemp_core::{
-    Algorithm, AnyCodec, InsecurePlaintextCodec, KeyId, MilliCelsius, NodeConfig, SealedOrPlaintext,
+    Algorithm, AnyCodec, Clock, DeviceId, InsecurePlaintextCodec, KeyId, LedName, MilliCelsius,
+    Node, NodeConfig, RunEvent, SealedOrPlaintext, SensorName, SimulatedTemperature,
 };
+use ledtemp_rpi::FileSequenceStore;
 use ledtemp_test_support::WAIT;
 use ledtemp_test_support::broker::TestBroker;
 use ledtemp_test_support::keys::TempKeyring;
@@ -25,7 +35,8 @@ use ledtemp_test_support::node::{NodeThread, SimulatedNode};
 use ledtemp_test_support::on_both_backends;
 use ledtemp_test_support::postgres::{Backend, BackendDatabase};
 use ledtemp_test_support::server::{resolve, serve_args};
-use ledtemp_web::{KeyTable, ServeArgs, Server};
+use ledtemp_tokio::{BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
+use ledtemp_web::{KeyTable, ServeArgs, Server, hash_password, new_api_token};
 use serde_json::Value;
 
 /// The genuine node.
@@ -57,6 +68,17 @@ struct Rig {
     server: Option<Server>,
     http: reqwest::Client,
     node: Option<NodeThread>,
+    /// The command rig's nodes: `NODE` and `SPARE`.
+    command_nodes: Vec<CommandNode>,
+    /// The command rig's login: an API token (the rig's requests and the example's reads) and
+    /// the dashboard password (`command-csrf --password`).
+    login: Option<Login>,
+}
+
+/// The dashboard password and an API token of a rig with login on.
+struct Login {
+    token: String,
+    token_hash: [u8; 32],
 }
 
 impl Rig {
@@ -84,6 +106,8 @@ impl Rig {
             server: None,
             http: reqwest::Client::new(),
             node: None,
+            command_nodes: Vec::new(),
+            login: None,
         };
         rig.start_server().await;
         rig.start_node(codec);
@@ -103,6 +127,10 @@ impl Rig {
             ..serve_args(self.dir.path(), self.broker.port)
         });
         config.pipeline.database = self.database.database().clone();
+        if let Some(login) = &self.login {
+            config.auth.password_hash = Some(hash_password(PASSWORD).unwrap());
+            config.auth.token_hashes = vec![login.token_hash];
+        }
         let keys = self
             .keyring
             .as_ref()
@@ -142,7 +170,13 @@ impl Rig {
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.http.get(format!("{}{path}", self.url())).send().await.unwrap().json().await.unwrap()
+        let mut request = self.http.get(format!("{}{path}", self.url()));
+        if let Some(login) = &self.login {
+            request = request.bearer_auth(&login.token);
+        }
+        let response = request.send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
     }
 
     async fn observe(&self) -> (Value, Value) {
@@ -179,13 +213,7 @@ impl Rig {
     }
 
     async fn attack(&self, args: &[&str]) -> Value {
-        let mut command = Command::new(attack_binary());
-        command
-            .args(["--broker", &format!("127.0.0.1:{}", self.broker.port)])
-            .args(["--server", &self.url(), "--settle", "0.5"])
-            .args(args)
-            .env_remove("LEDTEMP_TOKEN")
-            .env_remove("LEDTEMP_BROKER");
+        let mut command = self.attack_command(args);
         let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
@@ -200,12 +228,31 @@ impl Rig {
         serde_json::from_str(summary).unwrap()
     }
 
+    /// The example with the rig's broker, server and token, and `args`.
+    fn attack_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(attack_binary());
+        command
+            .args(["--broker", &format!("127.0.0.1:{}", self.broker.port)])
+            .args(["--server", &self.url(), "--settle", "0.5", "--watch", "0.7"])
+            .env_remove("LEDTEMP_TOKEN")
+            .env_remove("LEDTEMP_BROKER")
+            .env_remove("LEDTEMP_PASSWORD");
+        if let Some(login) = &self.login {
+            command.args(["--token", &login.token]);
+        }
+        command.args(args);
+        command
+    }
+
     fn record_file(&self) -> String {
         self.dir.path().join("recorded.jsonl").display().to_string()
     }
 
     async fn stop(mut self) {
         if let Some(node) = self.node.take() {
+            node.stop().await;
+        }
+        for node in &mut self.command_nodes {
             node.stop().await;
         }
         if let Some(server) = self.server.take() {
@@ -414,4 +461,467 @@ async fn the_same_attacks_succeed_against_the_insecure_plaintext_target() {
 
     rig.stop().await;
     eprintln!("plaintext attack suite took {:?}", started.elapsed());
+}
+
+// ---- LED commands ----
+
+/// The dashboard password of the command rigs with login on.
+const PASSWORD: &str = "correct horse battery staple";
+
+/// What a command node did with the commands it received, shared with its thread.
+#[derive(Debug, Default)]
+struct CommandLog {
+    applied: AtomicU64,
+    /// Each refusal's reason (`Error`'s `Debug`), in order.
+    refused: Mutex<Vec<String>>,
+}
+
+impl CommandLog {
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap().clone()
+    }
+}
+
+/// A node that applies commands: LEDs `red` and `green` (no buttons), a reading every 250 ms,
+/// its sequence numbers in a file, so that a restart on the same file is a reboot: a new
+/// session, as on a Raspberry Pi. What it does with commands goes to its [`CommandLog`].
+struct CommandNode {
+    device: &'static str,
+    /// Its key, or `None`: the insecure plaintext codec.
+    key: Option<ledtemp_keys::KeyEntry>,
+    store: PathBuf,
+    broker: BrokerAddress,
+    log: Arc<CommandLog>,
+    thread: Option<NodeThread>,
+}
+
+impl CommandNode {
+    fn start(
+        device: &'static str,
+        key: Option<ledtemp_keys::KeyEntry>,
+        dir: &std::path::Path,
+        broker: BrokerAddress,
+    ) -> CommandNode {
+        let mut node = CommandNode {
+            device,
+            key,
+            store: dir.join(format!("{device}.sequence")),
+            broker,
+            log: Arc::default(),
+            thread: None,
+        };
+        node.boot();
+        node
+    }
+
+    fn boot(&mut self) {
+        let codec = match &self.key {
+            Some(key) => SealedOrPlaintext::Sealed(key.codec()),
+            None => SealedOrPlaintext::InsecurePlaintext(InsecurePlaintextCodec::new(KeyId(1))),
+        };
+        let (device, store) = (self.device, self.store.clone());
+        let (broker, log) = (self.broker.clone(), Arc::clone(&self.log));
+        self.thread = Some(NodeThread::spawn(move || async move {
+            let mut clock = StdClock::new();
+            let config = NodeConfig {
+                temperature_period: Duration::from_millis(250),
+                // Every LED frame is then the answer to a command.
+                announce_period: Duration::from_secs(3_600),
+                ..NodeConfig::default()
+            };
+            let mut node: Node<_, _> = Node::new(
+                DeviceId::new(device).unwrap(),
+                &[LedName::new("red").unwrap(), LedName::new("green").unwrap()],
+                &[SensorName::new("cpu").unwrap()],
+                codec,
+                FileSequenceStore::new(store),
+                config,
+                clock.now(),
+            )
+            .unwrap();
+            let mut leds = [LoggedLed::new("red"), LoggedLed::new("green")];
+            let mut sensors = [SimulatedTemperature::new(clock, 7).with_base(MilliCelsius(21_000))];
+            let world = NodeWorld::new(broker, clock).leds(&mut leds).sensors(&mut sensors);
+            let mut on_event = |event: RunEvent<'_>| match event {
+                RunEvent::CommandApplied { .. } => {
+                    log.applied.fetch_add(1, Ordering::SeqCst);
+                }
+                RunEvent::CommandRefused { error, .. } => {
+                    log.refused.lock().unwrap().push(format!("{error:?}"));
+                }
+                _ => {}
+            };
+            run_node(&mut node, world, &mut on_event).await
+        }));
+    }
+
+    async fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            thread.stop().await;
+        }
+    }
+
+    /// Power cut and boot: the connection drops without DISCONNECT, the node starts again
+    /// on the same sequence file.
+    async fn reboot(&mut self) {
+        self.stop().await;
+        self.boot();
+    }
+}
+
+impl Rig {
+    /// Broker, server (with login when `login`), and two command nodes, `NODE` and `SPARE`, in
+    /// the keyring (the plaintext server too: the switch is only offered for keyring devices).
+    async fn start_for_commands(insecure: bool, login: bool) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Backend::Sqlite.database(dir.path()).unwrap();
+        let broker = TestBroker::start().await;
+        let keyring = TempKeyring::generate(&[
+            (NODE, Algorithm::ChaCha20Poly1305),
+            (SPARE, Algorithm::Aes128Gcm),
+        ]);
+        keyring.write_key_file(SPARE, &dir.path().join("spare.key"));
+        let login = login.then(|| {
+            let (token, hash) = new_api_token().unwrap();
+            let mut token_hash = [0u8; 32];
+            hex::decode_to_slice(hash, &mut token_hash).unwrap();
+            Login { token, token_hash }
+        });
+        let key = |device: &str| (!insecure).then(|| keyring.entry(device).clone());
+        let nodes = vec![
+            CommandNode::start(NODE, key(NODE), dir.path(), broker.address(NODE)),
+            CommandNode::start(SPARE, key(SPARE), dir.path(), broker.address(SPARE)),
+        ];
+        let mut rig = Rig {
+            broker,
+            dir,
+            database,
+            insecure,
+            keyring: Some(keyring),
+            server: None,
+            http: reqwest::Client::new(),
+            node: None,
+            command_nodes: nodes,
+            login,
+        };
+        rig.start_server().await;
+        rig.wait_until("both nodes' LEDs and readings", |_, devices| {
+            [NODE, SPARE].iter().all(|id| {
+                device(devices, id).is_some_and(|d| {
+                    d["online"] == true
+                        && names(d, "leds", "led") == ["green", "red"]
+                        && !d["temperatures"].as_array().unwrap().is_empty()
+                })
+            })
+        })
+        .await;
+        rig
+    }
+
+    fn command_node(&mut self, device: &str) -> &mut CommandNode {
+        self.command_nodes.iter_mut().find(|n| n.device == device).unwrap()
+    }
+
+    fn command_log(&self, device: &str) -> Arc<CommandLog> {
+        Arc::clone(&self.command_nodes.iter().find(|n| n.device == device).unwrap().log)
+    }
+
+    /// The dashboard's switch, as a script does it (bearer token when login is on, and the
+    /// page's origin, which every POST needs): the status and the answer.
+    async fn switch(&self, device: &str, led: &str, on: bool) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/devices/{device}/leds/{led}", self.url()))
+            .header("origin", self.url())
+            .json(&serde_json::json!({ "on": on }));
+        if let Some(login) = &self.login {
+            request = request.bearer_auth(&login.token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Switches and expects the device's confirmation.
+    async fn switch_confirmed(&self, device: &str, led: &str, on: bool) {
+        let (status, answer) = self.switch(device, led, on).await;
+        assert_eq!((status, &answer["outcome"]), (200, &Value::from("confirmed")), "{answer}");
+    }
+
+    /// `command-record` of one command while the server sends a genuine one (`on`) for `NODE`'s
+    /// red LED, as an attacker listening on the broker while somebody clicks the switch.
+    async fn record_genuine_command(&self, on: bool) -> String {
+        let file = self.dir.path().join("commands.jsonl").display().to_string();
+        let mut command = self.attack_command(&["command-record", "--out", &file, "--count", "1"]);
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        // Subscribed once it says it listens.
+        let stdout = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            while !line.contains("listening on") {
+                line.clear();
+                assert!(stdout.read_line(&mut line).unwrap() > 0, "command-record ended early");
+            }
+            stdout
+        })
+        .await
+        .unwrap();
+        self.switch_confirmed(NODE, "red", on).await;
+        let output = tokio::task::spawn_blocking(move || {
+            let mut rest = String::new();
+            let mut stdout = stdout;
+            std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+            (child.wait().unwrap(), rest)
+        })
+        .await
+        .unwrap();
+        assert!(output.0.success(), "{}", output.1);
+        let summary = output.1.lines().find_map(|l| l.strip_prefix("summary: ")).unwrap();
+        let summary: Value = serde_json::from_str(summary).unwrap();
+        assert_eq!(summary["recorded"], 1, "{summary}");
+        file
+    }
+
+    /// `(device/led, on)` of every LED on the dashboard.
+    async fn leds(&self) -> Vec<(String, bool)> {
+        let (_, devices) = self.observe().await;
+        let mut leds = Vec::new();
+        for d in devices.as_array().unwrap() {
+            for led in d["leds"].as_array().unwrap() {
+                let name =
+                    format!("{}/{}", d["id"].as_str().unwrap(), led["led"].as_str().unwrap());
+                leds.push((name, led["on"].as_bool().unwrap()));
+            }
+        }
+        leds
+    }
+
+    /// Waits until the dashboard shows `expected`.
+    async fn wait_for_leds(&self, what: &str, expected: &[(&str, bool)]) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leds = self.leds().await;
+            let shown =
+                expected.iter().all(|(name, on)| leds.iter().any(|(n, o)| n == name && o == on));
+            if shown {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {leds:?}, not {expected:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every LED of both nodes off: how each rig starts, and all a sealed rig ever shows.
+const ALL_OFF: [(&str, bool); 4] = [
+    ("sim-node/green", false),
+    ("sim-node/red", false),
+    ("spare/green", false),
+    ("spare/red", false),
+];
+
+/// Waits until `log` holds `n` refusals more than `from`; returns the new ones.
+async fn new_refusals(log: &CommandLog, from: usize, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while log.refused().len() < from + n {
+        assert!(tokio::time::Instant::now() < deadline, "refusals: {:?}", log.refused());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.refused()[from..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_attacks_are_refused_by_the_sealed_node_and_change_nothing() {
+    let started = std::time::Instant::now();
+    let mut rig = Rig::start_for_commands(false, true).await;
+    let node = rig.command_log(NODE);
+    let spare = rig.command_log(SPARE);
+    assert_eq!(rig.leds().await, ALL_OFF.map(|(n, o)| (n.to_owned(), o)));
+
+    // The genuine command works (and is recorded by the attacker on the broker), and so does
+    // switching back.
+    let recorded = rig.record_genuine_command(true).await;
+    rig.switch_confirmed(NODE, "red", false).await;
+    assert_eq!(node.applied(), 2);
+    rig.wait_for_leds("switched back", &ALL_OFF).await;
+    let timer = std::time::Instant::now();
+
+    // (b) Replayed within the node's session: the node's replay window (or, later than the
+    // command's 5 s lifetime, its expiry).
+    let replay = rig.attack(&["command-replay", "--play", &recorded]).await;
+    assert_eq!((replay["sent"].as_u64(), replay["answered"].as_u64()), (Some(1), Some(0)));
+    let refused = new_refusals(&node, 0, 1).await;
+    assert!(refused == ["Replayed"] || refused == ["CommandExpired"], "{refused:?}");
+    assert_eq!(replay["led_changes"], serde_json::json!([]), "{replay}");
+    eprintln!("replay within the session took {:?}", timer.elapsed());
+
+    // (a) Forged: sealed with a guessed key, and in plaintext.
+    let timer = std::time::Instant::now();
+    let forge = rig.attack(&["command-forge", "--device", NODE, "--led", "red"]).await;
+    assert_eq!((forge["sent"].as_u64(), forge["answered"].as_u64()), (Some(2), Some(0)));
+    let refused = new_refusals(&node, 1, 2).await;
+    assert_eq!(refused[0], "Unauthentic", "{refused:?}");
+    assert_eq!(forge["led_changes"], serde_json::json!([]), "{forge}");
+    eprintln!("forge took {:?}", timer.elapsed());
+
+    // (d) Moved to another LED of the node (green), and to the same LED of another device.
+    let timer = std::time::Instant::now();
+    let moved = rig.attack(&["command-move", "--from", &recorded, "--device", SPARE]).await;
+    assert_eq!((moved["sent"].as_u64(), moved["answered"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(new_refusals(&node, 3, 1).await, ["Unauthentic"]);
+    assert_eq!(new_refusals(&spare, 0, 1).await, ["Unauthentic"]);
+    assert_eq!(moved["led_changes"], serde_json::json!([]), "{moved}");
+    eprintln!("move took {:?}", timer.elapsed());
+
+    // (e) Sealed with the real key of another device (captured): not this device's key.
+    let timer = std::time::Instant::now();
+    let key_file = rig.dir.path().join("spare.key").display().to_string();
+    let foreign = rig
+        .attack(&["command-foreign-key", "--key-file", &key_file, "--device", NODE, "--led", "red"])
+        .await;
+    assert_eq!((foreign["sent"].as_u64(), foreign["answered"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(new_refusals(&node, 4, 1).await, ["Unauthentic"]);
+    assert_eq!(foreign["led_changes"], serde_json::json!([]), "{foreign}");
+    eprintln!("foreign key took {:?}", timer.elapsed());
+
+    // (c) Replayed after the node rebooted: a new session, so the recorded command is stale
+    // (its lifetime on the node's new clock has not even passed).
+    let timer = std::time::Instant::now();
+    let (_, devices) = rig.observe().await;
+    let seen = device(&devices, NODE).unwrap()["last_seen"].clone();
+    rig.command_node(NODE).reboot().await;
+    rig.wait_until("the rebooted node's frames", |_, devices| {
+        device(devices, NODE).is_some_and(|d| d["online"] == true && d["last_seen"] != seen)
+    })
+    .await;
+    let replay = rig.attack(&["command-replay", "--play", &recorded]).await;
+    assert_eq!((replay["sent"].as_u64(), replay["answered"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(new_refusals(&node, 5, 1).await, ["StaleCommand"]);
+    assert_eq!(replay["led_changes"], serde_json::json!([]), "{replay}");
+    eprintln!("reboot and replay took {:?}", timer.elapsed());
+
+    // (f) The switch posted from another site with the victim's session cookie, and with the
+    // cookie but without the session's CSRF token: 403, nothing published or logged. The same
+    // request from the dashboard's origin with the token (the control) is obeyed: these
+    // refusals are the CSRF checks, not a switch that never works.
+    let timer = std::time::Instant::now();
+    let csrf = rig
+        .attack(&["command-csrf", "--device", NODE, "--led", "red", "--password", PASSWORD])
+        .await;
+    let attempts: Vec<(u64, u64, u64)> = csrf["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["status"].as_u64().unwrap(),
+                a["published"].as_u64().unwrap(),
+                a["logged"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [(403, 0, 0), (403, 0, 0), (200, 1, 1)], "{csrf}");
+    assert_eq!(csrf["led_changes"], serde_json::json!(["sim-node/red: OFF -> ON"]), "{csrf}");
+    eprintln!("csrf took {:?}", timer.elapsed());
+
+    // Nothing the attacker sent was applied: only the three genuine commands.
+    assert_eq!((node.applied(), spare.applied()), (3, 0));
+    assert_eq!(node.refused().len(), 6, "{:?}", node.refused());
+    assert_eq!(spare.refused().len(), 1, "{:?}", spare.refused());
+    rig.stop().await;
+    eprintln!("sealed command attacks took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_attacks_succeed_against_the_insecure_plaintext_node() {
+    let started = std::time::Instant::now();
+    let mut rig = Rig::start_for_commands(true, false).await;
+    let (stats, _) = rig.observe().await;
+    assert_eq!(stats["insecure_plaintext"], true);
+    let node = rig.command_log(NODE);
+    let spare = rig.command_log(SPARE);
+    assert_eq!(rig.leds().await, ALL_OFF.map(|(n, o)| (n.to_owned(), o)));
+
+    // The server's plaintext command, recorded on the broker (readable to anybody).
+    let recorded = rig.record_genuine_command(true).await;
+    rig.switch_confirmed(NODE, "red", false).await;
+    rig.wait_for_leds("switched back", &ALL_OFF).await;
+    let mut applied = 2;
+    assert_eq!(node.applied(), applied);
+
+    // (b) Replayed: obeyed, the LED is on again.
+    let replay = rig.attack(&["command-replay", "--play", &recorded]).await;
+    assert_eq!((replay["sent"].as_u64(), replay["answered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(replay["led_changes"], serde_json::json!(["sim-node/red: OFF -> ON"]), "{replay}");
+    applied += 1;
+    assert_eq!(node.applied(), applied);
+    rig.switch_confirmed(NODE, "red", false).await;
+    applied += 1;
+
+    // (a) Forged: the plaintext command is obeyed (the one sealed with a guessed key cannot
+    // even be read by this node).
+    let forge = rig.attack(&["command-forge", "--device", NODE, "--led", "red"]).await;
+    assert_eq!((forge["sent"].as_u64(), forge["answered"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(forge["led_changes"], serde_json::json!(["sim-node/red: OFF -> ON"]), "{forge}");
+    applied += 1;
+    assert_eq!(node.applied(), applied);
+    assert_eq!(node.refused().len(), 1, "the guessed key's frame: {:?}", node.refused());
+    rig.switch_confirmed(NODE, "red", false).await;
+    applied += 1;
+
+    // (d) Moved: the "red on" command switches the green LED, and the other device's red one.
+    let moved = rig.attack(&["command-move", "--from", &recorded, "--device", SPARE]).await;
+    assert_eq!((moved["sent"].as_u64(), moved["answered"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        moved["led_changes"],
+        serde_json::json!(["sim-node/green: OFF -> ON", "spare/red: OFF -> ON"]),
+        "{moved}"
+    );
+    applied += 1;
+    assert_eq!((node.applied(), spare.applied()), (applied, 1));
+
+    // (e) In the name of a captured device: no key needed at all.
+    let key_file = rig.dir.path().join("spare.key").display().to_string();
+    let foreign = rig
+        .attack(&["command-foreign-key", "--key-file", &key_file, "--device", NODE, "--led", "red"])
+        .await;
+    assert_eq!((foreign["sent"].as_u64(), foreign["answered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(foreign["led_changes"], serde_json::json!(["sim-node/red: OFF -> ON"]), "{foreign}");
+    applied += 1;
+    rig.switch_confirmed(NODE, "red", false).await;
+    applied += 1;
+
+    // (c) Replayed after the node rebooted: obeyed as well.
+    let (_, devices) = rig.observe().await;
+    let seen = device(&devices, NODE).unwrap()["last_seen"].clone();
+    rig.command_node(NODE).reboot().await;
+    rig.wait_until("the rebooted node's frames", |_, devices| {
+        device(devices, NODE).is_some_and(|d| d["online"] == true && d["last_seen"] != seen)
+    })
+    .await;
+    let replay = rig.attack(&["command-replay", "--play", &recorded]).await;
+    assert_eq!((replay["sent"].as_u64(), replay["answered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(replay["led_changes"], serde_json::json!(["sim-node/red: OFF -> ON"]), "{replay}");
+    applied += 1;
+    assert_eq!(node.applied(), applied);
+
+    // (f) The CSRF checks do not depend on the codec: another origin is refused here too (no
+    // login on this server), and the dashboard's own origin is obeyed.
+    let csrf = rig.attack(&["command-csrf", "--device", NODE, "--led", "red"]).await;
+    let statuses: Vec<u64> = csrf["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [403, 403, 200], "{csrf}");
+    assert_eq!(csrf["led_changes"], serde_json::json!(["sim-node/red: ON -> OFF"]), "{csrf}");
+
+    rig.stop().await;
+    eprintln!("plaintext command attacks took {:?}", started.elapsed());
 }
