@@ -989,29 +989,43 @@ impl PostgresHistory {
     }
 }
 
+impl PostgresHistory {
+    /// Runs `query` on `session` (at most [`OPERATION_TIMEOUT`]); a lost connection or a time-out
+    /// drops the session, so the next query connects again.
+    fn rows(
+        &self,
+        session: &Arc<HistorySession>,
+        query: impl Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> + Send,
+    ) -> Result<Vec<tokio_postgres::Row>, Error> {
+        match self.link.runtime.run_timed(query) {
+            Some(Ok(rows)) => Ok(rows),
+            Some(Err(error)) => {
+                if connection_lost(&error) || session.client.is_closed() {
+                    self.lost(session);
+                }
+                Err(db(error))
+            }
+            None => {
+                self.lost(session);
+                Err(timed_out())
+            }
+        }
+    }
+}
+
 impl HistoryStore for PostgresHistory {
     fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error> {
         let session = self.session()?;
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let sensor = query.sensor.as_ref().map(SensorName::as_str);
         let device = query.device.as_str();
-        let rows = self.link.runtime.run_timed(session.client.query(
-            &session.temperatures,
-            &[&device, &query.since.0, &query.until.0, &sensor, &limit],
-        ));
-        let rows = match rows {
-            Some(Ok(rows)) => rows,
-            Some(Err(error)) => {
-                if connection_lost(&error) || session.client.is_closed() {
-                    self.lost(&session);
-                }
-                return Err(db(error));
-            }
-            None => {
-                self.lost(&session);
-                return Err(timed_out());
-            }
-        };
+        let rows = self.rows(
+            &session,
+            session.client.query(
+                &session.temperatures,
+                &[&device, &query.since.0, &query.until.0, &sensor, &limit],
+            ),
+        )?;
         let mut points = Vec::with_capacity(rows.len());
         for row in rows.iter().rev() {
             let (sensor, at, milli): (String, i64, i32) = (
@@ -1039,25 +1053,15 @@ impl HistoryStore for PostgresHistory {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let device = device.map(DeviceId::as_str);
         let params: [&(dyn ToSql + Sync); 2] = [&device, &limit];
-        let rows = self.link.runtime.run_timed(session.client.query(
-            "SELECT at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms
-             FROM command_log WHERE ($1::text IS NULL OR device = $1::text)
-             ORDER BY id DESC LIMIT $2::int8",
-            &params,
-        ));
-        let rows = match rows {
-            Some(Ok(rows)) => rows,
-            Some(Err(error)) => {
-                if connection_lost(&error) || session.client.is_closed() {
-                    self.lost(&session);
-                }
-                return Err(db(error));
-            }
-            None => {
-                self.lost(&session);
-                return Err(timed_out());
-            }
-        };
+        let rows = self.rows(
+            &session,
+            session.client.query(
+                "SELECT at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms
+                 FROM command_log WHERE ($1::text IS NULL OR device = $1::text)
+                 ORDER BY id DESC LIMIT $2::int8",
+                &params,
+            ),
+        )?;
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             let (at, by, device, led, on, outcome, sequence, confirmed): (
