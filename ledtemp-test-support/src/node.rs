@@ -19,7 +19,10 @@ use ledtemp_tokio::{BrokerAddress, LoggedLed, NodeWorld, StdClock, run_node};
 use tokio::sync::oneshot;
 
 /// A node with simulated hardware: one LED with a scripted button, one simulated temperature
-/// sensor, sequence numbers in memory. Change what a test needs from [`new`](Self::new)'s
+/// sensor, sequence numbers in memory. It obeys commands as every node run by `run_node` does: it
+/// subscribes to `ledtemp/<device>/cmd/+`, applies a command sealed for its session to its
+/// (logged) LED and confirms it with an LED frame; `RunEvent::CommandApplied` and
+/// `CommandRefused` reach [`run_until`](Self::run_until)'s `on_event`. Change what a test needs from [`new`](Self::new)'s
 /// defaults with struct update syntax:
 ///
 /// ```
