@@ -113,7 +113,7 @@ impl fmt::Display for CommandRefusal {
 
 impl CommandRefusal {
     /// The outcome logged for a command refused this way.
-    fn outcome(&self) -> CommandOutcome {
+    pub(crate) fn outcome(&self) -> CommandOutcome {
         match self {
             CommandRefusal::Offline | CommandRefusal::NoClock => CommandOutcome::Offline,
             _ => CommandOutcome::NotSent,
@@ -125,6 +125,9 @@ impl CommandRefusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
+    /// Sent, outcome not known: what the log shows while the server waits, and for ever when
+    /// the server stopped (or was killed) before the answer.
+    Sent,
     /// The device reported the asked state within [`CONFIRM_TIMEOUT`].
     Confirmed,
     /// No confirmation within [`CONFIRM_TIMEOUT`]; the command has expired on the node.
@@ -137,16 +140,18 @@ pub enum CommandOutcome {
 
 impl CommandOutcome {
     /// Every outcome, in the order `/metrics` lists them.
-    pub const ALL: [CommandOutcome; 4] = [
+    pub const ALL: [CommandOutcome; 5] = [
+        CommandOutcome::Sent,
         CommandOutcome::Confirmed,
         CommandOutcome::TimedOut,
         CommandOutcome::Offline,
         CommandOutcome::NotSent,
     ];
 
-    /// The label stored and shown: `confirmed`, `timed_out`, `offline`, `not_sent`.
+    /// The label stored and shown: `sent`, `confirmed`, `timed_out`, `offline`, `not_sent`.
     pub const fn label(self) -> &'static str {
         match self {
+            CommandOutcome::Sent => "sent",
             CommandOutcome::Confirmed => "confirmed",
             CommandOutcome::TimedOut => "timed_out",
             CommandOutcome::Offline => "offline",
@@ -235,46 +240,44 @@ impl Commander {
     /// Sends `request` for `by` and waits for the outcome (at most about [`CONFIRM_TIMEOUT`]):
     /// the record, [`Confirmed`](CommandOutcome::Confirmed) or
     /// [`TimedOut`](CommandOutcome::TimedOut), or why it was not sent. Every command asked is
-    /// logged, sent or not.
+    /// logged: one that goes out is stored (as [`Sent`](CommandOutcome::Sent)) before it is
+    /// published, and its outcome filled in when known; one refused is stored with its reason.
     pub async fn send(
         &self,
         request: CommandRequest,
         by: String,
     ) -> Result<CommandRecord, CommandRefusal> {
-        let at = UnixMillis::now();
         let mut record = CommandRecord {
-            at,
+            at: UnixMillis::now(),
             by,
             device: request.device.clone(),
             led: request.led.clone(),
             state: request.state,
-            outcome: CommandOutcome::NotSent,
+            outcome: CommandOutcome::Sent,
             sequence: None,
             confirmed_at: None,
         };
-        match self.seal_and_publish(&request).await {
+        let (sealed, log_id, confirmation) = match self.seal_and_publish(&record).await {
+            Ok(sent) => sent,
             Err(refusal) => {
-                record.outcome = refusal.outcome();
                 tracing::warn!(
-                    device = %request.device,
-                    led = %request.led,
-                    on = request.state.is_on(),
+                    device = %record.device,
+                    led = %record.led,
+                    on = record.state.is_on(),
                     by = %record.by,
                     "LED command not sent: {refusal}"
                 );
-                self.log(record);
+                self.live.stats.add_command(refusal.outcome());
                 return Err(refusal);
             }
-            Ok((sealed, confirmation)) => {
-                record.sequence = Some(sealed.sequence);
-                match confirmation.await {
-                    Some(confirmed_at) => {
-                        record.outcome = CommandOutcome::Confirmed;
-                        record.confirmed_at = Some(confirmed_at);
-                    }
-                    None => record.outcome = CommandOutcome::TimedOut,
-                }
+        };
+        record.sequence = Some(sealed.sequence);
+        match confirmation.await {
+            Some(confirmed_at) => {
+                record.outcome = CommandOutcome::Confirmed;
+                record.confirmed_at = Some(confirmed_at);
             }
+            None => record.outcome = CommandOutcome::TimedOut,
         }
         tracing::info!(
             device = %record.device,
@@ -285,45 +288,78 @@ impl Commander {
             outcome = record.outcome.label(),
             "LED command"
         );
-        self.log(record.clone());
+        self.live.stats.add_command(record.outcome);
+        self.tell_worker(WorkerInput::CommandSettled(CommandSettlement {
+            log_id,
+            outcome: record.outcome,
+            confirmed_at: record.confirmed_at,
+        }));
         Ok(record)
     }
 
-    /// Seals through the worker and publishes; returns the sealed command and the wait for its
-    /// confirmation (listening since before the publish).
+    /// Has the worker seal and log `record`'s command, and publishes it; returns the sealed
+    /// command, its log entry and the wait for its confirmation (listening since before the
+    /// publish). A refusal is logged (by the worker, or here when the worker never saw it).
     async fn seal_and_publish(
         &self,
-        request: &CommandRequest,
-    ) -> Result<(SealedCommand, impl Future<Output = Option<UnixMillis>> + use<>), CommandRefusal>
-    {
-        let client = self.link.client().ok_or(CommandRefusal::BrokerDown)?.clone();
-        if !self.live.stats.broker_connected() {
-            return Err(CommandRefusal::BrokerDown);
-        }
+        record: &CommandRecord,
+    ) -> Result<
+        (SealedCommand, i64, impl Future<Output = Option<UnixMillis>> + use<>),
+        CommandRefusal,
+    > {
+        let refuse = |refusal: CommandRefusal| {
+            let outcome = refusal.outcome();
+            self.tell_worker(WorkerInput::CommandLog(CommandRecord { outcome, ..record.clone() }));
+            Err(refusal)
+        };
+        let Some(client) = self.link.client().filter(|_| self.live.stats.broker_connected()) else {
+            return refuse(CommandRefusal::BrokerDown);
+        };
+        let client = client.clone();
         let (reply, sealed) = oneshot::channel();
         let stopping = || CommandRefusal::Unavailable("the server is stopping".into());
-        let worker = self.worker.upgrade().ok_or_else(stopping)?;
-        worker.send(WorkerInput::Command(request.clone(), reply)).await.map_err(|_| stopping())?;
+        let Some(worker) = self.worker.upgrade() else { return refuse(stopping()) };
+        if worker.send(WorkerInput::Command(record.clone(), reply)).await.is_err() {
+            return refuse(stopping());
+        }
         drop(worker);
-        let sealed = sealed.await.map_err(|_| stopping())??;
-        let confirmation = wait_for_confirmation(&self.live, request.clone());
-        client
+        // The worker logged a refusal itself; a worker gone meanwhile logged nothing.
+        let (sealed, log_id) = sealed.await.map_err(|_| stopping())??;
+        let request = CommandRequest {
+            device: record.device.clone(),
+            led: record.led.clone(),
+            state: record.state,
+        };
+        let confirmation = wait_for_confirmation(&self.live, request);
+        let published = client
             .publish(sealed.topic.clone(), QoS::AtLeastOnce, false, sealed.frame.clone())
-            .await
-            .map_err(|_| CommandRefusal::BrokerDown)?;
-        Ok((sealed, confirmation))
+            .await;
+        if published.is_err() {
+            let outcome = CommandOutcome::NotSent;
+            let settled = CommandSettlement { log_id, outcome, confirmed_at: None };
+            self.tell_worker(WorkerInput::CommandSettled(settled));
+            return Err(CommandRefusal::BrokerDown);
+        }
+        Ok((sealed, log_id, confirmation))
     }
 
-    fn log(&self, record: CommandRecord) {
-        self.live.stats.add_command(record.outcome);
-        let sent = self
-            .worker
-            .upgrade()
-            .is_some_and(|worker| worker.try_send(WorkerInput::CommandLog(record)).is_ok());
+    fn tell_worker(&self, input: WorkerInput) {
+        let sent = self.worker.upgrade().is_some_and(|worker| worker.try_send(input).is_ok());
         if !sent {
-            tracing::warn!("the command log entry was dropped: the ingest worker is behind");
+            tracing::warn!("a command log entry was dropped: the ingest worker is behind or gone");
         }
     }
+}
+
+/// A sent command's outcome, for its log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandSettlement {
+    /// The entry written when it was sent.
+    pub log_id: i64,
+    /// How it ended.
+    pub outcome: CommandOutcome,
+    /// When the device confirmed it.
+    pub confirmed_at: Option<UnixMillis>,
 }
 
 /// Resolves with the time the device's LED frame showing the asked state arrived, or `None`

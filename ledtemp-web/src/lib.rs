@@ -93,7 +93,7 @@ mod store;
 pub use broker::EmbeddedBroker;
 pub use command::{
     COMMAND_LIFETIME, COMMAND_SEQUENCE_BLOCK, CONFIRM_TIMEOUT, CommandLink, CommandOutcome,
-    CommandRecord, CommandRefusal, CommandRequest, Commander, SealedCommand,
+    CommandRecord, CommandRefusal, CommandRequest, CommandSettlement, Commander, SealedCommand,
 };
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};

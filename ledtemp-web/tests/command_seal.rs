@@ -2,7 +2,7 @@
 //! on SQLite and on PostgreSQL: the pipeline seals a command for the session of the online
 //! status it accepted, the node applies it in that session only and before its expiry, the
 //! server's sequence numbers are reserved in blocks that survive a restart (and that two servers
-//! on one database never share), and the command log reads back what was written.
+//! on one database never share), and the command log reads back what was written and settled.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -13,7 +13,7 @@ use ledtemp_core::{
 };
 use ledtemp_web::{
     COMMAND_SEQUENCE_BLOCK, CommandOutcome, CommandRecord, CommandRefusal, CommandRequest,
-    Database, Ingest, SealedCommand, UnixMillis,
+    CommandSettlement, Database, Ingest, SealedCommand, UnixMillis,
 };
 use support::*;
 
@@ -185,10 +185,20 @@ fn the_command_log_reads_back_newest_first(backend: Backend) {
         record(2_000, false, CommandOutcome::TimedOut, Some(1), "token 99aa88bb"),
         record(3_000, true, CommandOutcome::Offline, None, "open"),
     ];
-    for entry in &written {
-        ingest.log_command(entry);
-    }
+    // The confirmed one was written when it was sent, and settled later.
+    let sent =
+        CommandRecord { outcome: CommandOutcome::Sent, confirmed_at: None, ..written[0].clone() };
+    let id = ingest.log_command(&sent).unwrap();
     let device = DeviceId::new(KITCHEN).unwrap();
+    assert_eq!(state.history.commands(Some(&device), 10).unwrap(), [sent]);
+    ingest.settle_command(&CommandSettlement {
+        log_id: id,
+        outcome: CommandOutcome::Confirmed,
+        confirmed_at: written[0].confirmed_at,
+    });
+    for entry in &written[1..] {
+        ingest.log_command(entry).unwrap();
+    }
     let read = state.history.commands(Some(&device), 10).unwrap();
     assert_eq!(read, written.iter().rev().cloned().collect::<Vec<_>>());
     assert_eq!(state.history.commands(None, 1).unwrap(), [written[2].clone()]);

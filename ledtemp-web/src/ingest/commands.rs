@@ -12,7 +12,7 @@ use ledtemp_core::{
 use super::{Ingest, Opener};
 use crate::command::{
     COMMAND_LIFETIME, COMMAND_SEQUENCE_BLOCK, CommandRecord, CommandRefusal, CommandRequest,
-    SealedCommand,
+    CommandSettlement, SealedCommand,
 };
 use crate::model::UnixMillis;
 use crate::store::AcceptedFrame;
@@ -181,11 +181,51 @@ impl Ingest {
         Ok(sequence)
     }
 
-    /// Appends `record` to the stored command log; a failure is logged (the command itself
-    /// already happened).
-    pub fn log_command(&mut self, record: &CommandRecord) {
-        if let Err(error) = self.store.log_command(record) {
-            tracing::error!(device = %record.device, "cannot store a command log entry: {error}");
+    /// Seals the command `record` asks for ([`seal_command`](Self::seal_command)) and stores
+    /// `record`, with its sequence number, in the command log: the sealed command and its log
+    /// entry's id. A command that cannot be logged is not sent. A refusal is logged with its
+    /// outcome.
+    pub fn seal_and_log_command(
+        &mut self,
+        record: CommandRecord,
+    ) -> Result<(SealedCommand, i64), CommandRefusal> {
+        let request = CommandRequest {
+            device: record.device.clone(),
+            led: record.led.clone(),
+            state: record.state,
+        };
+        match self.seal_command(&request) {
+            Ok(sealed) => {
+                let entry = CommandRecord { sequence: Some(sealed.sequence), ..record };
+                match self.store.log_command(&entry) {
+                    Ok(id) => Ok((sealed, id)),
+                    Err(error) => Err(CommandRefusal::Unavailable(format!(
+                        "the command could not be logged, so it was not sent: {error}"
+                    ))),
+                }
+            }
+            Err(refusal) => {
+                self.log_command(&CommandRecord { outcome: refusal.outcome(), ..record });
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Appends `record` to the stored command log and returns its id; a failure is logged.
+    pub fn log_command(&mut self, record: &CommandRecord) -> Option<i64> {
+        self.store
+            .log_command(record)
+            .inspect_err(|error| {
+                tracing::error!(device = %record.device, "cannot store a command log entry: {error}");
+            })
+            .ok()
+    }
+
+    /// Fills in a sent command's outcome in its log entry; a failure is logged (the entry then
+    /// keeps saying `sent`).
+    pub fn settle_command(&mut self, settled: &CommandSettlement) {
+        if let Err(error) = self.store.settle_command(settled) {
+            tracing::error!(log_id = settled.log_id, "cannot store a command's outcome: {error}");
         }
     }
 }

@@ -100,15 +100,18 @@ pub enum WorkerInput {
     /// Updates another server of a shared subscription group committed to the shared database
     /// ([`Store::follow_others`]): for this server's live view.
     Remote(Vec<DeviceUpdate>),
-    /// An LED command to seal ([`Commander`](crate::Commander)); the answer goes to the sender.
+    /// An LED command to seal and log ([`Commander`](crate::Commander)); the answer (the sealed
+    /// command and its log entry, or why not) goes to the sender.
     Command(
-        crate::command::CommandRequest,
+        crate::command::CommandRecord,
         tokio::sync::oneshot::Sender<
-            Result<crate::command::SealedCommand, crate::command::CommandRefusal>,
+            Result<(crate::command::SealedCommand, i64), crate::command::CommandRefusal>,
         >,
     ),
-    /// A command's outcome, for the stored command log.
+    /// A command refused before the worker saw it, for the stored command log.
     CommandLog(crate::command::CommandRecord),
+    /// A sent command's outcome, for its entry in the stored command log.
+    CommandSettled(crate::command::CommandSettlement),
 }
 
 /// How the ingest worker prunes old history.
@@ -170,10 +173,13 @@ pub fn run_worker(
                 WorkerInput::NotifierCap(notifier, cap) => ingest.save_notifier_cap(&notifier, cap),
                 WorkerInput::Remote(updates) => ingest.apply_remote(&updates),
                 WorkerInput::NotificationSent(notification) => ingest.confirm_sent(&notification),
-                WorkerInput::Command(request, reply) => {
-                    let _ = reply.send(ingest.seal_command(&request));
+                WorkerInput::Command(record, reply) => {
+                    let _ = reply.send(ingest.seal_and_log_command(record));
                 }
-                WorkerInput::CommandLog(record) => ingest.log_command(&record),
+                WorkerInput::CommandLog(record) => {
+                    ingest.log_command(&record);
+                }
+                WorkerInput::CommandSettled(settled) => ingest.settle_command(&settled),
             }
         }
         if let Some(keep) = retention.keep

@@ -33,7 +33,7 @@ use ledtemp_core::{
 
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::command::{CommandOutcome, CommandRecord};
+use crate::command::{CommandOutcome, CommandRecord, CommandSettlement};
 use crate::model::{DeviceState, DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
 
 /// A frame that passed every check, with what the store needs to persist it.
@@ -199,8 +199,11 @@ pub trait Store: Send + 'static {
         count: u64,
     ) -> Result<u64, Error>;
 
-    /// Appends `record` to the command log.
-    fn log_command(&mut self, record: &CommandRecord) -> Result<(), Error>;
+    /// Appends `record` to the command log; returns the entry's id.
+    fn log_command(&mut self, record: &CommandRecord) -> Result<i64, Error>;
+
+    /// Sets the outcome (and confirmation time) of the command log entry `settled.log_id`.
+    fn settle_command(&mut self, settled: &CommandSettlement) -> Result<(), Error>;
 
     /// Stores one notifier's daily cap (after a delivery).
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error>;

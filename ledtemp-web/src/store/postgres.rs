@@ -87,7 +87,7 @@ use super::{
 };
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::command::CommandRecord;
+use crate::command::{CommandRecord, CommandSettlement};
 use crate::model::{DeviceUpdate, TemperaturePoint, UnixMillis};
 use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
 use connection::{Connection, Link, connection_lost, db, describe, timed_out};
@@ -527,7 +527,7 @@ impl Store for PostgresStore {
         super::command_block_fits(end.saturating_sub(count), count)
     }
 
-    fn log_command(&mut self, record: &CommandRecord) -> Result<(), Error> {
+    fn log_command(&mut self, record: &CommandRecord) -> Result<i64, Error> {
         let link = Arc::clone(&self.link);
         let session = self.session()?;
         let sequence = record.sequence.and_then(|s| i64::try_from(s).ok());
@@ -540,12 +540,25 @@ impl Store for PostgresStore {
         );
         let params: [&(dyn ToSql + Sync); 8] =
             [&record.at.0, &record.by, &device, &led, &on, &outcome, &sequence, &confirmed];
-        let inserting = session.client.execute(
+        let inserting = session.client.query_one(
             "INSERT INTO command_log (at_ms, by, device, led, led_on, outcome, sequence, confirmed_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             &params,
         );
         let outcome = link.runtime.run_timed(inserting);
+        self.settle(outcome)?.try_get(0).map_err(db)
+    }
+
+    fn settle_command(&mut self, settled: &CommandSettlement) -> Result<(), Error> {
+        let link = Arc::clone(&self.link);
+        let session = self.session()?;
+        let (outcome, confirmed) = (settled.outcome.label(), settled.confirmed_at.map(|at| at.0));
+        let params: [&(dyn ToSql + Sync); 3] = [&outcome, &confirmed, &settled.log_id];
+        let updating = session.client.execute(
+            "UPDATE command_log SET outcome = $1, confirmed_ms = $2 WHERE id = $3",
+            &params,
+        );
+        let outcome = link.runtime.run_timed(updating);
         self.settle(outcome).map(drop)
     }
 

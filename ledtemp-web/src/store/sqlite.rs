@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ledtemp_core::{DeviceId, KeyId, MilliCelsius, ReplayState, SensorName};
 
-use crate::command::CommandRecord;
+use crate::command::{CommandRecord, CommandSettlement};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::{
@@ -350,7 +350,7 @@ impl Store for SqliteStore {
         super::command_block_fits(end.saturating_sub(count), count)
     }
 
-    fn log_command(&mut self, record: &CommandRecord) -> Result<(), Error> {
+    fn log_command(&mut self, record: &CommandRecord) -> Result<i64, Error> {
         let sequence = record.sequence.and_then(|s| i64::try_from(s).ok());
         self.conn
             .prepare_cached(
@@ -368,6 +368,20 @@ impl Store for SqliteStore {
                     record.outcome.label(),
                     sequence,
                     record.confirmed_at.map(|at| at.0),
+                ])
+            })
+            .map_err(db)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn settle_command(&mut self, settled: &CommandSettlement) -> Result<(), Error> {
+        self.conn
+            .prepare_cached("UPDATE command_log SET outcome = ?1, confirmed_ms = ?2 WHERE id = ?3")
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    settled.outcome.label(),
+                    settled.confirmed_at.map(|at| at.0),
+                    settled.log_id,
                 ])
             })
             .map(drop)
