@@ -78,7 +78,7 @@ struct Cli {
     settle: f64,
     /// Command attacks: seconds to watch for the device's answer (its LED frame) after each
     /// command published.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 0.5)]
     watch: f64,
     #[command(subcommand)]
     attack: Attack,
@@ -324,7 +324,7 @@ async fn run(cli: Cli) -> Result<()> {
         if changes.is_empty() {
             println!("LEDs (GET /api/devices): none changed");
         } else {
-            println!("LEDs (GET /api/devices): CHANGED:");
+            println!("LEDs (GET /api/devices; a button press changes them too): CHANGED:");
             for change in &changes {
                 println!("  {change}");
             }
@@ -661,16 +661,24 @@ impl CommandSender {
         let prefix = format!("ledtemp/{device}/led/");
         let deadline = tokio::time::Instant::now() + self.watch;
         let mut answer = None;
-        while let Ok(Some((led_topic, _))) =
+        while let Ok(Some((led_topic, frame))) =
             tokio::time::timeout_at(deadline, self.mqtt.next()).await
         {
             if led_topic.starts_with(&prefix) {
-                answer = Some(led_topic);
+                answer = Some((led_topic, frame));
                 break;
             }
         }
         let outcome = match &answer {
-            Some(led_topic) => format!("OBEYED: the device answered on {led_topic}"),
+            // Readable: the device says what it did.
+            Some((led_topic, frame)) => match read_frame(led_topic, frame) {
+                Reading::Plaintext(text) => format!("OBEYED: the device reports {text}"),
+                _ => format!(
+                    "OBEYED? the device sent a sealed LED frame within {:.1} s \
+                     (its answer to a command, or a button press)",
+                    self.watch.as_secs_f64()
+                ),
+            },
             None => format!("no answer from {device} (ignored or refused)"),
         };
         println!("  published {what:<44} {len:>4} B on {topic}: {outcome}");
@@ -872,7 +880,11 @@ async fn command_csrf(
         });
     }
     posts.push(SwitchPost {
-        what: "CONTROL: from the dashboard's origin, with its token",
+        what: if session.is_some() {
+            "CONTROL: from the dashboard's origin, with its token"
+        } else {
+            "CONTROL: from the dashboard's origin"
+        },
         origin: own,
         fetch_site: "same-origin",
         with_cookie: true,
