@@ -1,4 +1,9 @@
-// ledtemp dashboard: one card per device, a live temperature chart per device, the frame counters.
+// ledtemp dashboard: one card per device, a live temperature chart per device, the frame counters,
+// and a switch per LED that sends a sealed command to the device.
+//
+// A switch shows the state the device last reported (its LED frame: the POST's confirmed answer
+// or the `led` event), never the state asked for: while a command is on its way it says
+// "pending", and a command that was refused or not confirmed in time leaves it as it was.
 //
 // Every name that comes from the server (device, LED, sensor, rejection reason) reaches the page
 // through textContent, dataset or setAttribute only, never parsed as markup. The server validates
@@ -14,6 +19,10 @@
   // The server marks a device offline when it has been silent too long, without an event:
   // reload the device list now and then to show it.
   const RELOAD_DEVICES_MS = 30000;
+  // How long a command's outcome ("confirmed", "timed out", "device offline") stays next to the
+  // switch.
+  const COMMAND_NOTE_MS = 4000;
+  const COMMAND_LOG_LENGTH = 10;
   const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2"];
 
   const devicesEl = document.getElementById("devices");
@@ -23,6 +32,10 @@
 
   /** @type {Map<string, DeviceCard>} */
   const cards = new Map();
+
+  // The login session's CSRF token (from /auth/session), sent with every POST; null without a
+  // login.
+  let csrfToken = null;
 
   // ---- small DOM helpers (text only) ----
 
@@ -179,16 +192,87 @@
         lamp.setAttribute("aria-hidden", "true");
         const label = el("span", "led-name", name);
         const state = el("span", "led-state");
-        root.append(lamp, label, state);
-        led = { root, state, atMs: null };
+        const toggle = el("button", "switch");
+        toggle.type = "button";
+        toggle.setAttribute("role", "switch");
+        toggle.setAttribute("aria-label", "LED " + name + " of " + this.id);
+        toggle.addEventListener("click", () => this.sendCommand(name));
+        const note = el("span", "led-command");
+        note.setAttribute("role", "status");
+        note.hidden = true;
+        root.append(lamp, label, state, toggle, note);
+        led = { root, state, toggle, note, atMs: null, on: false, pending: false, noteTimer: null };
         this.leds.set(name, led);
         insertSorted(this.ledList, root, name, "led");
       }
       const atMs = parseTime(at);
       if (led.atMs !== null && atMs !== null && atMs < led.atMs) return; // older than shown
       led.atMs = atMs;
-      led.root.dataset.on = on ? "true" : "false";
-      led.state.textContent = on ? "on" : "off";
+      led.on = on === true;
+      led.root.dataset.on = led.on ? "true" : "false";
+      led.state.textContent = led.on ? "on" : "off";
+      led.toggle.setAttribute("aria-checked", led.on ? "true" : "false");
+      led.toggle.title = "Switch " + name + (led.on ? " off" : " on");
+    }
+
+    // One click: ask the device for the opposite of the state it last reported, and wait for
+    // the server's answer (it comes once the device confirmed, or after the server's time-out).
+    async sendCommand(name) {
+      const led = this.leds.get(name);
+      if (!led || led.pending) return;
+      const on = !led.on;
+      led.pending = true;
+      led.toggle.disabled = true;
+      this.showCommand(led, "pending", "pending\u2026", "");
+      const url =
+        "/api/devices/" + encodeURIComponent(this.id) + "/leds/" + encodeURIComponent(name);
+      const headers = { "Content-Type": "application/json", Accept: "application/json" };
+      if (csrfToken !== null) headers["X-CSRF-Token"] = csrfToken;
+      let outcome = ["refused", "server unreachable", ""];
+      try {
+        const response = await fetch(url, {
+          method: "POST",
+          headers,
+          body: JSON.stringify({ on }),
+        });
+        if (response.status === 401) return toLogin();
+        const body = await response.json().catch(() => null);
+        if (response.ok && body && body.outcome === "confirmed" && typeof body.on === "boolean") {
+          // The state the device reported, at the time its frame arrived.
+          this.setLed(name, body.on, body.confirmed_at);
+          outcome = ["confirmed", "confirmed", ""];
+        } else if (response.status === 504) {
+          outcome = ["timed_out", "timed out", "the device did not confirm in time"];
+        } else {
+          const why = body && typeof body.error === "string" ? body.error : "";
+          outcome = ["refused", refusalLabel(response.status, why), why];
+        }
+      } catch (_) {
+        // The network failed: the outcome is unknown here; the device's frame, if any, still
+        // arrives through the event stream.
+      } finally {
+        led.pending = false;
+        led.toggle.disabled = false;
+      }
+      this.showCommand(led, ...outcome);
+      loadCommands().catch(() => {});
+    }
+
+    // Shows a command's state next to its switch: `pending` until the answer, then the outcome
+    // for a few seconds.
+    showCommand(led, kind, text, title) {
+      clearTimeout(led.noteTimer);
+      led.toggle.dataset.command = kind;
+      led.note.textContent = text;
+      led.note.title = title;
+      led.note.hidden = false;
+      if (kind === "pending") return;
+      led.noteTimer = setTimeout(() => {
+        delete led.toggle.dataset.command;
+        led.note.hidden = true;
+        led.note.textContent = "";
+        led.note.title = "";
+      }, COMMAND_NOTE_MS);
     }
 
     setTemperature(sensor, celsius, at, live) {
@@ -366,6 +450,15 @@
     }
   }
 
+  // What a refused command says next to its switch; the server's reason is its title.
+  function refusalLabel(status, why) {
+    if (status === 409) return /offline/.test(why) ? "device offline" : "device not ready, try again";
+    if (status === 404) return "unknown LED";
+    if (status === 403) return "refused: reload the page";
+    if (status === 503) return "cannot send now";
+    return "failed (" + status + ")";
+  }
+
   // Keeps list items in name order, so a card does not reshuffle as updates arrive.
   function insertSorted(list, item, name, key) {
     for (const other of list.children) {
@@ -411,6 +504,7 @@
   async function setUpLogout() {
     const session = await getJson("/auth/session");
     if (!session.auth || typeof session.csrf !== "string") return;
+    csrfToken = session.csrf;
     const button = document.getElementById("logout");
     button.hidden = false;
     button.addEventListener("click", async () => {
@@ -437,7 +531,7 @@
   }
 
   function refresh() {
-    return Promise.all([loadDevices(), loadStats(), loadAlerts()]).then(
+    return Promise.all([loadDevices(), loadStats(), loadAlerts(), loadCommands()]).then(
       () => showProblem(null),
       (e) => showProblem("Could not reach the server: " + e.message),
     );
@@ -565,6 +659,36 @@
     return getJson("/api/alerts").then(showAlerts);
   }
 
+  // ---- the Commands panel: the last LED commands, whoever sent them ----
+
+  const OUTCOME_LABELS = Object.freeze({
+    confirmed: "confirmed",
+    timed_out: "timed out",
+    offline: "device offline",
+    not_sent: "not sent",
+  });
+
+  function commandItem(record) {
+    const outcome = typeof record.outcome === "string" ? record.outcome : "unknown";
+    const item = el("li", "command");
+    item.dataset.outcome = outcome;
+    const what =
+      String(record.device) + "/" + String(record.led) + " \u2192 " + (record.on ? "on" : "off");
+    item.append(el("span", "command-what", what));
+    const label = Object.hasOwn(OUTCOME_LABELS, outcome)
+      ? OUTCOME_LABELS[outcome]
+      : outcome.replace(/_/g, " ");
+    const when = relative(parseTime(record.at));
+    item.append(el("span", "command-when", label + " \u00b7 " + when + " \u00b7 " + String(record.by)));
+    return item;
+  }
+
+  async function loadCommands() {
+    const log = await getJson("/api/commands?limit=" + COMMAND_LOG_LENGTH);
+    fillList("command-log", "no-commands", log, commandItem);
+    document.body.dataset.commands = "loaded";
+  }
+
   // ---- the event stream: one for the whole page ----
 
   function setLive(state) {
@@ -646,6 +770,7 @@
 
   setInterval(() => {
     loadAlerts().catch((e) => showProblem("Could not load alerts: " + e.message));
+    loadCommands().catch((e) => showProblem("Could not load commands: " + e.message));
   }, RELOAD_ALERTS_MS);
 
   setUpLogout().catch((e) => showProblem("Could not load the session: " + e.message));

@@ -1,5 +1,6 @@
 //! The dashboard in a real headless Chromium, against the real server (`ledtemp_web::app`) on a
-//! real SQLite file, fed real sealed frames through the ingest pipeline.
+//! real SQLite file, fed real sealed frames through the ingest pipeline; and the LED switch
+//! against a whole server (`Server::start`), a real broker and a simulated node.
 //!
 //! The browser is driven over the DevTools protocol on `--remote-debugging-pipe` (file
 //! descriptors 3 and 4, connected through two FIFOs so that no `unsafe` is needed to hand them
@@ -23,6 +24,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use ledtemp_core::AnyCodec;
+use ledtemp_test_support::broker::TestBroker;
+use ledtemp_test_support::node::{NodeThread, SimulatedNode};
 use ledtemp_web::alerts::{
     AlertsConfig, Condition, DeliveryPolicy, NotifierKind, NotifierSettings, Rule, Secret,
     Threshold, WebhookConfig,
@@ -33,6 +36,9 @@ use ledtemp_web::{
 };
 use serde_json::{Value, json};
 use support::{GARAGE, KITCHEN, WAIT, garage_codec, kitchen_codec, led, online, seal, temperature};
+
+/// The login password of the tests behind a login.
+const PASSWORD: &str = "correct horse battery staple";
 
 /// A name no validated device could have: if the page ever parsed names as markup, an `img`
 /// element would appear.
@@ -262,6 +268,22 @@ impl Browser {
 
     fn navigate(&mut self, url: &str) {
         self.call("Page.navigate", json!({"url": url}));
+    }
+
+    /// Clicks the middle of the element `element` (a JS expression) with the mouse, as a user
+    /// does: it must be visible and not covered for the click to reach it.
+    fn click(&mut self, element: &str) {
+        let centre = self.eval(&format!(
+            "(() => {{ const e = {element}; e.scrollIntoView({{block: 'center'}}); \
+             const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        let (x, y) = (centre[0].as_f64().unwrap(), centre[1].as_f64().unwrap());
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+            );
+        }
     }
 
     /// Errors the page reported: uncaught exceptions, `console.error`, and browser log errors
@@ -595,19 +617,35 @@ fn the_dashboard_shows_verified_devices_live_and_names_as_text() {
 }
 
 /// Errors the page reported, less the console lines Chromium writes for every HTTP error status
-/// (the wrong password's 401 is expected).
-fn unexpected_errors(browser: &mut Browser) -> Vec<String> {
+/// in `expected` (the wrong password's 401, a refused command's 409).
+fn unexpected_errors(browser: &mut Browser, expected: &[u16]) -> Vec<String> {
     browser
         .errors()
         .into_iter()
-        .filter(|e| !(e.contains("\"source\":\"network\"") && e.contains("status of 401")))
+        .filter(|e| {
+            !(e.contains("\"source\":\"network\"")
+                && expected.iter().any(|status| e.contains(&format!("status of {status}"))))
+        })
         .collect()
+}
+
+/// Waits for the login page, then types `password` into it and submits.
+fn type_password(browser: &mut Browser, password: &str) {
+    browser.wait_for(
+        "the login page",
+        // login.js is deferred: the form exists before its submit handler does, and a click
+        // before that does nothing (the CSP forbids plain form submission).
+        "location.pathname === '/login' && document.readyState === 'complete'",
+    );
+    browser.eval("document.getElementById('password').value = ''");
+    browser.eval("document.getElementById('password').focus()");
+    browser.call("Input.insertText", json!({"text": password}));
+    browser.eval("document.getElementById('submit').click()");
 }
 
 #[test]
 fn behind_a_login_the_browser_logs_in_sees_live_updates_and_logs_out() {
     let Some(chromium) = chromium_or_skip() else { return };
-    const PASSWORD: &str = "correct horse battery staple";
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -631,18 +669,6 @@ fn behind_a_login_the_browser_logs_in_sees_live_updates_and_logs_out() {
 
     let mut browser = Browser::launch(&chromium);
     browser.navigate(&format!("http://{addr}/"));
-    browser.wait_for(
-        "the login page",
-        // login.js is deferred: the form exists before its submit handler does, and a click
-        // before that does nothing (the CSP forbids plain form submission).
-        "location.pathname === '/login' && document.readyState === 'complete'",
-    );
-    let type_password = |browser: &mut Browser, password: &str| {
-        browser.eval("document.getElementById('password').value = ''");
-        browser.eval("document.getElementById('password').focus()");
-        browser.call("Input.insertText", json!({"text": password}));
-        browser.eval("document.getElementById('submit').click()");
-    };
     type_password(&mut browser, "not the password");
     browser.wait_for(
         "the refusal",
@@ -681,11 +707,151 @@ fn behind_a_login_the_browser_logs_in_sees_live_updates_and_logs_out() {
     browser.wait_for("the login page again", "location.pathname === '/login'");
     let status = browser.eval("fetch('/api/devices').then(r => r.status)");
     assert_eq!(status, 401);
-    let errors = unexpected_errors(&mut browser);
+    let errors = unexpected_errors(&mut browser, &[401]);
     assert!(errors.is_empty(), "the pages reported errors: {errors:#?}");
 
     drop(browser);
     eprintln!("login browser test took {:?}", started.elapsed());
+}
+
+/// A command's outcome as the page's switch shows it: `[data-command, disabled, aria-checked,
+/// the note's text]`, as a JS expression.
+fn switch_state(device: &str, led: &str) -> String {
+    let item = in_card(device, &format!("[data-led={led}]"));
+    format!(
+        "(() => {{ const s = {item}.querySelector('.switch'); \
+         return [s.dataset.command ?? null, s.disabled, s.getAttribute('aria-checked'), \
+         {item}.querySelector('.led-command').textContent]; }})()"
+    )
+}
+
+#[test]
+fn the_led_switch_sends_a_command_and_shows_what_the_node_confirmed() {
+    let Some(chromium) = chromium_or_skip() else { return };
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = runtime.block_on(TestBroker::start());
+    let mut config = support::serve_config(dir.path(), broker.port);
+    config.auth.password_hash = Some(hash_password(PASSWORD).unwrap());
+    let server = runtime.block_on(support::start_server(config, support::keys()));
+    // The kitchen's node: LED `red`, off at start; it applies sealed commands and confirms each
+    // with its own sealed LED frame.
+    let address = broker.address(KITCHEN);
+    let node = NodeThread::spawn(move || SimulatedNode::new(KITCHEN, kitchen_codec()).run(address));
+
+    let mut browser = Browser::launch(&chromium);
+    browser.navigate(&format!("http://{}/", server.http_addr()));
+    type_password(&mut browser, PASSWORD);
+    let switch = format!("{}.querySelector('.switch')", in_card(KITCHEN, "[data-led=red]"));
+    browser.wait_for(
+        "the kitchen's red LED, off, with its switch",
+        &format!("{switch}?.getAttribute('aria-checked') === 'false'"),
+    );
+    browser
+        .wait_for("the live indicator", "document.getElementById('live').dataset.state === 'live'");
+    // An accessible switch that names its LED.
+    let described = browser.eval(&format!(
+        "[{switch}.tagName, {switch}.getAttribute('role'), {switch}.getAttribute('aria-label'), \
+         {switch}.disabled]"
+    ));
+    assert_eq!(described, json!(["BUTTON", "switch", "LED red of kitchen-pi", false]));
+
+    // Every state the switch goes through, recorded as it happens (a confirmation over a local
+    // broker takes milliseconds, quicker than a poll).
+    browser.eval(&format!(
+        "window.__switchStates = []; const s = {switch}; \
+         new MutationObserver(() => window.__switchStates.push([s.dataset.command ?? null, \
+         s.disabled, s.getAttribute('aria-checked')])) \
+         .observe(s, {{attributes: true, attributeFilter: ['data-command']}}); 0"
+    ));
+    browser.click(&switch);
+    browser
+        .wait_for("the switch on, confirmed", &format!("{switch}.dataset.command === 'confirmed'"));
+    // Pending (disabled, still off: no guess), then on as the device confirmed it.
+    assert_eq!(
+        browser.eval("window.__switchStates"),
+        json!([["pending", true, "false"], ["confirmed", false, "true"]])
+    );
+    assert_eq!(
+        browser.eval(&switch_state(KITCHEN, "red")),
+        json!(["confirmed", false, "true", "confirmed"])
+    );
+    assert_eq!(browser.eval(&format!("{}.dataset.on", in_card(KITCHEN, "[data-led=red]"))), "true");
+    // The server shows the LED on from the node's own frame, and logged the command as the
+    // session's, confirmed.
+    let red = browser.eval(
+        "fetch('/api/devices').then(r => r.json()).then(ds => ds.find(d => d.id === 'kitchen-pi')\
+         .leds.find(l => l.led === 'red').on)",
+    );
+    assert_eq!(red, json!(true));
+    let log = browser.eval("fetch('/api/commands').then(r => r.json())");
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    let entry = &log[0];
+    assert_eq!(
+        [&entry["device"], &entry["led"], &entry["on"], &entry["outcome"]],
+        [&json!(KITCHEN), &json!("red"), &json!(true), &json!("confirmed")]
+    );
+    assert!(entry["by"].as_str().unwrap().starts_with("session "), "{entry}");
+    // The Commands panel lists it.
+    browser.wait_for(
+        "the command in the Commands panel",
+        "document.querySelector('#command-log .command[data-outcome=confirmed] .command-what')\
+         ?.textContent === 'kitchen-pi/red \u{2192} on'",
+    );
+
+    // A command the device does not confirm in time: the server's 504 (made here by the
+    // browser, rather than waiting out the server's time-out) leaves the switch where the device
+    // last put it.
+    browser.call(
+        "Fetch.enable",
+        json!({"patterns": [{"urlPattern": "*/api/devices/*/leds/*", "requestStage": "Request"}]}),
+    );
+    browser.click(&switch);
+    let paused = browser.event("Fetch.requestPaused");
+    assert_eq!(paused["request"]["method"], "POST");
+    assert_eq!(paused["request"]["postData"], r#"{"on":false}"#);
+    assert_eq!(
+        browser.eval(&switch_state(KITCHEN, "red")),
+        json!(["pending", true, "true", "pending\u{2026}"])
+    );
+    let timed_out = json!({"device": KITCHEN, "led": "red", "on": false, "outcome": "timed_out"});
+    browser.call(
+        "Fetch.fulfillRequest",
+        json!({
+            "requestId": paused["requestId"],
+            "responseCode": 504,
+            "responseHeaders": [{"name": "Content-Type", "value": "application/json"}],
+            "body": base64_encode(timed_out.to_string().as_bytes()),
+        }),
+    );
+    browser.call("Fetch.disable", json!({}));
+    browser.wait_for("the time-out", &format!("{switch}.dataset.command === 'timed_out'"));
+    assert_eq!(
+        browser.eval(&switch_state(KITCHEN, "red")),
+        json!(["timed_out", false, "true", "timed out"])
+    );
+
+    // The node goes away (its connection drops; the broker publishes its sealed Last Will): a
+    // click is refused by the server, and the page says why.
+    runtime.block_on(node.stop());
+    browser.wait_for(
+        "the kitchen offline",
+        &format!("{}.dataset.state === 'offline'", in_card(KITCHEN, ".badge")),
+    );
+    browser.click(&switch);
+    browser.wait_for("the refusal", &format!("{switch}.dataset.command === 'refused'"));
+    assert_eq!(
+        browser.eval(&switch_state(KITCHEN, "red")),
+        json!(["refused", false, "true", "device offline"])
+    );
+    let errors = unexpected_errors(&mut browser, &[409, 504]);
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+
+    drop(browser);
+    runtime.block_on(server.shutdown()).unwrap();
+    eprintln!("LED switch browser test took {:?}", started.elapsed());
 }
 
 #[test]
