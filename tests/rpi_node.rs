@@ -300,9 +300,13 @@ async fn simulate_applies_a_sealed_command_confirms_it_and_ignores_a_replay() {
         f.iter().any(|(_, c)| c.as_ref().is_some_and(|c| is_online(&c.message)))
     })
     .await;
-    let session = frames
+    let (session, uptime) = frames
         .iter()
-        .find_map(|(_, c)| c.as_ref().filter(|c| is_online(&c.message)).map(|c| c.sequence))
+        .filter_map(|(_, c)| c.as_ref())
+        .find_map(|c| match &c.message {
+            Message::Status(status) if is_online(&c.message) => Some((c.sequence, status.uptime)),
+            _ => None,
+        })
         .unwrap();
     log_shows(&node, "LED red off").await;
 
@@ -312,7 +316,9 @@ async fn simulate_applies_a_sealed_command_confirms_it_and_ignores_a_replay() {
         led: LedName::new("red").unwrap(),
         state: LedState::On,
         session: SequenceNumber::new(session).unwrap(),
-        expires: Uptime(1 << 30),
+        // As the server does: the node's clock as last seen, plus a wait well within
+        // MAX_COMMAND_LIFETIME (a node refuses an expiry further ahead).
+        expires: Uptime(uptime.0 + 30_000),
     });
     let mut buf = [0u8; MAX_FRAME_LEN];
     let len = keys

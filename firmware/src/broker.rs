@@ -33,8 +33,9 @@ const INBOUND: usize = 1024;
 /// Bytes waiting to go to the node: acknowledgements, and the command PUBLISH twice.
 const OUTBOUND: usize = 256;
 
-/// How long after the node's online status the command may act, in node time.
-const COMMAND_LIFETIME_MS: u32 = 60_000;
+/// How long after the node's online status the command may act, in node time (within
+/// `ledtemp_core::MAX_COMMAND_LIFETIME`, beyond which the node refuses it).
+const COMMAND_LIFETIME_MS: u32 = 30_000;
 
 /// The in-memory broker.
 pub struct InMemoryBroker<C> {
