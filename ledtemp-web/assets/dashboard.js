@@ -237,6 +237,7 @@
         });
         if (response.status === 401) return toLogin();
         const body = await response.json().catch(() => null);
+        if (body && typeof body.sequence === "number") rememberAnswer(body);
         if (response.ok && body && body.outcome === "confirmed" && typeof body.on === "boolean") {
           // The state the device reported, at the time its frame arrived.
           this.setLed(name, body.on, body.confirmed_at);
@@ -662,13 +663,30 @@
   // ---- the Commands panel: the last LED commands, whoever sent them ----
 
   const OUTCOME_LABELS = Object.freeze({
+    sent: "sent, no answer yet",
     confirmed: "confirmed",
     timed_out: "timed out",
     offline: "device offline",
     not_sent: "not sent",
   });
 
-  function commandItem(record) {
+  // The answers this page got to its own commands. The server answers before its log has the
+  // outcome (the log says `sent` for a moment longer): the answer is the same entry, settled.
+  const answered = new Map();
+
+  function commandKey(record) {
+    return String(record.device) + "\u0000" + String(record.sequence);
+  }
+
+  function rememberAnswer(record) {
+    answered.set(commandKey(record), record);
+    // Only the newest matter: the log settles within a moment.
+    if (answered.size > COMMAND_LOG_LENGTH) answered.delete(answered.keys().next().value);
+  }
+
+  function commandItem(logged) {
+    const known = logged.outcome === "sent" ? answered.get(commandKey(logged)) : undefined;
+    const record = known || logged;
     const outcome = typeof record.outcome === "string" ? record.outcome : "unknown";
     const item = el("li", "command");
     item.dataset.outcome = outcome;

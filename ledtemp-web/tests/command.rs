@@ -153,12 +153,14 @@ impl Api {
         log.as_array().unwrap().clone()
     }
 
-    /// The command log once it has `entries` entries: the server answers a POST before the
-    /// ingest worker has written its entry.
+    /// The command log once it has `entries` entries, each with its outcome: the server answers
+    /// a POST before the ingest worker has written the outcome (`sent` until then).
     async fn log_of(&self, entries: usize) -> Vec<Value> {
-        let what = format!("{entries} entries in the command log");
-        eventually(&what, || async { Some(self.log().await).filter(|log| log.len() >= entries) })
-            .await
+        let what = format!("{entries} settled entries in the command log");
+        let settled = |log: &Vec<Value>| {
+            log.len() >= entries && log.iter().all(|entry| entry["outcome"] != "sent")
+        };
+        eventually(&what, || async { Some(self.log().await).filter(settled) }).await
     }
 }
 

@@ -785,6 +785,11 @@ fn the_led_switch_sends_a_command_and_shows_what_the_node_confirmed() {
          .leds.find(l => l.led === 'red').on)",
     );
     assert_eq!(red, json!(true));
+    // (The answer comes before the log's entry is settled: wait for its outcome.)
+    browser.wait_for(
+        "the command logged as confirmed",
+        "fetch('/api/commands').then(r => r.json()).then(log => log[0]?.outcome === 'confirmed')",
+    );
     let log = browser.eval("fetch('/api/commands').then(r => r.json())");
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
