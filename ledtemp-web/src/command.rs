@@ -115,7 +115,7 @@ impl CommandRefusal {
     /// The outcome logged for a command refused this way.
     pub(crate) fn outcome(&self) -> CommandOutcome {
         match self {
-            CommandRefusal::Offline | CommandRefusal::NoClock => CommandOutcome::Offline,
+            CommandRefusal::Offline => CommandOutcome::Offline,
             _ => CommandOutcome::NotSent,
         }
     }
@@ -132,9 +132,10 @@ pub enum CommandOutcome {
     Confirmed,
     /// No confirmation within [`CONFIRM_TIMEOUT`]; the command has expired on the node.
     TimedOut,
-    /// Not sent: the device is offline (or its current connection not seen yet).
+    /// Not sent: the device is offline.
     Offline,
-    /// Not sent: the broker, the database or the server could not.
+    /// Not sent: the broker, the database or the server could not, no frame of the device's
+    /// current connection had arrived yet, or the device never reported the LED.
     NotSent,
 }
 
@@ -293,7 +294,8 @@ impl Commander {
             log_id,
             outcome: record.outcome,
             confirmed_at: record.confirmed_at,
-        }));
+        }))
+        .await;
         Ok(record)
     }
 
@@ -307,20 +309,21 @@ impl Commander {
         (SealedCommand, i64, impl Future<Output = Option<UnixMillis>> + use<>),
         CommandRefusal,
     > {
-        let refuse = |refusal: CommandRefusal| {
+        let refused = |refusal: CommandRefusal| async {
             let outcome = refusal.outcome();
-            self.tell_worker(WorkerInput::CommandLog(CommandRecord { outcome, ..record.clone() }));
+            let entry = CommandRecord { outcome, ..record.clone() };
+            self.tell_worker(WorkerInput::CommandLog(entry)).await;
             Err(refusal)
         };
         let Some(client) = self.link.client().filter(|_| self.live.stats.broker_connected()) else {
-            return refuse(CommandRefusal::BrokerDown);
+            return refused(CommandRefusal::BrokerDown).await;
         };
         let client = client.clone();
         let (reply, sealed) = oneshot::channel();
         let stopping = || CommandRefusal::Unavailable("the server is stopping".into());
-        let Some(worker) = self.worker.upgrade() else { return refuse(stopping()) };
+        let Some(worker) = self.worker.upgrade() else { return Err(stopping()) };
         if worker.send(WorkerInput::Command(record.clone(), reply)).await.is_err() {
-            return refuse(stopping());
+            return Err(stopping());
         }
         drop(worker);
         // The worker logged a refusal itself; a worker gone meanwhile logged nothing.
@@ -337,16 +340,21 @@ impl Commander {
         if published.is_err() {
             let outcome = CommandOutcome::NotSent;
             let settled = CommandSettlement { log_id, outcome, confirmed_at: None };
-            self.tell_worker(WorkerInput::CommandSettled(settled));
+            self.tell_worker(WorkerInput::CommandSettled(settled)).await;
             return Err(CommandRefusal::BrokerDown);
         }
         Ok((sealed, log_id, confirmation))
     }
 
-    fn tell_worker(&self, input: WorkerInput) {
-        let sent = self.worker.upgrade().is_some_and(|worker| worker.try_send(input).is_ok());
-        if !sent {
-            tracing::warn!("a command log entry was dropped: the ingest worker is behind or gone");
+    /// Hands a log entry or an outcome to the worker, waiting for room in its queue; only a
+    /// stopped worker loses it (logged).
+    async fn tell_worker(&self, input: WorkerInput) {
+        let Some(worker) = self.worker.upgrade() else {
+            tracing::warn!("a command log entry was dropped: the server is stopping");
+            return;
+        };
+        if worker.send(input).await.is_err() {
+            tracing::warn!("a command log entry was dropped: the server is stopping");
         }
     }
 }
