@@ -626,6 +626,18 @@ impl Rig {
         rig
     }
 
+    /// Restarts `device`'s node on its sequence file (a reboot: a new session) and waits until
+    /// the server has its new frames.
+    async fn reboot(&mut self, name: &str) {
+        let (_, devices) = self.observe().await;
+        let seen = device(&devices, name).unwrap()["last_seen"].clone();
+        self.command_node(name).reboot().await;
+        self.wait_until("the rebooted node's frames", |_, devices| {
+            device(devices, name).is_some_and(|d| d["online"] == true && d["last_seen"] != seen)
+        })
+        .await;
+    }
+
     fn command_node(&mut self, device: &str) -> &mut CommandNode {
         self.command_nodes.iter_mut().find(|n| n.device == device).unwrap()
     }
@@ -797,13 +809,7 @@ async fn command_attacks_are_refused_by_the_sealed_node_and_change_nothing() {
     // (c) Replayed after the node rebooted: a new session, so the recorded command is stale
     // (its lifetime on the node's new clock has not even passed).
     let timer = std::time::Instant::now();
-    let (_, devices) = rig.observe().await;
-    let seen = device(&devices, NODE).unwrap()["last_seen"].clone();
-    rig.command_node(NODE).reboot().await;
-    rig.wait_until("the rebooted node's frames", |_, devices| {
-        device(devices, NODE).is_some_and(|d| d["online"] == true && d["last_seen"] != seen)
-    })
-    .await;
+    rig.reboot(NODE).await;
     let replay = rig.attack(&["command-replay", "--play", &recorded]).await;
     assert_eq!((replay["sent"].as_u64(), replay["answered"].as_u64()), (Some(1), Some(0)));
     assert_eq!(new_refusals(&node, 5, 1).await, ["StaleCommand"]);
@@ -902,13 +908,7 @@ async fn command_attacks_succeed_against_the_insecure_plaintext_node() {
     applied += 1;
 
     // (c) Replayed after the node rebooted: obeyed as well.
-    let (_, devices) = rig.observe().await;
-    let seen = device(&devices, NODE).unwrap()["last_seen"].clone();
-    rig.command_node(NODE).reboot().await;
-    rig.wait_until("the rebooted node's frames", |_, devices| {
-        device(devices, NODE).is_some_and(|d| d["online"] == true && d["last_seen"] != seen)
-    })
-    .await;
+    rig.reboot(NODE).await;
     let replay = rig.attack(&["command-replay", "--play", &recorded]).await;
     assert_eq!((replay["sent"].as_u64(), replay["answered"].as_u64()), (Some(1), Some(1)));
     assert_eq!(replay["led_changes"], serde_json::json!(["sim-node/red: OFF -> ON"]), "{replay}");
