@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::Error;
 use crate::alerts::AlertSection;
 use crate::broker::local_client_addr;
+use crate::homeassistant::{HomeAssistantConfig, HomeAssistantSection};
 use crate::http::HttpLimits;
 use crate::http::{AuthArgs, AuthConfig, AuthSection};
 use crate::ingest::Limits;
@@ -57,7 +58,8 @@ pub(crate) fn shared_group_check(database: &Database, client_id: &str) -> Result
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys as the long options, with `_` for `-`),
     /// and the alert rules and notifiers ([[alert.rule]], [alert.notifier.NAME]; see the README,
-    /// "SMS alerts"), which only the file can give.
+    /// "SMS alerts") and the Home Assistant bridge ([homeassistant]; docs/homeassistant.md),
+    /// which only the file can give.
     #[arg(long, env = "LEDTEMP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// MQTT broker as HOST:PORT [default: 127.0.0.1:1883; with --broker-tls, port 8883].
@@ -177,6 +179,9 @@ struct FileConfig {
     /// `[auth]`: see [`crate::http::AuthConfig`].
     #[serde(default)]
     auth: AuthSection,
+    /// `[homeassistant]`: see [`HomeAssistantConfig`].
+    #[serde(default)]
+    homeassistant: HomeAssistantSection,
 }
 
 /// A complete, validated configuration of the server.
@@ -198,10 +203,13 @@ pub struct ServeConfig {
     pub auth: AuthConfig,
     /// The HTTP side's header-read timeout and connection limit.
     pub http: HttpLimits,
+    /// The Home Assistant bridge (`[homeassistant]` in the file, `enabled = true`); `None`: off,
+    /// the default.
+    pub homeassistant: Option<HomeAssistantConfig>,
 }
 
 /// Splits `HOST:PORT` (a bare host gets `default_port`; `[v6]:port` works).
-fn parse_broker(text: &str, default_port: u16) -> Result<(String, u16), Error> {
+pub(crate) fn parse_broker(text: &str, default_port: u16) -> Result<(String, u16), Error> {
     let bad = || Error::Config(format!("broker {text:?}: expected HOST:PORT"));
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(':') => {
@@ -309,6 +317,7 @@ impl ServeArgs {
             shared_group_check(&database, &client_id)?;
         }
         let alerts = file.alert.resolve()?;
+        let homeassistant = file.homeassistant.resolve(&client_id)?;
         let retention_days = self.retention_days.or(file.retention_days).unwrap_or(30);
         let offline_after = self.offline_after_secs.or(file.offline_after_secs).unwrap_or(120);
         if offline_after == 0 {
@@ -348,6 +357,7 @@ impl ServeArgs {
             },
             auth: self.auth.resolve(file.auth)?,
             http: HttpLimits::default(),
+            homeassistant,
         })
     }
 }
@@ -369,6 +379,7 @@ mod tests {
             ["ledtemp/+/led/+", "ledtemp/+/temp/+", "ledtemp/+/status"]
         );
         assert_eq!(config.embedded_broker, None);
+        assert!(config.homeassistant.is_none(), "the Home Assistant bridge is off by default");
     }
 
     #[derive(Debug, clap::Parser)]

@@ -10,7 +10,8 @@
 //! dashboard. Every rejected frame is counted by reason ([`RejectReason`]) and changes nothing
 //! else. Alert rules from the configuration file ([`alerts`]) watch the verified frames and text
 //! through Twilio, post a webhook or log; `GET /api/alerts` and the dashboard show active and
-//! recent alerts.
+//! recent alerts. An optional bridge ([`HomeAssistantBridge`], the `[homeassistant]` section)
+//! republishes the verified readings to Home Assistant's MQTT broker with MQTT discovery.
 //!
 //! The data path, one owner per step: [`run_subscriber`] -> [`WorkerInput`] queue ->
 //! [`run_worker`] -> [`Ingest`] (keys, verify, caps, model, alert engine) -> [`Store::commit`]
@@ -81,6 +82,7 @@ mod config;
 mod dashboard;
 mod demo;
 mod error;
+mod homeassistant;
 mod http;
 mod ingest;
 mod keys;
@@ -98,6 +100,10 @@ pub use command::{
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
+pub use homeassistant::{
+    BridgeCounters, DEFAULT_DISCOVERY_PREFIX, DEFAULT_STATE_PREFIX, HomeAssistantBridge,
+    HomeAssistantConfig, PAYLOAD_OFFLINE, PAYLOAD_ONLINE,
+};
 pub use http::{
     AccessControl, AppState, AuthArgs, AuthConfig, CONTENT_SECURITY_POLICY_VALUE,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits, MAX_COMMAND_LOG,

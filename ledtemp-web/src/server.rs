@@ -16,6 +16,7 @@ use crate::alerts::{AlertBoard, AlertRunner, AlertsConfig, DeliveryQueue, run_al
 use crate::broker::{EmbeddedBroker, local_client_addr};
 use crate::command::{CommandLink, Commander};
 use crate::config::ServeConfig;
+use crate::homeassistant::HomeAssistantBridge;
 use crate::http::{AccessControl, AppState, app};
 use crate::ingest::{Ingest, Limits, Retention, WorkerInput, run_worker};
 use crate::keys::{KeyChanges, KeyTable, check_device_cap, load_keys, reload_keys};
@@ -220,6 +221,8 @@ pub struct Server {
     deliveries: Option<JoinHandle<()>>,
     worker: Option<std::thread::JoinHandle<()>>,
     broker: Option<EmbeddedBroker>,
+    /// The Home Assistant bridge, when configured.
+    homeassistant: Option<HomeAssistantBridge>,
     keyring: PathBuf,
     max_devices: usize,
 }
@@ -295,6 +298,14 @@ impl Server {
         ));
         let remote = tokio::spawn(forward_remote(remote_updates, inputs.clone()));
         let clock = tokio::spawn(run_clock(inputs));
+        // It only reads the live events (a broadcast channel: the worker never waits for it).
+        let homeassistant = config.homeassistant.clone().map(|bridge| {
+            tracing::info!(
+                broker = %format!("{}:{}", bridge.host, bridge.port),
+                "Home Assistant bridge on: verified readings leave the sealed world there"
+            );
+            HomeAssistantBridge::start(bridge, Arc::clone(&state.live))
+        });
 
         let http_addr =
             listener.local_addr().map_err(|e| Error::io("reading the HTTP address", e))?;
@@ -318,6 +329,7 @@ impl Server {
             deliveries,
             worker: Some(worker),
             broker,
+            homeassistant,
             keyring: config.keyring.clone(),
             max_devices: config.pipeline.limits.max_devices,
         })
@@ -348,6 +360,11 @@ impl Server {
         }
     }
 
+    /// The Home Assistant bridge's counters, when it runs.
+    pub fn homeassistant(&self) -> Option<&Arc<crate::homeassistant::BridgeCounters>> {
+        self.homeassistant.as_ref().map(HomeAssistantBridge::counters)
+    }
+
     /// Where the HTTP server listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
@@ -366,8 +383,9 @@ impl Server {
     /// Stops taking frames, waits (at most 5 s) for queued alert notifications to be delivered,
     /// lets the ingest worker commit what it has, acknowledges it to the broker and closes the
     /// database, disconnects from the broker (which keeps the session), closes the event
-    /// streams and stops the HTTP server. Frames still queued are committed; none is half
-    /// written; frames that arrive during the stop are not acknowledged, and the broker sends
+    /// streams and stops the HTTP server. The Home Assistant bridge, if any, publishes the last
+    /// states it has and its `offline`, and disconnects. Frames still queued are committed; none
+    /// is half written; frames that arrive during the stop are not acknowledged, and the broker sends
     /// them to the next start. A notification still undelivered after the wait is lost (its
     /// alert stays firing, and is not sent again after a restart). An embedded broker keeps
     /// running until the process exits (rumqttd cannot be stopped).
@@ -394,6 +412,10 @@ impl Server {
                 .await
                 .map_err(|e| Error::TaskFailed(e.to_string()))?
                 .map_err(|_| Error::TaskFailed("the ingest worker panicked".into()))?;
+        }
+        // After the worker: the last commits' events are in the bridge's channel.
+        if let Some(bridge) = self.homeassistant.take() {
+            bridge.stop().await;
         }
         let _ = self.mqtt_control.send(SubscriberControl::Disconnect);
         if tokio::time::timeout(Duration::from_secs(3), &mut self.mqtt).await.is_err() {
