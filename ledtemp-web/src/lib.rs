@@ -82,6 +82,7 @@ mod config;
 mod dashboard;
 mod demo;
 mod error;
+mod history;
 mod homeassistant;
 mod http;
 mod ingest;
@@ -100,6 +101,11 @@ pub use command::{
 pub use config::{ServeArgs, ServeConfig};
 pub use demo::{Demo, DemoArgs, demo};
 pub use error::{Error, RejectReason};
+pub use history::{
+    Aggregate, DEFAULT_HISTORY_POINTS, EXPORT_PAGE_ROWS, HOUR_MS, HistoryPoint, LedHistory,
+    MAX_HISTORY_POINTS, MAX_LED_CHANGES, MINUTE_AGGREGATE_RETENTION, MINUTE_MS, RangeQuery,
+    TemperatureHistory,
+};
 pub use homeassistant::{
     BridgeCounters, DEFAULT_DISCOVERY_PREFIX, DEFAULT_STATE_PREFIX, HomeAssistantBridge,
     HomeAssistantConfig, PAYLOAD_OFFLINE, PAYLOAD_ONLINE,

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod auth_config;
 mod command;
+mod export;
 mod health;
 mod login_limit;
 mod metrics;
@@ -79,6 +80,9 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/session", get(auth::session_info))
         .route("/api/devices", get(api::devices))
         .route("/api/devices/{id}/temperature", get(api::temperature))
+        .route("/api/devices/{id}/temperature.csv", get(export::temperature_csv))
+        .route("/api/devices/{id}/leds", get(api::leds))
+        .route("/api/devices/{id}/leds.csv", get(export::leds_csv))
         .route("/api/stats", get(api::stats))
         .route("/api/alerts", get(api::alerts))
         .route("/api/devices/{id}/leds/{led}", post(command::switch_led))

@@ -34,6 +34,10 @@ use ledtemp_core::{
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::command::{CommandOutcome, CommandRecord, CommandSettlement};
+use crate::history::{
+    self, Aggregate, BucketPlan, EXPORT_PAGE_ROWS, ExportSink, HOUR_MS, LedHistory,
+    MAX_LED_CHANGES, MINUTE_MS, RangeQuery, Resolution, TemperatureHistory,
+};
 use crate::model::{DeviceState, DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
 
 /// A frame that passed every check, with what the store needs to persist it.
@@ -245,6 +249,211 @@ pub trait HistoryStore: Send + Sync + 'static {
         device: Option<&DeviceId>,
         limit: usize,
     ) -> Result<Vec<CommandRecord>, Error>;
+
+    /// A chart of `query`'s range: each sensor's raw readings when it has at most
+    /// `query.points` in the range (and they were not pruned), otherwise its buckets made of the
+    /// long-term aggregates ([`crate::history`]). Reads at most `query.points` raw rows per
+    /// sensor, whatever the range.
+    fn temperature_history(&self, query: &RangeQuery) -> Result<TemperatureHistory, Error>;
+
+    /// The LED timeline of `query`'s range (`sensor` and `points` unused).
+    fn led_history(&self, query: &RangeQuery) -> Result<LedHistory, Error>;
+
+    /// Every raw reading of `query`'s range (of `query.sensor` only, if set), oldest first,
+    /// handed to `sink` a page of [`EXPORT_PAGE_ROWS`](crate::EXPORT_PAGE_ROWS) at a time, each
+    /// page one short read: an export never holds the range in memory nor keeps a read
+    /// transaction open while the client reads. Stops at the first error of `sink`.
+    fn export_temperatures(
+        &self,
+        query: &RangeQuery,
+        sink: &mut ExportSink<'_, TemperaturePoint>,
+    ) -> Result<(), Error>;
+
+    /// Every stored LED change of `query`'s range, as [`export_temperatures`](Self::export_temperatures).
+    fn export_leds(
+        &self,
+        query: &RangeQuery,
+        sink: &mut ExportSink<'_, LedPoint>,
+    ) -> Result<(), Error>;
+}
+
+/// What each backend's reader answers, in plain SQL: the history queries above are built on it
+/// once, here, for both databases.
+pub(crate) trait RangeReader {
+    /// (raw readings complete from, 1-minute aggregates complete from): the cut-offs of the
+    /// prunes so far.
+    fn bounds(&self) -> Result<(i64, i64), Error>;
+
+    /// The sensors of `device` with readings in hour buckets `from..=until`, by name.
+    fn sensors(&self, device: &DeviceId, from: i64, until: i64) -> Result<Vec<SensorName>, Error>;
+
+    /// At most `limit` raw readings of one sensor in `[since, until]`, oldest first.
+    fn raw(
+        &self,
+        device: &DeviceId,
+        sensor: &SensorName,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<TemperaturePoint>, Error>;
+
+    /// The aggregates of one sensor at `resolution` starting in `from..=until`, oldest first.
+    fn aggregates(
+        &self,
+        device: &DeviceId,
+        sensor: &SensorName,
+        resolution: Resolution,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, Aggregate)>, Error>;
+
+    /// Each LED's last change before `before` (`led_changes`) and its stored current state if
+    /// that is older (`leds`), in either order.
+    fn leds_before(&self, device: &DeviceId, before: i64) -> Result<Vec<LedPoint>, Error>;
+
+    /// The next page of raw readings after the (time, row id) `after`, up to `until`, oldest
+    /// first, with their row ids.
+    fn temperature_page(
+        &self,
+        device: &DeviceId,
+        sensor: Option<&SensorName>,
+        after: (i64, i64),
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TemperaturePoint)>, Error>;
+
+    /// The next page of LED changes after (time, row id) `after`, up to `until`, oldest first.
+    fn led_page(
+        &self,
+        device: &DeviceId,
+        after: (i64, i64),
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, LedPoint)>, Error>;
+}
+
+/// [`HistoryStore::temperature_history`] on any backend.
+pub(crate) fn temperature_history(
+    reader: &impl RangeReader,
+    query: &RangeQuery,
+) -> Result<TemperatureHistory, Error> {
+    let (since, until) = (query.since.0, query.until.0);
+    let points = query.points.max(1);
+    let (raw_since, minutes_since) = reader.bounds()?;
+    let sensors = match &query.sensor {
+        Some(sensor) => vec![sensor.clone()],
+        None => reader.sensors(&query.device, history::bucket_start(since, HOUR_MS), until)?,
+    };
+    let plan = BucketPlan::new(since, until, points, minutes_since);
+    let mut out = Vec::new();
+    let mut bucketed = false;
+    for sensor in &sensors {
+        if since >= raw_since {
+            let raw = reader.raw(&query.device, sensor, since, until, points + 1)?;
+            if raw.len() <= points {
+                history::raw_points(raw, &mut out);
+                continue;
+            }
+        }
+        bucketed = true;
+        let rows = reader.aggregates(&query.device, sensor, plan.resolution, plan.start, until)?;
+        history::downsample(&plan, sensor, rows, &mut out);
+    }
+    history::sort_points(&mut out);
+    Ok(TemperatureHistory {
+        device: query.device.clone(),
+        since: query.since,
+        until: query.until,
+        bucket_ms: if bucketed { plan.width } else { 0 },
+        points: out,
+    })
+}
+
+/// [`HistoryStore::led_history`] on any backend.
+pub(crate) fn led_history(
+    reader: &impl RangeReader,
+    query: &RangeQuery,
+) -> Result<LedHistory, Error> {
+    let mut initial: BTreeMap<LedName, LedPoint> = BTreeMap::new();
+    for point in reader.leds_before(&query.device, query.since.0)? {
+        match initial.get(&point.led) {
+            Some(known) if known.at >= point.at => {}
+            _ => {
+                initial.insert(point.led.clone(), point);
+            }
+        }
+    }
+    let start = (query.since.0, 0);
+    let page = reader.led_page(&query.device, start, query.until.0, MAX_LED_CHANGES + 1)?;
+    let truncated = page.len() > MAX_LED_CHANGES;
+    let changes = page.into_iter().take(MAX_LED_CHANGES).map(|(_, point)| point).collect();
+    Ok(LedHistory {
+        device: query.device.clone(),
+        since: query.since,
+        until: query.until,
+        initial: initial.into_values().collect(),
+        changes,
+        truncated,
+    })
+}
+
+/// Pages through `next` (keyset: each page starts after the last row of the one before) and
+/// hands each to `sink`.
+fn export_pages<T>(
+    since: i64,
+    mut next: impl FnMut((i64, i64)) -> Result<Vec<(i64, T)>, Error>,
+    at: impl Fn(&T) -> i64,
+    sink: &mut ExportSink<'_, T>,
+) -> Result<(), Error> {
+    let mut after = (since, 0);
+    loop {
+        let page = next(after)?;
+        let full = page.len() >= EXPORT_PAGE_ROWS;
+        let Some((id, last)) = page.last() else { return Ok(()) };
+        after = (at(last), *id);
+        sink(page.into_iter().map(|(_, row)| row).collect())?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// [`HistoryStore::export_temperatures`] on any backend.
+pub(crate) fn export_temperatures(
+    reader: &impl RangeReader,
+    query: &RangeQuery,
+    sink: &mut ExportSink<'_, TemperaturePoint>,
+) -> Result<(), Error> {
+    let (device, sensor, until) = (&query.device, query.sensor.as_ref(), query.until.0);
+    export_pages(
+        query.since.0,
+        |after| reader.temperature_page(device, sensor, after, until, EXPORT_PAGE_ROWS),
+        |point| point.at.0,
+        sink,
+    )
+}
+
+/// [`HistoryStore::export_leds`] on any backend.
+pub(crate) fn export_leds(
+    reader: &impl RangeReader,
+    query: &RangeQuery,
+    sink: &mut ExportSink<'_, LedPoint>,
+) -> Result<(), Error> {
+    let (device, until) = (&query.device, query.until.0);
+    export_pages(
+        query.since.0,
+        |after| reader.led_page(device, after, until, EXPORT_PAGE_ROWS),
+        |point| point.at.0,
+        sink,
+    )
+}
+
+/// Where a prune leaves the 1-minute aggregates: before the raw readings' cut-off and at least
+/// [`MINUTE_AGGREGATE_RETENTION`](crate::MINUTE_AGGREGATE_RETENTION) back from now, on a
+/// minute.
+fn minute_cutoff(cutoff: UnixMillis) -> i64 {
+    let kept = UnixMillis::now().saturating_sub(crate::MINUTE_AGGREGATE_RETENTION);
+    history::bucket_start(cutoff.0.min(kept.0), MINUTE_MS)
 }
 
 /// Where the server keeps its data: a SQLite file (the default, `ledtemp.db`) or a PostgreSQL

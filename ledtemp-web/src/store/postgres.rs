@@ -77,19 +77,26 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ledtemp_core::{DeviceId, KeyId, MilliCelsius, ReplayState, SensorName};
+use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::{
-    Commit, CommitOutcome, HistoryQuery, HistoryStore, RemoteSink, Snapshot, Store, name, to_u64,
+    Commit, CommitOutcome, HistoryQuery, HistoryStore, RangeReader, RemoteSink, Snapshot, Store,
+    name, to_u64,
 };
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::command::{CommandRecord, CommandSettlement};
-use crate::model::{DeviceUpdate, TemperaturePoint, UnixMillis};
-use batch::{Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck};
+use crate::history::{
+    Aggregate, ExportSink, HOUR_MS, LedHistory, MINUTE_MS, RangeQuery, Resolution,
+    TemperatureHistory,
+};
+use crate::model::{DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
+use batch::{
+    AggregateColumns, Columns, DeviceColumns, Recheck, WindowColumns, execute_unless, recheck,
+};
 use connection::{Connection, Link, connection_lost, db, describe, timed_out};
 
 /// Schema migrations, applied in order; `schema_version` counts those applied. PostgreSQL's
@@ -166,6 +173,46 @@ const MIGRATIONS: &[&str] = &[
         confirmed_ms BIGINT
     );
     CREATE INDEX command_log_by_device ON command_log (device, id);",
+    // 3: history over ranges, as SQLite's migration 4: per-sensor 1-minute and 1-hour
+    // aggregates (kept up to date in each commit, backfilled here from the readings present),
+    // the prunes' cut-offs, an index per sensor and one for the LED timeline.
+    "CREATE TABLE temperature_minutes (
+        device TEXT NOT NULL,
+        sensor TEXT NOT NULL,
+        bucket_ms BIGINT NOT NULL,
+        min_milli INTEGER NOT NULL,
+        max_milli INTEGER NOT NULL,
+        sum_milli BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (device, sensor, bucket_ms)
+    );
+    CREATE TABLE temperature_hours (
+        device TEXT NOT NULL,
+        sensor TEXT NOT NULL,
+        bucket_ms BIGINT NOT NULL,
+        min_milli INTEGER NOT NULL,
+        max_milli INTEGER NOT NULL,
+        sum_milli BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (device, sensor, bucket_ms)
+    );
+    CREATE INDEX temperature_hours_by_time ON temperature_hours (device, bucket_ms);
+    INSERT INTO temperature_minutes
+        SELECT device, sensor, received_ms - ((received_ms % 60000) + 60000) % 60000 AS bucket,
+               MIN(milli_celsius), MAX(milli_celsius), SUM(milli_celsius)::int8, COUNT(*)
+        FROM temperatures GROUP BY device, sensor, bucket;
+    INSERT INTO temperature_hours
+        SELECT device, sensor, bucket_ms - ((bucket_ms % 3600000) + 3600000) % 3600000 AS bucket,
+               MIN(min_milli), MAX(max_milli), SUM(sum_milli)::int8, SUM(count)::int8
+        FROM temperature_minutes GROUP BY device, sensor, bucket;
+    CREATE TABLE history_bounds (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        raw_since_ms BIGINT NOT NULL,
+        minutes_since_ms BIGINT NOT NULL
+    );
+    INSERT INTO history_bounds VALUES (1, -9223372036854775808, -9223372036854775808);
+    CREATE INDEX temperatures_by_sensor_time ON temperatures (device, sensor, received_ms, id);
+    CREATE INDEX led_changes_by_device_time ON led_changes (device, received_ms, id);",
 ];
 
 /// The PostgreSQL schema version this build writes.
@@ -199,6 +246,8 @@ struct WriterStatements {
     upsert_alerts: Statement,
     upsert_cap: Statement,
     notify: Statement,
+    upsert_minutes: Statement,
+    upsert_hours: Statement,
 }
 
 impl WriterStatements {
@@ -269,6 +318,28 @@ impl WriterStatements {
         );
         let notify = client
             .prepare("SELECT pg_notify($1::text, notice) FROM UNNEST($2::text[]) AS n(notice)");
+        // In the key order the batch sorted them in, so that two servers upserting the same
+        // rows wait for each other instead of deadlocking.
+        let upsert_aggregates = |table: &str| {
+            format!(
+                "INSERT INTO {table}
+                 (device, sensor, bucket_ms, min_milli, max_milli, sum_milli, count)
+                 SELECT device, sensor, bucket_ms, min_milli, max_milli, sum_milli, count
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int4[], $5::int4[],
+                             $6::int8[], $7::int8[]) WITH ORDINALITY
+                      AS n(device, sensor, bucket_ms, min_milli, max_milli, sum_milli, count, i)
+                 ORDER BY i
+                 ON CONFLICT (device, sensor, bucket_ms) DO UPDATE
+                 SET min_milli = LEAST({table}.min_milli, excluded.min_milli),
+                     max_milli = GREATEST({table}.max_milli, excluded.max_milli),
+                     sum_milli = {table}.sum_milli + excluded.sum_milli,
+                     count = {table}.count + excluded.count"
+            )
+        };
+        let (minutes_sql, hours_sql) =
+            (upsert_aggregates("temperature_minutes"), upsert_aggregates("temperature_hours"));
+        let upsert_minutes = client.prepare(&minutes_sql);
+        let upsert_hours = client.prepare(&hours_sql);
         // Sent together: one round trip.
         let (
             create_windows,
@@ -281,6 +352,8 @@ impl WriterStatements {
             upsert_alerts,
             upsert_cap,
             notify,
+            upsert_minutes,
+            upsert_hours,
         ) = tokio::try_join!(
             create_windows,
             lock_windows,
@@ -292,6 +365,8 @@ impl WriterStatements {
             upsert_alerts,
             upsert_cap,
             notify,
+            upsert_minutes,
+            upsert_hours,
         )?;
         Ok(WriterStatements {
             create_windows,
@@ -304,6 +379,8 @@ impl WriterStatements {
             upsert_alerts,
             upsert_cap,
             notify,
+            upsert_minutes,
+            upsert_hours,
         })
     }
 }
@@ -674,7 +751,17 @@ async fn delete_before(
     let params: [&(dyn ToSql + Sync); 1] = [&cutoff.0];
     let temperatures = tx.execute("DELETE FROM temperatures WHERE received_ms < $1", &params);
     let leds = tx.execute("DELETE FROM led_changes WHERE received_ms < $1", &params);
-    let (temperatures, leds) = tokio::try_join!(temperatures, leds)?;
+    let minutes = super::minute_cutoff(cutoff);
+    let minutes_param: [&(dyn ToSql + Sync); 1] = [&minutes];
+    let bounds_params: [&(dyn ToSql + Sync); 2] = [&cutoff.0, &minutes];
+    let old_minutes =
+        tx.execute("DELETE FROM temperature_minutes WHERE bucket_ms < $1", &minutes_param);
+    let bounds = tx.execute(
+        "UPDATE history_bounds SET raw_since_ms = GREATEST(raw_since_ms, $1),
+             minutes_since_ms = GREATEST(minutes_since_ms, $2)",
+        &bounds_params,
+    );
+    let (temperatures, leds, _, _) = tokio::try_join!(temperatures, leds, old_minutes, bounds)?;
     tx.commit().await?;
     Ok(usize::try_from(temperatures + leds).unwrap_or(usize::MAX))
 }
@@ -911,6 +998,8 @@ async fn write(
         &device_columns.led_on,
         &device_columns.led_at,
     ];
+    let minutes = AggregateColumns::new(&columns, MINUTE_MS);
+    let hours = AggregateColumns::new(&columns, HOUR_MS);
     let alert_state: [&(dyn ToSql + Sync); 1] = [&alerts];
     // Delivered to the listeners if and only if the transaction commits.
     let notify: [&(dyn ToSql + Sync); 2] = [&notice::CHANNEL, &notices];
@@ -938,6 +1027,8 @@ async fn write(
         execute_unless(device_columns.led_devices.is_empty(), &tx, &statements.upsert_leds, &leds),
         execute_unless(alerts.is_none(), &tx, &statements.upsert_alerts, &alert_state),
         execute_unless(notices.is_empty(), &tx, &statements.notify, &notify),
+        minutes.write(&tx, &statements.upsert_minutes),
+        hours.write(&tx, &statements.upsert_hours),
     )?;
     tx.commit().await?;
     Ok(CommitOutcome::Written)
@@ -1008,8 +1099,8 @@ impl PostgresHistory {
     fn rows(
         &self,
         session: &Arc<HistorySession>,
-        query: impl Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> + Send,
-    ) -> Result<Vec<tokio_postgres::Row>, Error> {
+        query: impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send,
+    ) -> Result<Vec<Row>, Error> {
         match self.link.runtime.run_timed(query) {
             Some(Ok(rows)) => Ok(rows),
             Some(Err(error)) => {
@@ -1026,7 +1117,225 @@ impl PostgresHistory {
     }
 }
 
+impl PostgresHistory {
+    /// The rows of `sql` with `params`, on the reader's connection.
+    fn select(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        let session = self.session()?;
+        self.rows(&session, session.client.query(sql, params))
+    }
+}
+
+fn led_point(led: &str, on: bool, at: i64) -> Option<LedPoint> {
+    let led = name("LED name", led, LedName::new)?;
+    Some(LedPoint { led, state: LedState::from(on), at: UnixMillis(at) })
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl RangeReader for PostgresHistory {
+    fn bounds(&self) -> Result<(i64, i64), Error> {
+        let rows = self.select(
+            "SELECT raw_since_ms, minutes_since_ms FROM history_bounds WHERE id = 1",
+            &[],
+        )?;
+        match rows.first() {
+            Some(row) => Ok((row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?)),
+            None => Ok((i64::MIN, i64::MIN)),
+        }
+    }
+
+    fn sensors(&self, device: &DeviceId, from: i64, until: i64) -> Result<Vec<SensorName>, Error> {
+        let device = device.as_str();
+        let rows = self.select(
+            "SELECT DISTINCT sensor FROM temperature_hours
+             WHERE device = $1::text AND bucket_ms >= $2::int8 AND bucket_ms <= $3::int8
+             ORDER BY sensor",
+            &[&device, &from, &until],
+        )?;
+        let mut sensors = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let text: String = row.try_get(0).map_err(db)?;
+            sensors.extend(name("sensor name", &text, SensorName::new));
+        }
+        Ok(sensors)
+    }
+
+    fn raw(
+        &self,
+        device: &DeviceId,
+        sensor: &SensorName,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<TemperaturePoint>, Error> {
+        let (device, sensor_name, limit) = (device.as_str(), sensor.as_str(), sql_limit(limit));
+        let rows = self.select(
+            "SELECT received_ms, milli_celsius FROM temperatures
+             WHERE device = $1::text AND sensor = $2::text
+               AND received_ms >= $3::int8 AND received_ms <= $4::int8
+             ORDER BY received_ms, id LIMIT $5::int8",
+            &[&device, &sensor_name, &since, &until, &limit],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(TemperaturePoint {
+                    sensor: sensor.clone(),
+                    at: UnixMillis(row.try_get(0).map_err(db)?),
+                    temperature: MilliCelsius(row.try_get(1).map_err(db)?),
+                })
+            })
+            .collect()
+    }
+
+    fn aggregates(
+        &self,
+        device: &DeviceId,
+        sensor: &SensorName,
+        resolution: Resolution,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, Aggregate)>, Error> {
+        let sql = match resolution {
+            Resolution::Minutes => {
+                "SELECT bucket_ms, min_milli, max_milli, sum_milli, count FROM temperature_minutes
+                 WHERE device = $1::text AND sensor = $2::text
+                   AND bucket_ms >= $3::int8 AND bucket_ms <= $4::int8 ORDER BY bucket_ms"
+            }
+            Resolution::Hours => {
+                "SELECT bucket_ms, min_milli, max_milli, sum_milli, count FROM temperature_hours
+                 WHERE device = $1::text AND sensor = $2::text
+                   AND bucket_ms >= $3::int8 AND bucket_ms <= $4::int8 ORDER BY bucket_ms"
+            }
+        };
+        let (device, sensor) = (device.as_str(), sensor.as_str());
+        let rows = self.select(sql, &[&device, &sensor, &from, &until])?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(db)?,
+                    Aggregate {
+                        min: MilliCelsius(row.try_get(1).map_err(db)?),
+                        max: MilliCelsius(row.try_get(2).map_err(db)?),
+                        sum: row.try_get(3).map_err(db)?,
+                        count: row.try_get(4).map_err(db)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn leds_before(&self, device: &DeviceId, before: i64) -> Result<Vec<LedPoint>, Error> {
+        let device = device.as_str();
+        let rows = self.select(
+            "(SELECT DISTINCT ON (led) led, led_on, received_ms FROM led_changes
+              WHERE device = $1::text AND received_ms < $2::int8
+              ORDER BY led, received_ms DESC, id DESC)
+             UNION ALL
+             SELECT led, led_on, at_ms FROM leds WHERE device = $1::text AND at_ms < $2::int8",
+            &[&device, &before],
+        )?;
+        let mut points = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (led, on, at): (String, bool, i64) = (
+                row.try_get(0).map_err(db)?,
+                row.try_get(1).map_err(db)?,
+                row.try_get(2).map_err(db)?,
+            );
+            points.extend(led_point(&led, on, at));
+        }
+        Ok(points)
+    }
+
+    fn temperature_page(
+        &self,
+        device: &DeviceId,
+        sensor: Option<&SensorName>,
+        after: (i64, i64),
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TemperaturePoint)>, Error> {
+        let (device, limit) = (device.as_str(), sql_limit(limit));
+        let sensor = sensor.map(SensorName::as_str);
+        let rows = self.select(
+            "SELECT id, sensor, received_ms, milli_celsius FROM temperatures
+             WHERE device = $1::text AND ($2::text IS NULL OR sensor = $2::text)
+               AND received_ms >= $3::int8 AND received_ms <= $5::int8
+               AND (received_ms, id) > ($3::int8, $4::int8)
+             ORDER BY received_ms, id LIMIT $6::int8",
+            &[&device, &sensor, &after.0, &after.1, &until, &limit],
+        )?;
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (id, sensor, at, milli): (i64, String, i64, i32) = (
+                row.try_get(0).map_err(db)?,
+                row.try_get(1).map_err(db)?,
+                row.try_get(2).map_err(db)?,
+                row.try_get(3).map_err(db)?,
+            );
+            if let Some(sensor) = name("sensor name", &sensor, SensorName::new) {
+                let temperature = MilliCelsius(milli);
+                page.push((id, TemperaturePoint { sensor, temperature, at: UnixMillis(at) }));
+            }
+        }
+        Ok(page)
+    }
+
+    fn led_page(
+        &self,
+        device: &DeviceId,
+        after: (i64, i64),
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, LedPoint)>, Error> {
+        let (device, limit) = (device.as_str(), sql_limit(limit));
+        let rows = self.select(
+            "SELECT id, led, led_on, received_ms FROM led_changes
+             WHERE device = $1::text AND received_ms >= $2::int8 AND received_ms <= $4::int8
+               AND (received_ms, id) > ($2::int8, $3::int8)
+             ORDER BY received_ms, id LIMIT $5::int8",
+            &[&device, &after.0, &after.1, &until, &limit],
+        )?;
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (id, led, on, at): (i64, String, bool, i64) = (
+                row.try_get(0).map_err(db)?,
+                row.try_get(1).map_err(db)?,
+                row.try_get(2).map_err(db)?,
+                row.try_get(3).map_err(db)?,
+            );
+            page.extend(led_point(&led, on, at).map(|point| (id, point)));
+        }
+        Ok(page)
+    }
+}
+
 impl HistoryStore for PostgresHistory {
+    fn temperature_history(&self, query: &RangeQuery) -> Result<TemperatureHistory, Error> {
+        super::temperature_history(self, query)
+    }
+
+    fn led_history(&self, query: &RangeQuery) -> Result<LedHistory, Error> {
+        super::led_history(self, query)
+    }
+
+    fn export_temperatures(
+        &self,
+        query: &RangeQuery,
+        sink: &mut ExportSink<'_, TemperaturePoint>,
+    ) -> Result<(), Error> {
+        super::export_temperatures(self, query, sink)
+    }
+
+    fn export_leds(
+        &self,
+        query: &RangeQuery,
+        sink: &mut ExportSink<'_, LedPoint>,
+    ) -> Result<(), Error> {
+        super::export_leds(self, query, sink)
+    }
+
     fn temperatures(&self, query: &HistoryQuery) -> Result<Vec<TemperaturePoint>, Error> {
         let session = self.session()?;
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);

@@ -15,17 +15,20 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use ledtemp_core::{DeviceId, KeyId, MilliCelsius, ReplayState, SensorName};
+use ledtemp_core::{DeviceId, KeyId, LedName, LedState, MilliCelsius, ReplayState, SensorName};
 
 use crate::command::{CommandRecord, CommandSettlement};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::{
-    Commit, CommitOutcome, HistoryQuery, HistoryStore, Snapshot, Store, name, to_i64, to_u64,
+    Commit, CommitOutcome, HistoryQuery, HistoryStore, RangeReader, Snapshot, Store, name, to_i64,
+    to_u64,
 };
 use crate::Error;
 use crate::alerts::{CapState, EngineState};
-use crate::model::{DeviceState, Observation, Reading, TemperaturePoint, UnixMillis};
+use crate::history::{self, Aggregate, ExportSink, HOUR_MS, MINUTE_MS, Resolution};
+use crate::history::{LedHistory, RangeQuery, TemperatureHistory};
+use crate::model::{DeviceState, LedPoint, Observation, Reading, TemperaturePoint, UnixMillis};
 
 /// Schema migrations, applied in order; the database's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -101,7 +104,69 @@ const MIGRATIONS: &[&str] = &[
         confirmed_ms INTEGER
     ) STRICT;
     CREATE INDEX command_log_by_device ON command_log (device, id);",
+    // 4: history over ranges. Per-sensor 1-minute and 1-hour aggregates (min, max, sum, count
+    // in milli-degrees; `bucket_ms` the bucket's start), kept up to date in each commit and
+    // backfilled here from the readings present; the cut-offs of the prunes (raw readings and
+    // minutes are complete from them on); an index per sensor for the raw chart and the export,
+    // and one per device for the LED timeline.
+    "CREATE TABLE temperature_minutes (
+        device TEXT NOT NULL,
+        sensor TEXT NOT NULL,
+        bucket_ms INTEGER NOT NULL,
+        min_milli INTEGER NOT NULL,
+        max_milli INTEGER NOT NULL,
+        sum_milli INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (device, sensor, bucket_ms)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE temperature_hours (
+        device TEXT NOT NULL,
+        sensor TEXT NOT NULL,
+        bucket_ms INTEGER NOT NULL,
+        min_milli INTEGER NOT NULL,
+        max_milli INTEGER NOT NULL,
+        sum_milli INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (device, sensor, bucket_ms)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX temperature_hours_by_time ON temperature_hours (device, bucket_ms);
+    INSERT INTO temperature_minutes
+        SELECT device, sensor, received_ms - ((received_ms % 60000) + 60000) % 60000 AS bucket,
+               MIN(milli_celsius), MAX(milli_celsius), SUM(milli_celsius), COUNT(*)
+        FROM temperatures GROUP BY device, sensor, bucket;
+    INSERT INTO temperature_hours
+        SELECT device, sensor, bucket_ms - ((bucket_ms % 3600000) + 3600000) % 3600000 AS bucket,
+               MIN(min_milli), MAX(max_milli), SUM(sum_milli), SUM(count)
+        FROM temperature_minutes GROUP BY device, sensor, bucket;
+    CREATE TABLE history_bounds (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        raw_since_ms INTEGER NOT NULL,
+        minutes_since_ms INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO history_bounds VALUES (1, -9223372036854775808, -9223372036854775808);
+    CREATE INDEX temperatures_by_sensor_time ON temperatures (device, sensor, received_ms);
+    CREATE INDEX led_changes_by_device_time ON led_changes (device, received_ms);",
 ];
+
+/// The aggregate upsert of each table: a batch's rows added to the stored ones.
+const UPSERT_MINUTES: &str = "INSERT INTO temperature_minutes
+     (device, sensor, bucket_ms, min_milli, max_milli, sum_milli, count)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (device, sensor, bucket_ms) DO UPDATE
+     SET min_milli = MIN(min_milli, excluded.min_milli),
+         max_milli = MAX(max_milli, excluded.max_milli),
+         sum_milli = sum_milli + excluded.sum_milli,
+         count = count + excluded.count";
+
+/// As [`UPSERT_MINUTES`], for the hours.
+const UPSERT_HOURS: &str = "INSERT INTO temperature_hours
+     (device, sensor, bucket_ms, min_milli, max_milli, sum_milli, count)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (device, sensor, bucket_ms) DO UPDATE
+     SET min_milli = MIN(min_milli, excluded.min_milli),
+         max_milli = MAX(max_milli, excluded.max_milli),
+         sum_milli = sum_milli + excluded.sum_milli,
+         count = count + excluded.count";
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -277,6 +342,7 @@ impl SqliteStore {
         for frame in commit.frames {
             write_frame(&tx, frame)?;
         }
+        write_aggregates(&tx, commit.frames)?;
         for (device, state) in commit.devices {
             write_device(&tx, device, state)?;
         }
@@ -298,6 +364,13 @@ impl SqliteStore {
             tx.execute("DELETE FROM temperatures WHERE received_ms < ?1", params![cutoff.0])?;
         deleted +=
             tx.execute("DELETE FROM led_changes WHERE received_ms < ?1", params![cutoff.0])?;
+        let minutes = super::minute_cutoff(cutoff);
+        tx.execute("DELETE FROM temperature_minutes WHERE bucket_ms < ?1", params![minutes])?;
+        tx.execute(
+            "UPDATE history_bounds SET raw_since_ms = MAX(raw_since_ms, ?1),
+                 minutes_since_ms = MAX(minutes_since_ms, ?2)",
+            params![cutoff.0, minutes],
+        )?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -480,6 +553,35 @@ fn write_frame(tx: &Transaction<'_>, frame: &super::AcceptedFrame) -> rusqlite::
     Ok(())
 }
 
+/// Adds the batch's readings to the 1-minute and 1-hour aggregates: one upsert per (device,
+/// sensor, bucket), in key order.
+fn write_aggregates(tx: &Transaction<'_>, frames: &[super::AcceptedFrame]) -> rusqlite::Result<()> {
+    let readings = || {
+        frames.iter().filter_map(|frame| match &frame.update.observation {
+            Observation::Reading(Reading::Temperature(point)) => Some((
+                frame.device().as_str(),
+                point.sensor.as_str(),
+                frame.update.at.0,
+                point.temperature,
+            )),
+            _ => None,
+        })
+    };
+    for (sql, width) in [(UPSERT_MINUTES, MINUTE_MS), (UPSERT_HOURS, HOUR_MS)] {
+        let rows = history::rollup(readings(), width);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut statement = tx.prepare_cached(sql)?;
+        for ((device, sensor, bucket), sum) in rows {
+            statement.execute(params![
+                device, sensor, bucket, sum.min.0, sum.max.0, sum.sum, sum.count
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a device's current state: its row and its LEDs. The last reading of each sensor is the
 /// newest history row.
 fn write_device(
@@ -585,6 +687,30 @@ impl HistoryStore for SqliteHistory {
         self.query(query).map_err(db)
     }
 
+    fn temperature_history(&self, query: &RangeQuery) -> Result<TemperatureHistory, Error> {
+        super::temperature_history(self, query)
+    }
+
+    fn led_history(&self, query: &RangeQuery) -> Result<LedHistory, Error> {
+        super::led_history(self, query)
+    }
+
+    fn export_temperatures(
+        &self,
+        query: &RangeQuery,
+        sink: &mut ExportSink<'_, TemperaturePoint>,
+    ) -> Result<(), Error> {
+        super::export_temperatures(self, query, sink)
+    }
+
+    fn export_leds(
+        &self,
+        query: &RangeQuery,
+        sink: &mut ExportSink<'_, LedPoint>,
+    ) -> Result<(), Error> {
+        super::export_leds(self, query, sink)
+    }
+
     fn commands(
         &self,
         device: Option<&DeviceId>,
@@ -621,6 +747,239 @@ impl HistoryStore for SqliteHistory {
             ));
         }
         Ok(records)
+    }
+}
+
+/// A row's name column as the model's name; an invalid one (a tampered row) is skipped.
+fn sensor_of(text: &str) -> Option<SensorName> {
+    name("sensor name", text, SensorName::new)
+}
+
+impl SqliteHistory {
+    /// The connection (a panic while holding the lock leaves a connection that is still usable).
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl RangeReader for SqliteHistory {
+    fn bounds(&self) -> Result<(i64, i64), Error> {
+        self.connection()
+            .prepare_cached(
+                "SELECT raw_since_ms, minutes_since_ms FROM history_bounds WHERE id = 1",
+            )
+            .and_then(|mut statement| {
+                statement.query_row([], |row| Ok((row.get(0)?, row.get(1)?))).optional()
+            })
+            .map(|bounds| bounds.unwrap_or((i64::MIN, i64::MIN)))
+            .map_err(db)
+    }
+
+    fn sensors(&self, device: &DeviceId, from: i64, until: i64) -> Result<Vec<SensorName>, Error> {
+        let conn = self.connection();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT DISTINCT sensor FROM temperature_hours
+                 WHERE device = ?1 AND bucket_ms >= ?2 AND bucket_ms <= ?3 ORDER BY sensor",
+            )
+            .map_err(db)?;
+        let rows = statement
+            .query_map(params![device.as_str(), from, until], |row| row.get::<_, String>(0))
+            .map_err(db)?;
+        let mut sensors = Vec::new();
+        for row in rows {
+            sensors.extend(sensor_of(&row.map_err(db)?));
+        }
+        Ok(sensors)
+    }
+
+    fn raw(
+        &self,
+        device: &DeviceId,
+        sensor: &SensorName,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<TemperaturePoint>, Error> {
+        let conn = self.connection();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT received_ms, milli_celsius FROM temperatures INDEXED BY \
+                 temperatures_by_sensor_time
+                 WHERE device = ?1 AND sensor = ?2 AND received_ms >= ?3 AND received_ms <= ?4
+                 ORDER BY received_ms, id LIMIT ?5",
+            )
+            .map_err(db)?;
+        let rows = statement
+            .query_map(
+                params![device.as_str(), sensor.as_str(), since, until, sql_limit(limit)],
+                |row| {
+                    Ok(TemperaturePoint {
+                        sensor: sensor.clone(),
+                        at: UnixMillis(row.get(0)?),
+                        temperature: MilliCelsius(row.get(1)?),
+                    })
+                },
+            )
+            .map_err(db)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db)
+    }
+
+    fn aggregates(
+        &self,
+        device: &DeviceId,
+        sensor: &SensorName,
+        resolution: Resolution,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, Aggregate)>, Error> {
+        let sql = match resolution {
+            Resolution::Minutes => {
+                "SELECT bucket_ms, min_milli, max_milli, sum_milli, count FROM temperature_minutes
+                 WHERE device = ?1 AND sensor = ?2 AND bucket_ms >= ?3 AND bucket_ms <= ?4
+                 ORDER BY bucket_ms"
+            }
+            Resolution::Hours => {
+                "SELECT bucket_ms, min_milli, max_milli, sum_milli, count FROM temperature_hours
+                 WHERE device = ?1 AND sensor = ?2 AND bucket_ms >= ?3 AND bucket_ms <= ?4
+                 ORDER BY bucket_ms"
+            }
+        };
+        let conn = self.connection();
+        let mut statement = conn.prepare_cached(sql).map_err(db)?;
+        let rows = statement
+            .query_map(params![device.as_str(), sensor.as_str(), from, until], |row| {
+                Ok((
+                    row.get(0)?,
+                    Aggregate {
+                        min: MilliCelsius(row.get(1)?),
+                        max: MilliCelsius(row.get(2)?),
+                        sum: row.get(3)?,
+                        count: row.get(4)?,
+                    },
+                ))
+            })
+            .map_err(db)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db)
+    }
+
+    fn leds_before(&self, device: &DeviceId, before: i64) -> Result<Vec<LedPoint>, Error> {
+        let conn = self.connection();
+        // SQLite takes the other columns of a MAX() row from that row.
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT led, led_on, MAX(received_ms) FROM led_changes
+                 WHERE device = ?1 AND received_ms < ?2 GROUP BY led
+                 UNION ALL
+                 SELECT led, led_on, at_ms FROM leds WHERE device = ?1 AND at_ms < ?2",
+            )
+            .map_err(db)?;
+        let rows = statement
+            .query_map(params![device.as_str(), before], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?, row.get::<_, i64>(2)?))
+            })
+            .map_err(db)?;
+        let mut points = Vec::new();
+        for row in rows {
+            let (led, on, at) = row.map_err(db)?;
+            if let Some(led) = name("LED name", &led, LedName::new) {
+                points.push(LedPoint { led, state: LedState::from(on), at: UnixMillis(at) });
+            }
+        }
+        Ok(points)
+    }
+
+    fn temperature_page(
+        &self,
+        device: &DeviceId,
+        sensor: Option<&SensorName>,
+        after: (i64, i64),
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TemperaturePoint)>, Error> {
+        let conn = self.connection();
+        let sql = if sensor.is_some() {
+            "SELECT id, sensor, received_ms, milli_celsius FROM temperatures
+             INDEXED BY temperatures_by_sensor_time
+             WHERE device = ?1 AND sensor = ?2 AND received_ms >= ?3 AND received_ms <= ?5
+               AND (received_ms, id) > (?3, ?4)
+             ORDER BY received_ms, id LIMIT ?6"
+        } else {
+            "SELECT id, sensor, received_ms, milli_celsius FROM temperatures
+             INDEXED BY temperatures_by_device_time
+             WHERE device = ?1 AND ?2 IS NULL AND received_ms >= ?3 AND received_ms <= ?5
+               AND (received_ms, id) > (?3, ?4)
+             ORDER BY received_ms, id LIMIT ?6"
+        };
+        let mut statement = conn.prepare_cached(sql).map_err(db)?;
+        let sensor = sensor.map(SensorName::as_str);
+        let rows = statement
+            .query_map(
+                params![device.as_str(), sensor, after.0, after.1, until, sql_limit(limit)],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i32>(3)?,
+                    ))
+                },
+            )
+            .map_err(db)?;
+        let mut page = Vec::with_capacity(limit.min(history::EXPORT_PAGE_ROWS));
+        for row in rows {
+            let (id, sensor, at, milli) = row.map_err(db)?;
+            if let Some(sensor) = sensor_of(&sensor) {
+                let point = TemperaturePoint {
+                    sensor,
+                    temperature: MilliCelsius(milli),
+                    at: UnixMillis(at),
+                };
+                page.push((id, point));
+            }
+        }
+        Ok(page)
+    }
+
+    fn led_page(
+        &self,
+        device: &DeviceId,
+        after: (i64, i64),
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, LedPoint)>, Error> {
+        let conn = self.connection();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, led, led_on, received_ms FROM led_changes
+                 INDEXED BY led_changes_by_device_time
+                 WHERE device = ?1 AND received_ms >= ?2 AND received_ms <= ?4
+                   AND (received_ms, id) > (?2, ?3)
+                 ORDER BY received_ms, id LIMIT ?5",
+            )
+            .map_err(db)?;
+        let rows = statement
+            .query_map(params![device.as_str(), after.0, after.1, until, sql_limit(limit)], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, bool>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db)?;
+        let mut page = Vec::new();
+        for row in rows {
+            let (id, led, on, at) = row.map_err(db)?;
+            if let Some(led) = name("LED name", &led, LedName::new) {
+                page.push((id, LedPoint { led, state: LedState::from(on), at: UnixMillis(at) }));
+            }
+        }
+        Ok(page)
     }
 }
 

@@ -1,7 +1,7 @@
 //! A batch as the transaction writes it: each frame checked again against the stored window, and
 //! the columns of the `UNNEST` statements.
 
-use ledtemp_core::{DeviceId, ReplayRule, ReplayState, ReplayWindow, SequenceNumber};
+use ledtemp_core::{DeviceId, MilliCelsius, ReplayRule, ReplayState, ReplayWindow, SequenceNumber};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Statement, Transaction};
 
@@ -120,6 +120,61 @@ impl<'a> DeviceColumns<'a> {
     }
 }
 
+/// The aggregates a batch adds to one table ([`crate::history::rollup`]: one row per device,
+/// sensor and bucket, in key order), one array per column.
+#[derive(Default)]
+pub(super) struct AggregateColumns<'a> {
+    devices: Vec<&'a str>,
+    sensors: Vec<&'a str>,
+    buckets: Vec<i64>,
+    min: Vec<i32>,
+    max: Vec<i32>,
+    sum: Vec<i64>,
+    count: Vec<i64>,
+}
+
+impl<'a> AggregateColumns<'a> {
+    /// The `width`-wide aggregates of the readings the batch writes.
+    pub(super) fn new(columns: &Columns<'a>, width: i64) -> AggregateColumns<'a> {
+        let readings = (columns.temperature_devices.iter().zip(&columns.sensors))
+            .zip(columns.temperature_times.iter().zip(&columns.milli_celsius))
+            .map(|((device, sensor), (at, milli))| (*device, *sensor, *at, MilliCelsius(*milli)));
+        let mut out = AggregateColumns::default();
+        for ((device, sensor, bucket), sum) in crate::history::rollup(readings, width) {
+            out.devices.push(device);
+            out.sensors.push(sensor);
+            out.buckets.push(bucket);
+            out.min.push(sum.min.0);
+            out.max.push(sum.max.0);
+            out.sum.push(sum.sum);
+            out.count.push(sum.count);
+        }
+        out
+    }
+
+    pub(super) async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        statement: &Statement,
+    ) -> Result<u64, tokio_postgres::Error> {
+        execute_unless(
+            self.devices.is_empty(),
+            tx,
+            statement,
+            &[
+                &self.devices,
+                &self.sensors,
+                &self.buckets,
+                &self.min,
+                &self.max,
+                &self.sum,
+                &self.count,
+            ],
+        )
+        .await
+    }
+}
+
 /// Runs `statement` unless `skip` (an empty batch column): 0 rows then.
 pub(super) async fn execute_unless(
     skip: bool,
@@ -166,7 +221,7 @@ impl<'a> WindowColumns<'a> {
 
 #[cfg(test)]
 mod tests {
-    use ledtemp_core::{KeyId, MilliCelsius, SensorName};
+    use ledtemp_core::{KeyId, SensorName};
 
     use super::*;
     use crate::model::{TemperaturePoint, UnixMillis};
