@@ -1,9 +1,17 @@
-// ledtemp dashboard: one card per device, a live temperature chart per device, the frame counters,
-// and a switch per LED that sends a sealed command to the device.
+// ledtemp dashboard: one card per device, a temperature chart per device over a range the user
+// picks (live while the range ends now), the LED changes on the chart's time axis, CSV downloads
+// of the shown range, the frame counters, and a switch per LED that sends a sealed command to the
+// device.
 //
 // A switch shows the state the device last reported (its LED frame: the POST's confirmed answer
 // or the `led` event), never the state asked for: while a command is on its way it says
 // "pending", and a command that was refused or not confirmed in time leaves it as it was.
+//
+// The chart shows what the server answers for the range: raw readings when there are few enough,
+// else per time bucket the mean as the line and the minimum and maximum as a band, so a spike is
+// not averaged away. Dragging across the chart zooms in: the zoomed range is asked for again, in
+// finer buckets. Live readings and LED changes are added only while the range ends now; a past
+// range, or a zoomed one, stays as the server answered it.
 //
 // Every name that comes from the server (device, LED, sensor, rejection reason) reaches the page
 // through textContent, dataset or setAttribute only, never parsed as markup. The server validates
@@ -12,8 +20,24 @@
 "use strict";
 
 (function () {
-  const HISTORY_MS = 60 * 60 * 1000; // the chart shows the last hour
-  const MAX_POINTS_PER_SENSOR = 4000; // bounds memory if a device reports fast
+  const HOUR_MS = 60 * 60 * 1000;
+  const DAY_MS = 24 * HOUR_MS;
+  // The ranges a card offers, ending now; the first is the default.
+  const RANGES = Object.freeze([
+    { key: "1h", label: "1 h", ms: HOUR_MS, name: "the last hour" },
+    { key: "24h", label: "24 h", ms: DAY_MS, name: "the last 24 hours" },
+    { key: "7d", label: "7 d", ms: 7 * DAY_MS, name: "the last 7 days" },
+    { key: "30d", label: "30 d", ms: 30 * DAY_MS, name: "the last 30 days" },
+  ]);
+  // The most points per sensor the chart asks for (the server's own limit): about one per pixel
+  // of its width, as more could not be seen.
+  const MAX_CHART_POINTS = 1000;
+  const MIN_CHART_POINTS = 100;
+  const MIN_ZOOM_MS = 10 * 1000; // a narrower drag is a click, not a zoom
+  const MAX_POINTS_PER_SENSOR = 4000; // bounds memory if a device reports fast while live
+  // A live chart moves on with the clock even when no reading comes.
+  const LIVE_REDRAW_MS = 10000;
+  const LED_CHANGES_LISTED = 200; // the newest ones, in the list under the timeline
   const REFETCH_DELAY_MS = 300; // groups the refetches that a burst of new devices causes
   const RETRY_MAX_MS = 30000;
   // The server marks a device offline when it has been silent too long, without an event:
@@ -81,14 +105,70 @@
     return String(n).padStart(2, "0");
   }
 
-  // One line per tick, local time: the chart spans an hour, so the date adds nothing (uPlot's
-  // default second line with the date overlaps at narrow widths).
+  const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+  // Local time, spelled out the same in every browser: "Tue 24 Nov" (with the year when it is not
+  // this one), "Tue 24 Nov 12:00:05".
+  function formatDay(d) {
+    const year = d.getFullYear() === new Date().getFullYear() ? "" : " " + d.getFullYear();
+    return WEEKDAYS[d.getDay()] + " " + d.getDate() + " " + MONTHS[d.getMonth()] + year;
+  }
+
+  function formatClock(d, seconds) {
+    const hm = pad2(d.getHours()) + ":" + pad2(d.getMinutes());
+    return seconds ? hm + ":" + pad2(d.getSeconds()) : hm;
+  }
+
+  function formatWhen(ms, seconds) {
+    const d = new Date(ms);
+    return formatDay(d) + " " + formatClock(d, seconds !== false);
+  }
+
+  function formatDuration(ms) {
+    if (ms < 120 * 1000) return Math.max(1, Math.round(ms / 1000)) + " s";
+    if (ms < 2 * HOUR_MS) return Math.round(ms / 60000) + " min";
+    if (ms < 2 * DAY_MS) return Math.round(ms / HOUR_MS) + " h";
+    return Math.round(ms / DAY_MS) + " d";
+  }
+
+  // A `datetime-local` input's value for `ms`, local time, to the minute.
+  function localInputValue(ms) {
+    const d = new Date(ms);
+    return d.getFullYear() + "-" + pad2(d.getMonth() + 1) + "-" + pad2(d.getDate()) + "T" +
+      formatClock(d, false);
+  }
+
+  // Local time. Within a day, one line per tick: the time. Over more than about a day, the date
+  // under the first tick and under each tick that starts a new day (uPlot's default puts a date
+  // under every tick, which overlaps at narrow widths); with ticks a day or more apart, the date
+  // alone.
   function timeTicks(u, splits, axisIdx, foundSpace, foundIncr) {
-    return splits.map((s) => {
+    const span = u.scales.x.max - u.scales.x.min;
+    let lastDay = null;
+    const labels = splits.map((s) => {
       const d = new Date(s * 1000);
-      const hm = pad2(d.getHours()) + ":" + pad2(d.getMinutes());
-      return foundIncr < 60 ? hm + ":" + pad2(d.getSeconds()) : hm;
+      if (foundIncr >= 86400) return d.getDate() + " " + MONTHS[d.getMonth()];
+      const clock = formatClock(d, foundIncr < 60);
+      const day = d.toDateString();
+      const newDay = day !== lastDay;
+      lastDay = day;
+      return span > 20 * 3600 && newDay ? clock + "\n" + formatDay(d) : clock;
     });
+    // The canvas holds the labels as pixels; the chart's element holds them as text too.
+    const chart = u.root.parentElement;
+    if (chart) chart.dataset.ticks = labels.join(" | ").replace(/\n/g, " ");
+    return labels;
+  }
+
+  function multiDay(u) {
+    return u.scales.x.max - u.scales.x.min > 20 * 3600;
+  }
+
+  // `#rrggbb` with an alpha, for the band under a sensor's line.
+  function withAlpha(hex, alpha) {
+    const n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + alpha + ")";
   }
 
   function cssVar(name, fallback) {
@@ -104,11 +184,28 @@
       this.lastSeen = null;
       this.leds = new Map(); // led name -> {root, state}
       this.temps = new Map(); // sensor name -> {root, value, at, celsius, atMs}
-      this.points = new Map(); // sensor name -> Map(at ms -> celsius)
+      // What the chart shows. The range picked (one of RANGES, or {key: "custom", since, until}),
+      // a zoomed part of it or null, and the window they make: {since, until, live} in ms.
+      this.range = RANGES[0];
+      this.zoom = null;
+      this.window = this.currentWindow();
+      // The server's answer for the window, and what came live since. Per sensor, points oldest
+      // first: {at, mean, min, max, count} arrays (a raw reading has min = max = mean).
+      this.series = new Map();
+      this.bucketMs = 0; // 0: raw readings
+      this.answeredUntil = 0; // live readings up to here are in the server's answer
+      this.ledInitial = new Map(); // led name -> {on, atMs}: its state when the window starts
+      this.ledChanges = []; // {led, on, atMs}, oldest first
+      this.ledTruncated = false;
+      this.ledHistory = "loading"; // "loaded", or "unavailable" when the server would not say
+      this.generation = 0; // the newest reload; older answers are dropped
+      this.loading = false;
+      this.whileLoading = []; // live updates that came during a reload, applied after it
       this.plot = null;
-      this.plotSensors = [];
+      this.plotShape = "";
       this.redrawQueued = false;
-      this.historyLoaded = false;
+      this.lastRedraw = 0;
+      this.listedChanges = "";
 
       const root = el("article", "card");
       root.dataset.device = id;
@@ -140,18 +237,120 @@
       tempsBox.append(this.tempList);
       body.append(ledsBox, tempsBox);
 
+      const history = el("section", "history");
+      history.setAttribute("aria-label", "History of " + id);
+      history.append(this.buildTools());
+      this.rangeLabel = el("p", "range-label");
       this.chartEl = el("div", "chart");
-      this.chartEl.setAttribute("aria-label", "Temperature of " + id + " over the last hour");
-      this.chartEmpty = el("p", "chart-empty", "No temperature in the last hour.");
+      this.chartEmpty = el("p", "chart-empty", "No temperature in this range.");
       this.chartEl.append(this.chartEmpty);
+      // What is under the chart's cursor: its time, and each LED's state then.
+      this.readout = el("p", "cursor-readout");
+      history.append(this.rangeLabel, this.chartEl, this.readout, this.buildTimeline());
 
-      root.append(head, seen, body, this.chartEl);
+      root.append(head, seen, body, history);
       this.root = root;
+      this.showControls();
 
       if (typeof ResizeObserver === "function") {
         this.resizer = new ResizeObserver(() => this.fitPlot());
         this.resizer.observe(this.chartEl);
       }
+    }
+
+    // The range buttons, the custom range's from/to, "reset zoom" and the CSV links.
+    buildTools() {
+      const tools = el("div", "chart-tools");
+      const ranges = el("div", "ranges");
+      ranges.setAttribute("role", "group");
+      ranges.setAttribute("aria-label", "Range");
+      this.rangeButtons = new Map();
+      for (const range of RANGES) {
+        const button = el("button", "range", range.label);
+        button.type = "button";
+        button.dataset.range = range.key;
+        button.title = "Show " + range.name + ", live";
+        button.addEventListener("click", () => this.chooseRange(range));
+        this.rangeButtons.set(range.key, button);
+        ranges.append(button);
+      }
+      const custom = el("button", "range", "from\u2013to");
+      custom.type = "button";
+      custom.dataset.range = "custom";
+      custom.title = "Show a range of your choice";
+      custom.setAttribute("aria-expanded", "false");
+      custom.addEventListener("click", () => this.toggleCustomForm());
+      this.rangeButtons.set("custom", custom);
+      ranges.append(custom);
+
+      this.resetButton = el("button", "reset-zoom", "reset zoom");
+      this.resetButton.type = "button";
+      this.resetButton.title = "Back to the whole range";
+      this.resetButton.addEventListener("click", () => this.resetZoom());
+
+      const downloads = el("span", "downloads");
+      this.csvTemperature = el("a", "csv", "temperature CSV");
+      this.csvTemperature.dataset.kind = "temperature";
+      this.csvLeds = el("a", "csv", "LED CSV");
+      this.csvLeds.dataset.kind = "leds";
+      for (const link of [this.csvTemperature, this.csvLeds]) {
+        link.setAttribute("download", "");
+        link.title = "Download the shown range as CSV";
+        // A live range ends when the link is followed, not when it was last drawn.
+        link.addEventListener("click", () => this.updateLinks());
+      }
+      downloads.append(this.csvTemperature, this.csvLeds);
+
+      this.customForm = el("form", "custom-range");
+      this.customForm.hidden = true;
+      const input = (label, name) => {
+        const wrap = el("label", null, label + " ");
+        const field = el("input");
+        field.type = "datetime-local";
+        field.name = name;
+        field.required = true;
+        wrap.append(field);
+        this.customForm.append(wrap);
+        return field;
+      };
+      this.fromInput = input("from", "from");
+      this.toInput = input("to", "to");
+      const show = el("button", "show-range", "show");
+      show.type = "submit";
+      this.customProblem = el("span", "custom-problem");
+      this.customProblem.setAttribute("role", "status");
+      this.customForm.append(show, this.customProblem);
+      this.customForm.addEventListener("submit", (e) => {
+        e.preventDefault();
+        this.applyCustomForm();
+      });
+
+      tools.append(ranges, this.resetButton, downloads, this.customForm);
+      return tools;
+    }
+
+    // Under the chart, on its time axis: a row per LED with its "on" spans, a line under the
+    // chart's cursor, and the list of changes.
+    buildTimeline() {
+      this.timeline = el("div", "led-timeline");
+      this.timelineRows = el("div", "led-rows");
+      this.timelineCursor = el("div", "led-cursor");
+      this.timelineCursor.setAttribute("aria-hidden", "true");
+      this.timelineCursor.hidden = true;
+      this.timelineNote = el("p", "led-note");
+      this.timelineNote.hidden = true;
+      this.changesBox = el("details", "led-changes");
+      this.changesSummary = el("summary", null, "LED changes");
+      this.changesList = el("ol", "led-change-list");
+      this.changesBox.append(this.changesSummary, this.changesList);
+      const lanes = el("div", "led-lanes");
+      lanes.append(this.timelineRows, this.timelineCursor);
+      this.timeline.append(
+        lanes,
+        this.timelineNote,
+        this.changesBox,
+      );
+      return this.timeline;
     }
 
     update(device) {
@@ -180,6 +379,10 @@
 
     tick() {
       this.seenEl.textContent = relative(this.lastSeen);
+      // A live chart moves on with the clock, readings or not.
+      if (this.window.live && !this.loading && Date.now() - this.lastRedraw > LIVE_REDRAW_MS) {
+        this.queueRedraw();
+      }
     }
 
     setLed(name, on, at) {
@@ -213,6 +416,7 @@
       led.state.textContent = led.on ? "on" : "off";
       led.toggle.setAttribute("aria-checked", led.on ? "true" : "false");
       led.toggle.title = "Switch " + name + (led.on ? " off" : " on");
+      this.addLiveLed(name, led.on, atMs);
     }
 
     // One click: ask the device for the opposite of the state it last reported, and wait for
@@ -298,7 +502,7 @@
         t.root.dataset.celsius = String(celsius);
         t.value.textContent = formatCelsius(celsius);
       }
-      if (atMs !== null && typeof celsius === "number") this.addPoint(sensor, atMs, celsius);
+      this.addLiveReading(sensor, atMs, celsius);
       if (live) this.seen(atMs);
     }
 
@@ -311,16 +515,246 @@
       });
     }
 
-    addPoint(sensor, atMs, celsius) {
-      let series = this.points.get(sensor);
-      if (!series) {
-        series = new Map();
-        this.points.set(sensor, series);
+    // ---- the range ----
+
+    // {since, until, live} in ms: the zoomed part, the custom range, or a range ending now.
+    currentWindow() {
+      if (this.zoom) return { since: this.zoom.since, until: this.zoom.until, live: false };
+      if (this.range.key === "custom") {
+        return { since: this.range.since, until: this.range.until, live: false };
       }
-      series.set(atMs, celsius);
-      if (series.size > MAX_POINTS_PER_SENSOR) {
-        const oldest = Math.min(...series.keys());
-        series.delete(oldest);
+      const until = Date.now();
+      return { since: until - this.range.ms, until, live: true };
+    }
+
+    chooseRange(range) {
+      this.range = range;
+      this.zoom = null;
+      this.customForm.hidden = true;
+      this.reloadOrSay();
+    }
+
+    toggleCustomForm() {
+      const open = this.customForm.hidden;
+      this.customForm.hidden = !open;
+      if (open) {
+        // Start from what is shown.
+        const w = this.currentWindow();
+        this.fromInput.value = localInputValue(w.since);
+        this.toInput.value = localInputValue(w.until);
+        this.fromInput.focus();
+      }
+      this.showControls();
+    }
+
+    applyCustomForm() {
+      // A `datetime-local` value has no zone: Date.parse reads it as local time.
+      const since = Date.parse(this.fromInput.value);
+      const until = Date.parse(this.toInput.value);
+      if (!Number.isFinite(since) || !Number.isFinite(until)) {
+        this.customProblem.textContent = "Give both times.";
+        return;
+      }
+      if (since >= until) {
+        this.customProblem.textContent = "\u201cfrom\u201d must be before \u201cto\u201d.";
+        return;
+      }
+      this.customProblem.textContent = "";
+      this.range = { key: "custom", since, until };
+      this.zoom = null;
+      this.reloadOrSay();
+    }
+
+    // Drag across the chart: that part, asked for again (the server answers in finer buckets).
+    zoomToSelection(u) {
+      const select = u.select;
+      if (!select || select.width < 2) return;
+      const since = Math.round(u.posToVal(select.left, "x") * 1000);
+      const until = Math.round(u.posToVal(select.left + select.width, "x") * 1000);
+      u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+      if (until - since < MIN_ZOOM_MS) return;
+      this.zoom = { since, until };
+      this.reloadOrSay();
+    }
+
+    resetZoom() {
+      this.zoom = null;
+      this.reloadOrSay();
+    }
+
+    showControls() {
+      for (const [key, button] of this.rangeButtons) {
+        button.setAttribute("aria-pressed", key === this.range.key ? "true" : "false");
+      }
+      this.rangeButtons.get("custom").setAttribute(
+        "aria-expanded",
+        this.customForm.hidden ? "false" : "true",
+      );
+      this.resetButton.hidden = this.zoom === null;
+      this.root.dataset.range = this.range.key;
+      this.root.dataset.live = this.window.live ? "true" : "false";
+      this.root.dataset.zoomed = this.zoom === null ? "false" : "true";
+      this.updateLinks();
+    }
+
+    showRangeLabel() {
+      const w = this.window;
+      const until = w.live ? "now" : formatWhen(w.until, false);
+      const what = this.bucketMs > 0
+        ? formatDuration(this.bucketMs) + " buckets: the line is the mean, the band min to max"
+        : "every reading";
+      const text = formatWhen(w.since, false) + " \u2013 " + until + " \u00b7 " + what;
+      if (this.rangeLabel.textContent !== text) this.rangeLabel.textContent = text;
+      this.rangeLabel.title = "Drag across the chart to zoom in";
+      this.root.dataset.since = new Date(w.since).toISOString();
+      this.root.dataset.until = new Date(w.until).toISOString();
+      this.root.dataset.bucketMs = String(this.bucketMs);
+      this.chartEl.setAttribute(
+        "aria-label",
+        "Temperature of " + this.id + ", " + formatWhen(w.since, false) + " to " + until,
+      );
+    }
+
+    apiUrl(path, params) {
+      const query = new URLSearchParams();
+      for (const [key, value] of Object.entries(params)) {
+        if (value !== null && value !== undefined) query.set(key, String(value));
+      }
+      return "/api/devices/" + encodeURIComponent(this.id) + "/" + path + "?" + query;
+    }
+
+    // A live range is left open at the end: the server's clock ends it.
+    rangeParams(w) {
+      return {
+        since: new Date(w.since).toISOString(),
+        until: w.live ? null : new Date(w.until).toISOString(),
+      };
+    }
+
+    updateLinks() {
+      const params = this.rangeParams(this.window.live ? this.currentWindow() : this.window);
+      this.csvTemperature.href = this.apiUrl("temperature.csv", params);
+      this.csvLeds.href = this.apiUrl("leds.csv", params);
+    }
+
+    reloadOrSay() {
+      this.reload().catch((e) => showProblem("Could not load history: " + e.message));
+    }
+
+    // Asks the server for the window's temperatures (at most about one point per pixel) and LED
+    // changes, and shows them.
+    async reload() {
+      const generation = ++this.generation;
+      this.window = this.currentWindow();
+      this.loading = true;
+      this.whileLoading = [];
+      this.root.dataset.history = "loading";
+      this.showControls();
+      const params = this.rangeParams(this.window);
+      const points = Math.min(MAX_CHART_POINTS, Math.max(MIN_CHART_POINTS, this.chartWidth()));
+      const temperatures = getJson(this.apiUrl("temperature", Object.assign({ points }, params)));
+      // A server without LED history still shows temperatures.
+      const leds = getJson(this.apiUrl("leds", params)).catch(() => null);
+      let body;
+      try {
+        body = await temperatures;
+      } catch (e) {
+        if (generation === this.generation) {
+          this.loading = false;
+          this.root.dataset.history = "failed";
+        }
+        throw e;
+      }
+      const ledBody = await leds;
+      if (generation !== this.generation) return;
+      this.setSeries(body);
+      this.setLedHistory(ledBody);
+      this.loading = false;
+      for (const apply of this.whileLoading) apply();
+      this.whileLoading = [];
+      this.redraw();
+      this.root.dataset.history = "loaded";
+    }
+
+    setSeries(body) {
+      this.series = new Map();
+      this.bucketMs = typeof body.bucket_ms === "number" && body.bucket_ms > 0 ? body.bucket_ms : 0;
+      const until = parseTime(body.until);
+      this.answeredUntil = until !== null ? until : this.window.until;
+      for (const p of Array.isArray(body.points) ? body.points : []) {
+        if (!p || typeof p.sensor !== "string" || typeof p.celsius !== "number") continue;
+        const atMs = parseTime(p.at);
+        if (atMs === null) continue;
+        const min = typeof p.min === "number" ? p.min : p.celsius;
+        const max = typeof p.max === "number" ? p.max : p.celsius;
+        const count = typeof p.count === "number" ? p.count : 1;
+        this.putPoint(p.sensor, atMs, p.celsius, min, max, count);
+      }
+    }
+
+    seriesOf(sensor) {
+      let s = this.series.get(sensor);
+      if (!s) {
+        s = { at: [], mean: [], min: [], max: [], count: [] };
+        this.series.set(sensor, s);
+      }
+      return s;
+    }
+
+    // Puts a reading or a bucket in its place (nearly always the end); one at the same instant
+    // replaces it.
+    putPoint(sensor, atMs, mean, min, max, count) {
+      const s = this.seriesOf(sensor);
+      let i = s.at.length;
+      while (i > 0 && s.at[i - 1] > atMs) i--;
+      if (i > 0 && s.at[i - 1] === atMs) {
+        i -= 1;
+        s.mean[i] = mean;
+        s.min[i] = min;
+        s.max[i] = max;
+        s.count[i] = count;
+        return;
+      }
+      s.at.splice(i, 0, atMs);
+      s.mean.splice(i, 0, mean);
+      s.min.splice(i, 0, min);
+      s.max.splice(i, 0, max);
+      s.count.splice(i, 0, count);
+      if (s.at.length > MAX_POINTS_PER_SENSOR) this.dropOldest(s, 1);
+    }
+
+    dropOldest(s, n) {
+      for (const key of ["at", "mean", "min", "max", "count"]) s[key].splice(0, n);
+    }
+
+    // A reading from the event stream (or the device list): added while the range ends now, as
+    // a point of its own, or into its time bucket when the chart shows buckets.
+    addLiveReading(sensor, atMs, celsius) {
+      if (atMs === null || typeof celsius !== "number" || !this.window.live) return;
+      if (this.loading) {
+        this.whileLoading.push(() => this.addLiveReading(sensor, atMs, celsius));
+        return;
+      }
+      const bucket = this.bucketMs;
+      if (bucket === 0) {
+        this.putPoint(sensor, atMs, celsius, celsius, celsius, 1);
+      } else {
+        // The server's buckets hold every reading up to its answer, and the ones folded since.
+        const s = this.seriesOf(sensor);
+        const folded = s.foldedUntil !== undefined ? s.foldedUntil : this.answeredUntil;
+        if (atMs <= folded) return;
+        s.foldedUntil = atMs;
+        const last = s.at.length - 1;
+        const origin = last >= 0 ? s.at[last] : this.window.since;
+        if (last >= 0 && atMs < origin + bucket) {
+          s.mean[last] = (s.mean[last] * s.count[last] + celsius) / (s.count[last] + 1);
+          s.min[last] = Math.min(s.min[last], celsius);
+          s.max[last] = Math.max(s.max[last], celsius);
+          s.count[last] += 1;
+        } else {
+          const start = origin + Math.floor((atMs - origin) / bucket) * bucket;
+          this.putPoint(sensor, start, celsius, celsius, celsius, 1);
+        }
       }
       this.queueRedraw();
     }
@@ -335,58 +769,95 @@
     }
 
     // uPlot wants one shared x array (seconds) and one y array per series, null where a sensor
-    // has no point at that instant.
-    chartData() {
-      const cutoff = Date.now() - HISTORY_MS;
-      const sensors = Array.from(this.points.keys()).sort();
+    // has no point at that instant: the means, then (for buckets) each sensor's min and max.
+    chartData(banded) {
+      const sensors = Array.from(this.series.keys()).sort();
       const xs = new Set();
-      for (const series of this.points.values()) {
-        for (const at of series.keys()) {
-          if (at < cutoff) series.delete(at);
-          else xs.add(at);
-        }
+      const index = new Map();
+      for (const sensor of sensors) {
+        const s = this.series.get(sensor);
+        // A live window moves on: what fell out of it goes.
+        let old = 0;
+        while (old < s.at.length && s.at[old] + this.bucketMs < this.window.since) old++;
+        if (old > 0) this.dropOldest(s, old);
+        const at = new Map();
+        s.at.forEach((t, i) => {
+          xs.add(t);
+          at.set(t, i);
+        });
+        index.set(sensor, at);
       }
       const times = Array.from(xs).sort((a, b) => a - b);
       const data = [times.map((t) => t / 1000)];
-      for (const s of sensors) {
-        const series = this.points.get(s);
-        data.push(times.map((t) => (series.has(t) ? series.get(t) : null)));
+      const column = (sensor, key) => {
+        const s = this.series.get(sensor);
+        const at = index.get(sensor);
+        return times.map((t) => (at.has(t) ? s[key][at.get(t)] : null));
+      };
+      for (const sensor of sensors) data.push(column(sensor, "mean"));
+      if (banded) {
+        for (const sensor of sensors) data.push(column(sensor, "min"), column(sensor, "max"));
       }
       return { sensors, data, count: times.length };
     }
 
     redraw() {
-      const { sensors, data, count } = this.chartData();
+      this.lastRedraw = Date.now();
+      if (this.window.live && !this.loading) this.window = this.currentWindow();
+      const banded = this.bucketMs > 0;
+      const { sensors, data, count } = this.chartData(banded);
       this.chartEmpty.hidden = count > 0;
       this.chartEl.dataset.points = String(count);
+      this.chartEl.dataset.bands = String(banded && count > 0 ? sensors.length : 0);
+      this.showRangeLabel();
+      this.updateLinks();
       if (typeof uPlot !== "function") {
         showProblem("The chart library did not load; readings are still shown.");
+        this.drawTimeline();
         return;
       }
       if (count === 0) {
         if (this.plot) {
           this.plot.destroy();
           this.plot = null;
+          this.plotShape = "";
         }
+        this.drawTimeline();
         return;
       }
-      const sameSeries =
-        this.plot && sensors.length === this.plotSensors.length &&
-        sensors.every((s, i) => s === this.plotSensors[i]);
-      if (sameSeries) {
-        this.plot.setData(data);
+      const shape = (banded ? "band" : "line") + "\u0000" + sensors.join("\u0000");
+      if (this.plot && shape === this.plotShape) {
+        this.plot.setData(data); // draws, and the draw hook draws the LED timeline
         return;
       }
       if (this.plot) this.plot.destroy();
-      this.plotSensors = sensors;
-      this.plot = new uPlot(this.plotOptions(sensors), data, this.chartEl);
+      this.plotShape = shape;
+      this.plot = new uPlot(this.plotOptions(sensors, banded), data, this.chartEl);
+      this.drawTimeline();
+      // The band's edges are in the data, not in the legend: the mean's entry shows them.
+      const rows = this.plot.root.querySelectorAll(".u-legend .u-series");
+      rows.forEach((row, i) => {
+        if (i > sensors.length) row.classList.add("band-edge");
+      });
     }
 
-    plotOptions(sensors) {
-      // The legend shows the reading under the cursor; away from the chart, the latest one
-      // (a bare placeholder there looked broken).
-      const legendValue = (u, v, si) => {
-        if (v !== null && v !== undefined) return v.toFixed(2) + " \u00b0C";
+    plotOptions(sensors, banded) {
+      const n = sensors.length;
+      const minOf = (si) => n + 1 + 2 * (si - 1); // series index of a mean's min (max is next)
+      // The legend shows the reading (or the bucket's mean, min and max) under the cursor; away
+      // from the chart, the latest one (a bare placeholder there looked broken).
+      const legendValue = (u, v, si, idx) => {
+        if (v !== null && v !== undefined) {
+          let text = v.toFixed(2) + " \u00b0C";
+          if (banded && idx !== null && idx !== undefined) {
+            const lo = u.data[minOf(si)][idx];
+            const hi = u.data[minOf(si) + 1][idx];
+            if (typeof lo === "number" && typeof hi === "number") {
+              text += " (" + lo.toFixed(2) + " to " + hi.toFixed(2) + ")";
+            }
+          }
+          return text;
+        }
         const values = u.data[si] || [];
         for (let i = values.length - 1; i >= 0; i--) {
           if (values[i] !== null && values[i] !== undefined) {
@@ -402,26 +873,61 @@
         grid: { stroke: gridColour, width: 1 },
         ticks: { stroke: gridColour, width: 1 },
       };
+      const line = (label, colour, width) => ({
+        label, // uPlot writes labels with textContent
+        stroke: colour,
+        width,
+        spanGaps: true,
+        points: { show: false },
+      });
+      const means = sensors.map((s, i) =>
+        Object.assign(line(s, PALETTE[i % PALETTE.length], 2), { value: legendValue }),
+      );
+      const edges = banded
+        ? sensors.flatMap((s, i) => {
+            const faint = withAlpha(PALETTE[i % PALETTE.length], 0.35);
+            return [line(s + " min", faint, 1), line(s + " max", faint, 1)];
+          })
+        : [];
+      const bands = banded
+        ? sensors.map((s, i) => ({
+            series: [minOf(i + 1) + 1, minOf(i + 1)],
+            fill: withAlpha(PALETTE[i % PALETTE.length], 0.16),
+          }))
+        : [];
       return {
         width: this.chartWidth(),
         height: 180,
         legend: { show: true },
-        cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
+        // Dragging selects a time span; the chart does not zoom by itself but asks the server
+        // for that span (zoomToSelection).
+        cursor: { drag: { x: true, y: false, setScale: false } },
+        scales: {
+          x: { time: true, range: () => [this.window.since / 1000, this.window.until / 1000] },
+        },
         axes: [
-          Object.assign({}, axis, { values: timeTicks, size: 32 }),
+          Object.assign({}, axis, {
+            values: timeTicks,
+            size: (u) => (multiDay(u) ? 46 : 32),
+            space: (u) => (multiDay(u) ? 70 : 50),
+          }),
           Object.assign({}, axis, { values: (u, vals) => vals.map((v) => v + "\u00b0") }),
         ],
-        series: [{}].concat(
-          sensors.map((s, i) => ({
-            label: s, // uPlot writes labels with textContent
-            stroke: PALETTE[i % PALETTE.length],
-            width: 2,
-            spanGaps: true,
-            points: { show: false },
-            value: legendValue,
-          })),
-        ),
+        series: [{ label: "Time" }].concat(means, edges),
+        bands,
+        hooks: {
+          setSelect: [(u) => this.zoomToSelection(u)],
+          draw: [(u) => this.drawTimeline(u)],
+          setCursor: [(u) => this.showCursor(u)],
+          // Hiding a sensor (a click on its legend entry) hides its band too.
+          setSeries: [
+            (u, si, opts) => {
+              if (!banded || si < 1 || si > n || !opts || opts.show === undefined) return;
+              u.setSeries(minOf(si), { show: opts.show });
+              u.setSeries(minOf(si) + 1, { show: opts.show });
+            },
+          ],
+        },
       };
     }
 
@@ -431,23 +937,189 @@
 
     fitPlot() {
       if (this.plot) this.plot.setSize({ width: this.chartWidth(), height: 180 });
+      else this.drawTimeline();
     }
 
-    async loadHistory() {
-      const since = new Date(Date.now() - HISTORY_MS).toISOString();
-      const url =
-        "/api/devices/" + encodeURIComponent(this.id) + "/temperature?since=" +
-        encodeURIComponent(since);
-      const body = await getJson(url);
-      for (const p of body.points || []) {
-        const atMs = parseTime(p.at);
-        if (atMs !== null && typeof p.celsius === "number") {
-          this.addPoint(p.sensor, atMs, p.celsius);
+    // ---- the LED timeline ----
+
+    setLedHistory(body) {
+      this.ledInitial = new Map();
+      this.ledChanges = [];
+      this.ledTruncated = false;
+      if (!body || typeof body !== "object") {
+        this.ledHistory = "unavailable";
+        return;
+      }
+      for (const s of Array.isArray(body.initial) ? body.initial : []) {
+        if (s && typeof s.led === "string") {
+          this.ledInitial.set(s.led, { on: s.on === true, atMs: parseTime(s.at) });
         }
       }
-      this.historyLoaded = true;
-      this.root.dataset.history = "loaded";
+      for (const c of Array.isArray(body.changes) ? body.changes : []) {
+        const atMs = c ? parseTime(c.at) : null;
+        if (atMs !== null && typeof c.led === "string") {
+          this.ledChanges.push({ led: c.led, on: c.on === true, atMs });
+        }
+      }
+      this.ledChanges.sort((a, b) => a.atMs - b.atMs);
+      this.ledTruncated = body.truncated === true;
+      this.ledHistory = "loaded";
+    }
+
+    // The last state the timeline knows for `name`: {on, atMs}, or null.
+    lastLedState(name) {
+      for (let i = this.ledChanges.length - 1; i >= 0; i--) {
+        if (this.ledChanges[i].led === name) return this.ledChanges[i];
+      }
+      return this.ledInitial.get(name) || null;
+    }
+
+    // An LED state the device reported (event stream, device list, command answer): a change on
+    // the timeline while the range ends now.
+    addLiveLed(name, on, atMs) {
+      if (atMs === null || !this.window.live) return;
+      if (this.loading) {
+        this.whileLoading.push(() => this.addLiveLed(name, on, atMs));
+        return;
+      }
+      if (this.ledHistory !== "loaded") return;
+      const last = this.lastLedState(name);
+      if (last && ((last.atMs !== null && atMs <= last.atMs) || last.on === on)) return;
+      this.ledChanges.push({ led: name, on, atMs });
       this.queueRedraw();
+    }
+
+    // Where the chart's plotting area is, left and width in px from the timeline's left edge.
+    plotArea(u) {
+      const base = this.timeline.getBoundingClientRect();
+      if (u) {
+        const over = u.over.getBoundingClientRect();
+        return { left: over.left - base.left, width: over.width };
+      }
+      return { left: 50, width: Math.max(100, base.width - 60) };
+    }
+
+    ledNames() {
+      const names = new Set(this.leds.keys());
+      for (const name of this.ledInitial.keys()) names.add(name);
+      for (const c of this.ledChanges) names.add(c.led);
+      return Array.from(names).sort();
+    }
+
+    // Each LED's "on" spans in the window: [{from, until}] in ms, until null while still on at
+    // the window's end; from is when it was switched on (before the window if it was on then).
+    ledSpans(name) {
+      const spans = [];
+      const initial = this.ledInitial.get(name);
+      let on = initial ? initial.on : false;
+      let from = initial && initial.atMs !== null ? initial.atMs : this.window.since;
+      for (const c of this.ledChanges) {
+        if (c.led !== name) continue;
+        if (on && !c.on) spans.push({ from, until: c.atMs });
+        if (c.on && !on) from = c.atMs;
+        on = c.on;
+      }
+      if (on) spans.push({ from, until: null });
+      return spans;
+    }
+
+    // `u`: the chart, when there is one (while uPlot draws for the first time, this.plot is not
+    // set yet).
+    drawTimeline(u = this.plot) {
+      const w = this.window;
+      const since = w.since;
+      const until = w.until;
+      const span = Math.max(1, until - since);
+      const area = this.plotArea(u);
+      this.timeline.style.setProperty("--plot-left", area.left + "px");
+      this.timeline.style.setProperty("--plot-width", area.width + "px");
+      this.timeline.dataset.history = this.ledHistory;
+      const pct = (t) => (Math.min(Math.max(t, since), until) - since) / span * 100;
+      const rows = [];
+      for (const name of this.ledNames()) {
+        const row = el("div", "led-row");
+        row.dataset.led = name;
+        const track = el("div", "led-track");
+        for (const s of this.ledSpans(name)) {
+          const end = s.until === null ? until : s.until;
+          if (end < since || s.from > until) continue;
+          const bar = el("span", "led-on");
+          bar.style.left = pct(s.from) + "%";
+          bar.style.width = pct(end) - pct(s.from) + "%";
+          bar.dataset.from = new Date(s.from).toISOString();
+          bar.dataset.until = s.until === null ? "" : new Date(s.until).toISOString();
+          const off =
+            s.until !== null ? "off " + formatWhen(s.until) :
+            w.live ? "still on" : "still on at the end of the range";
+          bar.title = name + ": on " + formatWhen(s.from) + ", " + off;
+          bar.setAttribute("role", "img");
+          bar.setAttribute("aria-label", bar.title);
+          track.append(bar);
+        }
+        row.append(el("span", "led-row-name", name), track);
+        rows.push(row);
+      }
+      this.timelineRows.replaceChildren(...rows);
+      this.timeline.hidden = rows.length === 0 && this.ledHistory === "loaded";
+      const note =
+        this.ledHistory === "unavailable" ? "The server did not send the LED history." :
+        this.ledTruncated ? "More LED changes than can be shown: zoom in to see them all." : "";
+      this.timelineNote.textContent = note;
+      this.timelineNote.hidden = note === "";
+      this.listChanges();
+    }
+
+    // The changes as text, newest first: a screen reader's timeline, and exact times to copy.
+    listChanges() {
+      const key = this.generation + ":" + this.ledChanges.length;
+      if (key === this.listedChanges) return;
+      this.listedChanges = key;
+      const shown = this.ledChanges.slice(-LED_CHANGES_LISTED).reverse();
+      const items = shown.map((c) => {
+        const item = el("li", "led-change", formatWhen(c.atMs) + " " + c.led + " " + (c.on ? "on" : "off"));
+        item.dataset.led = c.led;
+        item.dataset.on = c.on ? "true" : "false";
+        item.dataset.at = new Date(c.atMs).toISOString();
+        return item;
+      });
+      this.changesList.replaceChildren(...items);
+      const total = this.ledChanges.length;
+      this.changesSummary.textContent =
+        total === 0 ? "No LED changes in this range" :
+        total === 1 ? "1 LED change in this range" :
+        total > shown.length ? total + " LED changes in this range (the newest " + shown.length + " listed)" :
+        total + " LED changes in this range";
+    }
+
+    // The chart's cursor, continued over the timeline; its time (and bucket) and what each LED
+    // was at that instant.
+    showCursor(u) {
+      const left = u.cursor.left;
+      if (left === null || left === undefined || left < 0) {
+        this.timelineCursor.hidden = true;
+        this.readout.textContent = "";
+        return;
+      }
+      const area = this.plotArea(u);
+      this.timelineCursor.hidden = false;
+      this.timelineCursor.style.left = area.left + left + "px";
+      const at = u.posToVal(left, "x") * 1000;
+      const states = this.ledNames().map((name) => {
+        let state = this.ledInitial.get(name);
+        for (const c of this.ledChanges) {
+          if (c.led === name && c.atMs <= at) state = c;
+        }
+        return name + " " + (state ? (state.on ? "on" : "off") : "unknown");
+      });
+      let text = formatWhen(at);
+      const idx = u.cursor.idx;
+      if (this.bucketMs > 0 && idx !== null && idx !== undefined) {
+        const start = u.data[0][idx] * 1000;
+        text += " (bucket " + formatClock(new Date(start), true) + " + " +
+          formatDuration(this.bucketMs) + ")";
+      }
+      if (states.length > 0) text += " \u00b7 LEDs: " + states.join(", ");
+      this.readout.textContent = text;
     }
   }
 
@@ -481,7 +1153,7 @@
       const after = Array.from(cards.keys()).sort().find((other) => other > id);
       if (after !== undefined) devicesEl.insertBefore(card.root, cards.get(after).root);
       else devicesEl.append(card.root);
-      card.loadHistory().catch((e) => showProblem("Could not load history: " + e.message));
+      card.reloadOrSay();
     }
     return card;
   }
@@ -733,7 +1405,9 @@
       // Whatever happened while the stream was down: fetch the current state again.
       if (everOpened) {
         refresh();
-        for (const card of cards.values()) card.loadHistory().catch(() => {});
+        for (const card of cards.values()) {
+          if (card.window.live) card.reload().catch(() => {});
+        }
       }
       everOpened = true;
     });

@@ -236,6 +236,14 @@ impl Browser {
         }
     }
 
+    /// Sends one command to the browser itself rather than the page (the `Browser` domain).
+    fn call_browser(&mut self, method: &str, params: Value) -> Value {
+        let session = std::mem::take(&mut self.session);
+        let result = self.try_call(method, params);
+        self.session = session;
+        result.unwrap_or_else(|error| panic!("{method}: {error}"))
+    }
+
     /// Evaluates `expression` in the page (awaiting a promise) and returns its JSON value.
     fn eval(&mut self, expression: &str) -> Value {
         let result = self.call(
@@ -872,5 +880,376 @@ fn base64_matches_rfc_4648_vectors() {
     ];
     for (text, encoded) in vectors {
         assert_eq!(base64_encode(text.as_bytes()), encoded, "{text:?}");
+    }
+}
+
+const MINUTE_MS: i64 = 60 * 1000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// The kitchen's room sensor over the last 8 days, a reading every 10 minutes on the 10-minute
+/// marks (the `i`th reads `room_celsius(i)`), and its red LED on from `on` to `off`.
+fn feed_days(ingest: &mut Ingest, kitchen: &mut Node, first: i64, now: i64, on: i64, off: i64) {
+    accept(ingest, kitchen.frame(&online(&[("red", false)]), first - MINUTE_MS));
+    let mut switches = vec![(on, true), (off, false)].into_iter().peekable();
+    for i in 0.. {
+        let at = first + i64::from(i) * 10 * MINUTE_MS;
+        if at > now - MINUTE_MS {
+            break;
+        }
+        while let Some(&(when, state)) = switches.peek()
+            && when <= at
+        {
+            accept(ingest, kitchen.frame(&led("red", state), when));
+            switches.next();
+        }
+        accept(ingest, kitchen.frame(&temperature("room", room_milli(i)), at));
+    }
+}
+
+/// The `i`th reading of [`feed_days`]: a daily wave with a spike every 7 hours.
+fn room_milli(i: i32) -> i32 {
+    let spike = if i % 42 == 0 { 4_000 } else { 0 };
+    20_000 + (i % 144 - 72).abs() * 40 + spike
+}
+
+/// A mouse drag across the card's chart from `from` to `to`, fractions of its width.
+fn drag_across_chart(browser: &mut Browser, device: &str, from: f64, to: f64) {
+    let rect = browser.eval(&format!(
+        "(() => {{ const o = {}; o.scrollIntoView({{block: 'center'}}); \
+         const r = o.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()",
+        in_card(device, ".u-over")
+    ));
+    let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
+    let y = y + height / 2.0;
+    let steps = [
+        ("mousePressed", from, 1),
+        ("mouseMoved", (from + to) / 2.0, 1),
+        ("mouseMoved", to, 1),
+        ("mouseReleased", to, 0),
+    ];
+    for (kind, at, buttons) in steps {
+        browser.call(
+            "Input.dispatchMouseEvent",
+            json!({"type": kind, "x": x + width * at, "y": y, "button": "left",
+                   "buttons": buttons, "clickCount": 1}),
+        );
+    }
+}
+
+/// The card's history as the page shows it: `[range, live, zoomed, bucket ms, chart points,
+/// bands]`, once loaded, as a JS expression.
+fn history_state(device: &str) -> String {
+    let card = format!("{}.closest('.card')", in_card(device, ".chart"));
+    format!(
+        "(() => {{ const c = {card}; const chart = c.querySelector('.chart'); \
+         return [c.dataset.range, c.dataset.live, c.dataset.zoomed, Number(c.dataset.bucketMs), \
+         Number(chart.dataset.points), Number(chart.dataset.bands)]; }})()"
+    )
+}
+
+/// Waits until the card has loaded the range `range` (a range key, or "custom").
+fn wait_for_range(browser: &mut Browser, device: &str, range: &str, what: &str) {
+    let card = format!("{}.closest('.card')", in_card(device, ".chart"));
+    browser.wait_for(
+        what,
+        &format!("{card}.dataset.history === 'loaded' && {card}.dataset.range === '{range}'"),
+    );
+}
+
+#[test]
+fn ranges_reload_downsampled_history_with_led_changes_and_csv_downloads() {
+    let Some(chromium) = chromium_or_skip() else { return };
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, state) = support::pipeline(dir.path());
+    let mut kitchen = Node { name: KITCHEN, codec: kitchen_codec(), sequence: 0 };
+    let now = support::now_ms();
+    // Three days ago, midnight UTC (the page runs in UTC below): the LED was switched on at
+    // 12:34:56 and off at 15:00.
+    let day = (now / DAY_MS - 3) * DAY_MS;
+    let (on, off) = (day + 12 * HOUR_MS + 34 * MINUTE_MS + 56_000, day + 15 * HOUR_MS);
+    let first = (now / (10 * MINUTE_MS)) * 10 * MINUTE_MS - 8 * DAY_MS;
+    let fed = Instant::now();
+    feed_days(&mut ingest, &mut kitchen, first, now, on, off);
+    eprintln!("8 days of readings through the pipeline took {:?}", fed.elapsed());
+
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app(state)).await });
+
+    let mut browser = Browser::launch(&chromium);
+    browser.call("Emulation.setTimezoneOverride", json!({"timezoneId": "UTC"}));
+    browser.navigate(&format!("http://{addr}/"));
+    wait_for_range(&mut browser, KITCHEN, "1h", "the last hour");
+    let state = browser.eval(&history_state(KITCHEN));
+    assert_eq!(
+        state.as_array().unwrap()[..4],
+        [json!("1h"), json!("true"), json!("false"), json!(0)]
+    );
+    assert!((5..=7).contains(&state[4].as_u64().unwrap()), "the last hour, raw: {state}");
+    assert_eq!(state[5], 0, "{state}");
+
+    // 7 days: about 1,000 readings, more than the chart's width asks for: buckets, drawn as
+    // the mean's line and a min-max band.
+    browser.click(&in_card(KITCHEN, "button[data-range='7d']"));
+    wait_for_range(&mut browser, KITCHEN, "7d", "the 7-day range");
+    let state = browser.eval(&history_state(KITCHEN));
+    let bucket_7d = state[3].as_u64().unwrap();
+    assert_eq!(state.as_array().unwrap()[..3], [json!("7d"), json!("true"), json!("false")]);
+    assert!(bucket_7d > 0, "7 days in buckets: {state}");
+    assert!(state[4].as_u64().unwrap() <= 1000, "{state}");
+    assert_eq!(state[5], 1, "a band for the one sensor: {state}");
+    // The request asked for a point per pixel at most, and the server answered in buckets.
+    let request = browser.eval(
+        "performance.getEntriesByType('resource').map(e => e.name)\
+         .filter(n => n.includes('/temperature?')).pop()",
+    );
+    let request = request.as_str().unwrap().to_owned();
+    let asked: u64 =
+        request.split("points=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+    assert!((100..=1000).contains(&asked), "{request}");
+    let answer = browser.eval(&format!("fetch({}).then(r => r.json())", json!(request)));
+    assert_eq!(answer["bucket_ms"], json!(bucket_7d), "{request}");
+    let points = answer["points"].as_array().unwrap();
+    assert!(points.len() as u64 <= asked, "{} points for {asked}", points.len());
+    let spike = points.iter().find(|p| p["max"].as_f64().unwrap() > 23.0).unwrap();
+    assert!(spike["celsius"].as_f64().unwrap() < spike["max"].as_f64().unwrap(), "{spike}");
+    let legend = browser.eval(&format!(
+        "[...{}.closest('.card').querySelectorAll('.u-legend .u-series')]\
+         .map(s => [s.querySelector('.u-label').textContent, s.classList.contains('band-edge')])",
+        in_card(KITCHEN, ".chart")
+    ));
+    assert_eq!(
+        legend,
+        json!([["Time", false], ["room", false], ["room min", true], ["room max", true]])
+    );
+    // Dates under the time axis.
+    let ticks = browser.eval(&format!("{}.dataset.ticks", in_card(KITCHEN, ".chart")));
+    let ticks = ticks.as_str().unwrap();
+    assert!(
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+            .iter()
+            .any(|month| ticks.contains(month)),
+        "{ticks}"
+    );
+
+    // Zoom: a drag across a third of the chart asks for that part again, in finer buckets.
+    drag_across_chart(&mut browser, KITCHEN, 0.3, 0.6);
+    let card = format!("{}.closest('.card')", in_card(KITCHEN, ".chart"));
+    browser.wait_for(
+        "the zoomed range",
+        &format!("{card}.dataset.zoomed === 'true' && {card}.dataset.history === 'loaded'"),
+    );
+    let zoomed = browser.eval(&history_state(KITCHEN));
+    assert_eq!(zoomed[2], "true", "{zoomed}");
+    assert_eq!(zoomed[1], "false", "a zoomed range is not live: {zoomed}");
+    assert!(zoomed[3].as_u64().unwrap() < bucket_7d, "finer: {zoomed} after {bucket_7d}");
+    let span = browser
+        .eval(&format!("Date.parse({card}.dataset.until) - Date.parse({card}.dataset.since)"));
+    let span = span.as_f64().unwrap();
+    assert!((1.5 * DAY_MS as f64..2.7 * DAY_MS as f64).contains(&span), "{span} ms zoomed");
+    let reset = in_card(KITCHEN, ".reset-zoom");
+    assert_eq!(browser.eval(&format!("{reset}.hidden")), json!(false));
+    browser.click(&reset);
+    browser.wait_for(
+        "the whole 7 days again",
+        &format!("{card}.dataset.zoomed === 'false' && {card}.dataset.history === 'loaded'"),
+    );
+    assert_eq!(browser.eval(&history_state(KITCHEN))[3], json!(bucket_7d));
+
+    // A custom day, in the past: the LED's change on its timeline, where and when it was.
+    browser.click(&in_card(KITCHEN, "button[data-range=custom]"));
+    let day_start = browser.eval(&format!("new Date({day}).toISOString().slice(0, 16)"));
+    let day_end = browser.eval(&format!("new Date({}).toISOString().slice(0, 16)", day + DAY_MS));
+    browser.eval(&format!(
+        "(() => {{ const c = {0}; c.querySelector('input[name=from]').value = {1}; \
+         c.querySelector('input[name=to]').value = {2}; return 0; }})()",
+        card, day_start, day_end
+    ));
+    browser.click(&in_card(KITCHEN, ".show-range"));
+    wait_for_range(&mut browser, KITCHEN, "custom", "the custom day");
+    let state = browser.eval(&history_state(KITCHEN));
+    let day_points = state[4].clone();
+    assert_eq!(
+        state.as_array().unwrap()[..4],
+        [json!("custom"), json!("false"), json!("false"), json!(0)]
+    );
+    assert!((144..=145).contains(&day_points.as_u64().unwrap()), "a day of raw readings: {state}");
+    assert_eq!(state[5], 0, "{state}");
+    let span = browser.eval(&format!(
+        "[...{card}.querySelectorAll('.led-row')].map(r => [r.dataset.led, \
+         [...r.querySelectorAll('.led-on')].map(s => [s.dataset.from, s.dataset.until, \
+         Math.round(parseFloat(s.style.left) * 100), s.title])])"
+    ));
+    let iso = |ms: i64| browser_iso(ms);
+    let left = ((on - day) as f64 * 10_000.0 / DAY_MS as f64).round() as u64;
+    let (day_name, date) = (browser_day(day), browser_date(day));
+    assert_eq!(
+        span,
+        json!([[
+            "red",
+            [[
+                iso(on),
+                iso(off),
+                left,
+                format!("red: on {day_name} {date} 12:34:56, off {day_name} {date} 15:00:00"),
+            ]]
+        ]]),
+    );
+    let changes = browser
+        .eval(&format!("[...{card}.querySelectorAll('.led-change')].map(c => c.textContent)"));
+    assert_eq!(
+        changes,
+        json!([
+            format!("{day_name} {date} 15:00:00 red off"),
+            format!("{day_name} {date} 12:34:56 red on"),
+        ])
+    );
+    // Hovering over the chart at 14:00 reads the LED's state then.
+    let rect = browser.eval(&format!(
+        "(() => {{ const r = {}.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()",
+        in_card(KITCHEN, ".u-over")
+    ));
+    let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
+    browser.call(
+        "Input.dispatchMouseEvent",
+        json!({"type": "mouseMoved", "x": x + width * 14.0 / 24.0, "y": y + height / 2.0}),
+    );
+    browser.wait_for(
+        "the LED's state under the cursor",
+        &format!("{}.textContent.endsWith('LEDs: red on')", in_card(KITCHEN, ".cursor-readout")),
+    );
+    // A past range stays as it was: new readings and switches do not join it.
+    accept(&mut ingest, kitchen.frame(&temperature("room", 25_000), support::now_ms()));
+    accept(&mut ingest, kitchen.frame(&led("red", true), support::now_ms()));
+    browser.wait_for(
+        "the new reading on the card",
+        &format!("{}.textContent === '25.0 °C'", in_card(KITCHEN, "[data-sensor=room] .celsius")),
+    );
+    browser.wait_for(
+        "the LED on",
+        &format!("{}.dataset.on === 'true'", in_card(KITCHEN, "[data-led=red]")),
+    );
+    assert_eq!(browser.eval(&history_state(KITCHEN))[4], day_points);
+    assert_eq!(browser.eval(&format!("{card}.querySelectorAll('.led-on').length")), 1);
+
+    // The CSV of the shown day, downloaded as a user does.
+    let downloads = tempfile::tempdir().unwrap();
+    browser.call_browser(
+        "Browser.setDownloadBehavior",
+        json!({"behavior": "allow", "downloadPath": downloads.path(), "eventsEnabled": true}),
+    );
+    let link = in_card(KITCHEN, "a.csv[data-kind=temperature]");
+    let href = browser.eval(&format!("{link}.getAttribute('href')"));
+    assert_eq!(
+        href,
+        format!(
+            "/api/devices/{KITCHEN}/temperature.csv?since={}&until={}",
+            iso(day).replace(':', "%3A"),
+            iso(day + DAY_MS).replace(':', "%3A")
+        )
+    );
+    browser.click(&link);
+    let csv = downloaded(downloads.path());
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("at,sensor,celsius"), "{csv}");
+    let first_line = lines.next().unwrap();
+    let fields: Vec<&str> = first_line.split(',').collect();
+    assert_eq!(fields.len(), 3, "{first_line}");
+    let first_at = browser.eval(&format!("Date.parse({})", json!(fields[0])));
+    let i = ((day - first) / (10 * MINUTE_MS)) as i32;
+    assert_eq!(first_at, json!(day), "{first_line}");
+    assert_eq!(fields[1], "room");
+    let celsius: f64 = fields[2].parse().unwrap();
+    assert!((celsius - f64::from(room_milli(i)) / 1000.0).abs() < 1e-9, "{first_line}");
+    assert!((144..=145).contains(&csv.lines().count().saturating_sub(1)), "{csv}");
+    // The LED changes of the day, through the other link.
+    let leds = browser.eval(&format!(
+        "fetch({}.href).then(async r => [r.status, r.headers.get('content-type'), await r.text()])",
+        in_card(KITCHEN, "a.csv[data-kind=leds]")
+    ));
+    assert_eq!(leds[0], 200, "{leds}");
+    assert!(leds[1].as_str().unwrap().starts_with("text/csv"), "{leds}");
+    let body = leds[2].as_str().unwrap();
+    assert!(body.lines().any(|l| l.contains(&iso(on)[..19]) && l.contains("red")), "{body}");
+
+    // Back to a range that ends now: live again, and a switch now extends its timeline.
+    browser.click(&in_card(KITCHEN, "button[data-range='24h']"));
+    wait_for_range(&mut browser, KITCHEN, "24h", "the last 24 hours");
+    assert_eq!(browser.eval(&history_state(KITCHEN))[1], "true");
+    accept(&mut ingest, kitchen.frame(&led("red", false), support::now_ms()));
+    browser.wait_for(
+        "the switch on the timeline",
+        &format!(
+            "[...{card}.querySelectorAll('.led-on')].some(s => s.dataset.until !== '') \
+             && {card}.querySelector('.led-change').textContent.endsWith('red off')"
+        ),
+    );
+
+    let errors = browser.errors();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+    drop(browser);
+    eprintln!("range browser test took {:?}", started.elapsed());
+}
+
+/// `ms` as `Date.prototype.toISOString` writes it.
+fn browser_iso(ms: i64) -> String {
+    let days = ms.div_euclid(DAY_MS);
+    let (year, month, day) = civil_from_days(days);
+    let rest = ms.rem_euclid(DAY_MS);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / HOUR_MS,
+        rest % HOUR_MS / MINUTE_MS,
+        rest % MINUTE_MS / 1000,
+        rest % 1000
+    )
+}
+
+/// The page's weekday name for the UTC day of `ms`.
+fn browser_day(ms: i64) -> &'static str {
+    // 1970-01-01 was a Thursday.
+    ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][ms.div_euclid(DAY_MS).rem_euclid(7) as usize]
+}
+
+/// The page's "24 Nov" for the UTC day of `ms` (the tests run in the current year).
+fn browser_date(ms: i64) -> String {
+    let (_, month, day) = civil_from_days(ms.div_euclid(DAY_MS));
+    let months =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!("{day} {}", months[month as usize - 1])
+}
+
+/// Howard Hinnant's days-to-civil: (year, month 1-12, day 1-31) of a day since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// The one file Chromium downloaded into `dir`, once complete.
+fn downloaded(dir: &Path) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let files: Vec<PathBuf> =
+            std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).collect();
+        if let [file] = files.as_slice()
+            && file.extension().is_none_or(|e| e != "crdownload")
+        {
+            let text = std::fs::read_to_string(file).unwrap();
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "no download in {}: {files:?}", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
