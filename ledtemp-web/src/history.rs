@@ -435,7 +435,8 @@ mod tests {
             celsius_text(MilliCelsius(milli), &mut out);
             let parsed: f64 = out.parse().unwrap();
             prop_assert_eq!((parsed * 1000.0).round() as i64, i64::from(milli));
-            prop_assert!(!out.ends_with('.') && !(out.contains('.') && out.ends_with('0')));
+            let trailing_zero = out.contains('.') && out.ends_with('0');
+            prop_assert!(!out.ends_with('.') && !trailing_zero);
         }
 
         /// A plan never has more than `points` buckets between its start and `until`, starts at
