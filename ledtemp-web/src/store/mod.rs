@@ -252,7 +252,7 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// A chart of `query`'s range: each sensor's raw readings when it has at most
     /// `query.points` in the range (and they were not pruned), otherwise its buckets made of the
-    /// long-term aggregates ([`crate::history`]). Reads at most `query.points` raw rows per
+    /// long-term aggregates ([`TemperatureHistory`]). Reads at most `query.points` raw rows per
     /// sensor, whatever the range.
     fn temperature_history(&self, query: &RangeQuery) -> Result<TemperatureHistory, Error>;
 
