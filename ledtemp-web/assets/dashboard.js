@@ -1025,6 +1025,25 @@
 
     // `u`: the chart, when there is one (while uPlot draws for the first time, this.plot is not
     // set yet).
+    // The spans that show in the window, those closer than a pixel merged into one (a month
+    // of button presses stays a few hundred elements): {from, until, spans}.
+    visibleSpans(spans, since, until, width) {
+      const pixel = (until - since) / Math.max(1, width);
+      const shown = [];
+      for (const s of spans) {
+        const end = s.until === null ? until : s.until;
+        if (end < since || s.from > until) continue;
+        const last = shown[shown.length - 1];
+        if (last && last.until !== null && s.from - last.until < pixel) {
+          last.until = s.until;
+          last.spans += 1;
+        } else {
+          shown.push({ from: s.from, until: s.until, spans: 1 });
+        }
+      }
+      return shown;
+    }
+
     drawTimeline(u = this.plot) {
       const w = this.window;
       const since = w.since;
@@ -1040,9 +1059,8 @@
         const row = el("div", "led-row");
         row.dataset.led = name;
         const track = el("div", "led-track");
-        for (const s of this.ledSpans(name)) {
+        for (const s of this.visibleSpans(this.ledSpans(name), since, until, area.width)) {
           const end = s.until === null ? until : s.until;
-          if (end < since || s.from > until) continue;
           const bar = el("span", "led-on");
           bar.style.left = pct(s.from) + "%";
           bar.style.width = pct(end) - pct(s.from) + "%";
@@ -1051,7 +1069,11 @@
           const off =
             s.until !== null ? "off " + formatWhen(s.until) :
             w.live ? "still on" : "still on at the end of the range";
-          bar.title = name + ": on " + formatWhen(s.from) + ", " + off;
+          bar.title = s.spans > 1
+            ? name + ": on " + s.spans + " times between " + formatWhen(s.from) + " and " +
+              (s.until !== null ? formatWhen(s.until) : "now") + " (zoom in to see each)"
+            : name + ": on " + formatWhen(s.from) + ", " + off;
+          if (s.spans > 1) bar.dataset.spans = String(s.spans);
           bar.setAttribute("role", "img");
           bar.setAttribute("aria-label", bar.title);
           track.append(bar);

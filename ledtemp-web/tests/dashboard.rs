@@ -1025,6 +1025,34 @@ fn ranges_reload_downsampled_history_with_led_changes_and_csv_downloads() {
         legend,
         json!([["Time", false], ["room", false], ["room min", true], ["room max", true]])
     );
+    // Live: a reading now joins the newest bucket (a 30 °C spike becomes its maximum), read
+    // from the legend with the cursor at the chart's right edge.
+    let points_before = browser.eval(&history_state(KITCHEN))[4].as_u64().unwrap();
+    accept(&mut ingest, kitchen.frame(&temperature("room", 30_000), support::now_ms()));
+    browser.wait_for(
+        "the live reading on the card",
+        &format!("{}.textContent === '30.0 °C'", in_card(KITCHEN, "[data-sensor=room] .celsius")),
+    );
+    let rect = browser.eval(&format!(
+        "(() => {{ const o = {}; o.scrollIntoView({{block: 'center'}}); \
+         const r = o.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()",
+        in_card(KITCHEN, ".u-over")
+    ));
+    let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
+    browser.call(
+        "Input.dispatchMouseEvent",
+        json!({"type": "mouseMoved", "x": x + width - 1.0, "y": y + height / 2.0}),
+    );
+    browser.wait_for(
+        "the spike in the newest bucket",
+        &format!(
+            "[...{}.closest('.card').querySelectorAll('.u-legend .u-value')][1]\
+             .textContent.endsWith(' to 30.00)')",
+            in_card(KITCHEN, ".chart")
+        ),
+    );
+    let points_after = browser.eval(&history_state(KITCHEN))[4].as_u64().unwrap();
+    assert!(points_after - points_before <= 1, "{points_before} then {points_after}");
     // Dates under the time axis.
     let ticks = browser.eval(&format!("{}.dataset.ticks", in_card(KITCHEN, ".chart")));
     let ticks = ticks.as_str().unwrap();
