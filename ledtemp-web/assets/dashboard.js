@@ -603,7 +603,8 @@
       const what = this.bucketMs > 0
         ? formatDuration(this.bucketMs) + " buckets: the line is the mean, the band min to max"
         : "every reading";
-      const text = formatWhen(w.since, false) + " \u2013 " + until + " \u00b7 " + what;
+      const zoomed = this.zoom !== null ? "zoomed in: " : "";
+      const text = zoomed + formatWhen(w.since, false) + " \u2013 " + until + " \u00b7 " + what;
       if (this.rangeLabel.textContent !== text) this.rangeLabel.textContent = text;
       this.rangeLabel.title = "Drag across the chart to zoom in";
       this.root.dataset.since = new Date(w.since).toISOString();
@@ -861,7 +862,9 @@
         const values = u.data[si] || [];
         for (let i = values.length - 1; i >= 0; i--) {
           if (values[i] !== null && values[i] !== undefined) {
-            return "latest " + values[i].toFixed(2) + " \u00b0C";
+            // In a past range, the last reading of the range.
+            const which = this.window.live ? "latest " : "last ";
+            return which + values[i].toFixed(2) + " \u00b0C";
           }
         }
         return "no reading yet";
@@ -1078,7 +1081,9 @@
           bar.setAttribute("aria-label", bar.title);
           track.append(bar);
         }
-        row.append(el("span", "led-row-name", name), track);
+        const label = el("span", "led-row-name", name);
+        label.title = name;
+        row.append(label, track);
         rows.push(row);
       }
       this.timelineRows.replaceChildren(...rows);
