@@ -142,18 +142,22 @@
   // Local time. Within a day, one line per tick: the time. Over more than about a day, the date
   // under the first tick and under each tick that starts a new day (uPlot's default puts a date
   // under every tick, which overlaps at narrow widths); with ticks a day or more apart, the date
-  // alone.
+  // alone (with its weekday, up to a week apart).
   function timeTicks(u, splits, axisIdx, foundSpace, foundIncr) {
     const span = u.scales.x.max - u.scales.x.min;
+    // A date under a tick at the right edge would be cut off (the range label has it).
+    const width = u.bbox.width / (window.devicePixelRatio || 1);
+    const edge = u.scales.x.max - span * 36 / Math.max(1, width);
     let lastDay = null;
     const labels = splits.map((s) => {
       const d = new Date(s * 1000);
-      if (foundIncr >= 86400) return d.getDate() + " " + MONTHS[d.getMonth()];
+      if (foundIncr >= 7 * 86400) return d.getDate() + " " + MONTHS[d.getMonth()];
+      if (foundIncr >= 86400) return WEEKDAYS[d.getDay()] + " " + d.getDate() + " " + MONTHS[d.getMonth()];
       const clock = formatClock(d, foundIncr < 60);
       const day = d.toDateString();
       const newDay = day !== lastDay;
       lastDay = day;
-      return span > 20 * 3600 && newDay ? clock + "\n" + formatDay(d) : clock;
+      return span > 20 * 3600 && newDay && s < edge ? clock + "\n" + formatDay(d) : clock;
     });
     // The canvas holds the labels as pixels; the chart's element holds them as text too.
     const chart = u.root.parentElement;
