@@ -1,6 +1,7 @@
 //! The dashboard in a real headless Chromium, against the real server (`ledtemp_web::app`) on a
-//! real SQLite file, fed real sealed frames through the ingest pipeline; and the LED switch
-//! against a whole server (`Server::start`), a real broker and a simulated node.
+//! real SQLite file, fed real sealed frames through the ingest pipeline (also days of history:
+//! ranges, buckets, zoom, the LED timeline and the CSV downloads); and the LED switch against a
+//! whole server (`Server::start`), a real broker and a simulated node.
 //!
 //! The browser is driven over the DevTools protocol on `--remote-debugging-pipe` (file
 //! descriptors 3 and 4, connected through two FIFOs so that no `unsafe` is needed to hand them
@@ -888,7 +889,7 @@ const HOUR_MS: i64 = 60 * MINUTE_MS;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// The kitchen's room sensor over the last 8 days, a reading every 10 minutes on the 10-minute
-/// marks (the `i`th reads `room_celsius(i)`), and its red LED on from `on` to `off`.
+/// marks (the `i`th reads `room_milli(i)`), and its red LED on from `on` to `off`.
 fn feed_days(ingest: &mut Ingest, kitchen: &mut Node, first: i64, now: i64, on: i64, off: i64) {
     accept(ingest, kitchen.frame(&online(&[("red", false)]), first - MINUTE_MS));
     let mut switches = vec![(on, true), (off, false)].into_iter().peekable();
@@ -913,14 +914,28 @@ fn room_milli(i: i32) -> i32 {
     20_000 + (i % 144 - 72).abs() * 40 + spike
 }
 
-/// A mouse drag across the card's chart from `from` to `to`, fractions of its width.
-fn drag_across_chart(browser: &mut Browser, device: &str, from: f64, to: f64) {
+/// The card's plotting area, scrolled into view: `[x, y, width, height]` in the viewport.
+fn chart_area(browser: &mut Browser, device: &str) -> [f64; 4] {
     let rect = browser.eval(&format!(
         "(() => {{ const o = {}; o.scrollIntoView({{block: 'center'}}); \
          const r = o.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()",
         in_card(device, ".u-over")
     ));
-    let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
+    [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap())
+}
+
+/// Moves the mouse over the card's chart, to `at` (a fraction of its width), half-way up.
+fn hover_chart(browser: &mut Browser, device: &str, at: f64) {
+    let [x, y, width, height] = chart_area(browser, device);
+    browser.call(
+        "Input.dispatchMouseEvent",
+        json!({"type": "mouseMoved", "x": x + width * at, "y": y + height / 2.0}),
+    );
+}
+
+/// A mouse drag across the card's chart from `from` to `to`, fractions of its width.
+fn drag_across_chart(browser: &mut Browser, device: &str, from: f64, to: f64) {
+    let [x, y, width, height] = chart_area(browser, device);
     let y = y + height / 2.0;
     let steps = [
         ("mousePressed", from, 1),
@@ -1033,16 +1048,7 @@ fn ranges_reload_downsampled_history_with_led_changes_and_csv_downloads() {
         "the live reading on the card",
         &format!("{}.textContent === '30.0 °C'", in_card(KITCHEN, "[data-sensor=room] .celsius")),
     );
-    let rect = browser.eval(&format!(
-        "(() => {{ const o = {}; o.scrollIntoView({{block: 'center'}}); \
-         const r = o.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()",
-        in_card(KITCHEN, ".u-over")
-    ));
-    let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
-    browser.call(
-        "Input.dispatchMouseEvent",
-        json!({"type": "mouseMoved", "x": x + width - 1.0, "y": y + height / 2.0}),
-    );
+    hover_chart(&mut browser, KITCHEN, 0.999);
     browser.wait_for(
         "the spike in the newest bucket",
         &format!(
@@ -1136,15 +1142,7 @@ fn ranges_reload_downsampled_history_with_led_changes_and_csv_downloads() {
         ])
     );
     // Hovering over the chart at 14:00 reads the LED's state then.
-    let rect = browser.eval(&format!(
-        "(() => {{ const r = {}.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()",
-        in_card(KITCHEN, ".u-over")
-    ));
-    let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().unwrap());
-    browser.call(
-        "Input.dispatchMouseEvent",
-        json!({"type": "mouseMoved", "x": x + width * 14.0 / 24.0, "y": y + height / 2.0}),
-    );
+    hover_chart(&mut browser, KITCHEN, 14.0 / 24.0);
     browser.wait_for(
         "the LED's state under the cursor",
         &format!("{}.textContent.endsWith('LEDs: red on')", in_card(KITCHEN, ".cursor-readout")),
