@@ -58,7 +58,7 @@ pub(crate) fn shared_group_check(database: &Database, client_id: &str) -> Result
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys as the long options, with `_` for `-`),
     /// and the alert rules and notifiers ([[alert.rule]], [alert.notifier.NAME]; see the README,
-    /// "SMS alerts") and the Home Assistant bridge ([homeassistant]; docs/homeassistant.md),
+    /// "SMS alerts") and the Home Assistant bridge (`[homeassistant]`; docs/homeassistant.md),
     /// which only the file can give.
     #[arg(long, env = "LEDTEMP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -201,8 +201,16 @@ fn assert_common(config: &Value, component: &str, slug: &str) {
     assert_eq!(
         config["availability"],
         json!([
-            {"topic": BRIDGE_STATUS, "payload_available": "online", "payload_not_available": "offline"},
-            {"topic": KITCHEN_AVAILABILITY, "payload_available": "online", "payload_not_available": "offline"},
+            {
+                "topic": BRIDGE_STATUS,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            },
+            {
+                "topic": KITCHEN_AVAILABILITY,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            },
         ])
     );
     assert_eq!(config["availability_mode"], "all");
