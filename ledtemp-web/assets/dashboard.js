@@ -750,7 +750,8 @@
         if (atMs <= folded) return;
         s.foldedUntil = atMs;
         const last = s.at.length - 1;
-        const origin = last >= 0 ? s.at[last] : this.window.since;
+        // The server's buckets start at `since` rounded down to the minute (or the hour).
+        const origin = last >= 0 ? s.at[last] : Math.floor(this.window.since / 60000) * 60000;
         if (last >= 0 && atMs < origin + bucket) {
           s.mean[last] = (s.mean[last] * s.count[last] + celsius) / (s.count[last] + 1);
           s.min[last] = Math.min(s.min[last], celsius);
