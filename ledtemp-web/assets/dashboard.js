@@ -10,7 +10,7 @@
 // The chart shows what the server answers for the range: raw readings when there are few enough,
 // else per time bucket the mean as the line and the minimum and maximum as a band, so a spike is
 // not averaged away. Dragging across the chart zooms in: the zoomed range is asked for again, in
-// finer buckets. Live readings and LED changes are added only while the range ends now; a past
+// finer buckets. Live readings and LED changes are added only while the range reaches now; a past
 // range, or a zoomed one, stays as the server answered it.
 //
 // Every name that comes from the server (device, LED, sensor, rejection reason) reaches the page
@@ -521,14 +521,19 @@
 
     // ---- the range ----
 
-    // {since, until, live} in ms: the zoomed part, the custom range, or a range ending now.
+    // {since, until, live, fixed} in ms: the zoomed part, the custom range, or a range ending
+    // now. Live: what comes from the event stream joins it (a custom range that ends in the
+    // future is live too); fixed: its end does not move with the clock.
     currentWindow() {
-      if (this.zoom) return { since: this.zoom.since, until: this.zoom.until, live: false };
+      if (this.zoom) {
+        return { since: this.zoom.since, until: this.zoom.until, live: false, fixed: true };
+      }
       if (this.range.key === "custom") {
-        return { since: this.range.since, until: this.range.until, live: false };
+        const { since, until } = this.range;
+        return { since, until, live: until > Date.now(), fixed: true };
       }
       const until = Date.now();
-      return { since: until - this.range.ms, until, live: true };
+      return { since: until - this.range.ms, until, live: true, fixed: false };
     }
 
     chooseRange(range) {
@@ -603,7 +608,7 @@
 
     showRangeLabel() {
       const w = this.window;
-      const until = w.live ? "now" : formatWhen(w.until, false);
+      const until = w.fixed ? formatWhen(w.until, false) : "now";
       const what = this.bucketMs > 0
         ? formatDuration(this.bucketMs) + " buckets: the line is the mean, the band min to max"
         : "every reading";
@@ -628,16 +633,16 @@
       return "/api/devices/" + encodeURIComponent(this.id) + "/" + path + "?" + query;
     }
 
-    // A live range is left open at the end: the server's clock ends it.
+    // A range that ends now is left open at the end: the server's clock ends it.
     rangeParams(w) {
       return {
         since: new Date(w.since).toISOString(),
-        until: w.live ? null : new Date(w.until).toISOString(),
+        until: w.fixed ? new Date(w.until).toISOString() : null,
       };
     }
 
     updateLinks() {
-      const params = this.rangeParams(this.window.live ? this.currentWindow() : this.window);
+      const params = this.rangeParams(this.window.fixed ? this.window : this.currentWindow());
       this.csvTemperature.href = this.apiUrl("temperature.csv", params);
       this.csvLeds.href = this.apiUrl("leds.csv", params);
     }
@@ -684,8 +689,9 @@
     setSeries(body) {
       this.series = new Map();
       this.bucketMs = typeof body.bucket_ms === "number" && body.bucket_ms > 0 ? body.bucket_ms : 0;
+      // A range that ends in the future was answered up to now.
       const until = parseTime(body.until);
-      this.answeredUntil = until !== null ? until : this.window.until;
+      this.answeredUntil = Math.min(until !== null ? until : this.window.until, Date.now());
       for (const p of Array.isArray(body.points) ? body.points : []) {
         if (!p || typeof p.sensor !== "string" || typeof p.celsius !== "number") continue;
         const atMs = parseTime(p.at);
@@ -736,6 +742,7 @@
     // a point of its own, or into its time bucket when the chart shows buckets.
     addLiveReading(sensor, atMs, celsius) {
       if (atMs === null || typeof celsius !== "number" || !this.window.live) return;
+      if (this.window.fixed && atMs > this.window.until) return;
       if (this.loading) {
         this.whileLoading.push(() => this.addLiveReading(sensor, atMs, celsius));
         return;
@@ -986,6 +993,7 @@
     // the timeline while the range ends now.
     addLiveLed(name, on, atMs) {
       if (atMs === null || !this.window.live) return;
+      if (this.window.fixed && atMs > this.window.until) return;
       if (this.loading) {
         this.whileLoading.push(() => this.addLiveLed(name, on, atMs));
         return;
@@ -1076,7 +1084,7 @@
           bar.dataset.until = s.until === null ? "" : new Date(s.until).toISOString();
           const off =
             s.until !== null ? "off " + formatWhen(s.until) :
-            w.live ? "still on" : "still on at the end of the range";
+            w.fixed ? "still on at the end of the range" : "still on";
           bar.title = s.spans > 1
             ? name + ": on " + s.spans + " times between " + formatWhen(s.from) + " and " +
               (s.until !== null ? formatWhen(s.until) : "now") + " (zoom in to see each)"

@@ -1202,6 +1202,30 @@ fn ranges_reload_downsampled_history_with_led_changes_and_csv_downloads() {
     let body = leds[2].as_str().unwrap();
     assert!(body.lines().any(|l| l.contains(&iso(on)[..19]) && l.contains("red")), "{body}");
 
+    // A custom range that ends in the future is live.
+    let from = now - 2 * HOUR_MS;
+    browser.eval(&format!(
+        "(() => {{ const c = {card}; \
+         c.querySelector('input[name=from]').value = new Date({from}).toISOString().slice(0, 16); \
+         c.querySelector('input[name=to]').value = new Date({}).toISOString().slice(0, 16); \
+         return 0; }})()",
+        now + HOUR_MS
+    ));
+    browser.click(&in_card(KITCHEN, ".show-range"));
+    browser.wait_for(
+        "the custom range up to the next hour",
+        &format!(
+            "{card}.dataset.history === 'loaded' && {card}.dataset.live === 'true' \
+             && {card}.dataset.range === 'custom'"
+        ),
+    );
+    let before = browser.eval(&history_state(KITCHEN))[4].as_u64().unwrap();
+    accept(&mut ingest, kitchen.frame(&temperature("room", 26_000), support::now_ms()));
+    browser.wait_for(
+        "the reading in the range",
+        &format!("Number({}.dataset.points) === {}", in_card(KITCHEN, ".chart"), before + 1),
+    );
+
     // Back to a range that ends now: live again, and a switch now extends its timeline.
     browser.click(&in_card(KITCHEN, "button[data-range='24h']"));
     wait_for_range(&mut browser, KITCHEN, "24h", "the last 24 hours");
