@@ -1120,7 +1120,7 @@ fn ranges_reload_downsampled_history_with_led_changes_and_csv_downloads() {
     ));
     let iso = |ms: i64| browser_iso(ms);
     let left = ((on - day) as f64 * 10_000.0 / DAY_MS as f64).round() as u64;
-    let (day_name, date) = (browser_day(day), browser_date(day));
+    let (day_name, date) = (browser_day(day), browser_date(day, now));
     assert_eq!(
         span,
         json!([[
@@ -1265,12 +1265,15 @@ fn browser_day(ms: i64) -> &'static str {
     ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][ms.div_euclid(DAY_MS).rem_euclid(7) as usize]
 }
 
-/// The page's "24 Nov" for the UTC day of `ms` (the tests run in the current year).
-fn browser_date(ms: i64) -> String {
-    let (_, month, day) = civil_from_days(ms.div_euclid(DAY_MS));
+/// The page's "24 Nov" for the UTC day of `ms`, "29 Dec 2025" when that is not in the year of
+/// `now`.
+fn browser_date(ms: i64, now: i64) -> String {
+    let (year, month, day) = civil_from_days(ms.div_euclid(DAY_MS));
     let months =
         ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    format!("{day} {}", months[month as usize - 1])
+    let this_year = civil_from_days(now.div_euclid(DAY_MS)).0;
+    let year = if year == this_year { String::new() } else { format!(" {year}") };
+    format!("{day} {}{year}", months[month as usize - 1])
 }
 
 /// Howard Hinnant's days-to-civil: (year, month 1-12, day 1-31) of a day since 1970-01-01.
