@@ -1307,3 +1307,19 @@ fn downloaded(dir: &Path) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn dates_are_written_as_the_page_writes_them() {
+    let vectors = [
+        (0, "1970-01-01T00:00:00.000Z", "Thu"),
+        (951_827_696_789, "2000-02-29T12:34:56.789Z", "Tue"),
+        (1_795_910_400_000, "2026-11-29T00:00:00.000Z", "Sun"),
+        (-1, "1969-12-31T23:59:59.999Z", "Wed"),
+    ];
+    for (ms, iso, weekday) in vectors {
+        assert_eq!(browser_iso(ms), iso, "{ms}");
+        assert_eq!(browser_day(ms), weekday, "{ms}");
+    }
+    assert_eq!(browser_date(1_795_910_400_000, 1_795_910_400_000), "29 Nov");
+    assert_eq!(browser_date(951_827_696_789, 1_795_910_400_000), "29 Feb 2000");
+}
