@@ -213,7 +213,10 @@ pub trait Store: Send + 'static {
     fn save_notifier_cap(&mut self, notifier: &str, cap: CapState) -> Result<(), Error>;
 
     /// Deletes temperature readings and LED changes received before `cutoff`; current states,
-    /// replay windows and alert state are kept. Returns the rows deleted.
+    /// replay windows, alert state and the 1-hour aggregates are kept, and the 1-minute
+    /// aggregates back to [`MINUTE_AGGREGATE_RETENTION`](crate::MINUTE_AGGREGATE_RETENTION)
+    /// before now (at least back to `cutoff`). Records the cut-offs, so that a chart of an older
+    /// range is made of the aggregates. Returns the raw rows deleted.
     fn prune(&mut self, cutoff: UnixMillis) -> Result<usize, Error>;
 
     /// Flushes and closes (for SQLite: checkpoints the write-ahead log into the file).
