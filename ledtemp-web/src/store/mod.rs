@@ -35,8 +35,8 @@ use crate::Error;
 use crate::alerts::{CapState, EngineState};
 use crate::command::{CommandOutcome, CommandRecord, CommandSettlement};
 use crate::history::{
-    self, Aggregate, BucketPlan, EXPORT_PAGE_ROWS, ExportSink, HOUR_MS, LedHistory,
-    MAX_LED_CHANGES, MINUTE_MS, RangeQuery, Resolution, TemperatureHistory,
+    self, Aggregate, BucketPlan, EXPORT_PAGE_ROWS, ExportSink, LedHistory, MAX_LED_CHANGES,
+    MINUTE_MS, RangeQuery, Resolution, TemperatureHistory,
 };
 use crate::model::{DeviceState, DeviceUpdate, LedPoint, TemperaturePoint, UnixMillis};
 
@@ -287,8 +287,16 @@ pub(crate) trait RangeReader {
     /// prunes so far.
     fn bounds(&self) -> Result<(i64, i64), Error>;
 
-    /// The sensors of `device` with readings in hour buckets `from..=until`, by name.
-    fn sensors(&self, device: &DeviceId, from: i64, until: i64) -> Result<Vec<SensorName>, Error>;
+    /// The sensors of `device` (only `sensor`, if set) with readings in the hours that overlap
+    /// `[since, until]`, by name, each with the readings of the hours wholly inside the range: a
+    /// lower bound of its readings in the range.
+    fn sensors(
+        &self,
+        device: &DeviceId,
+        sensor: Option<&SensorName>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(SensorName, i64)>, Error>;
 
     /// At most `limit` raw readings of one sensor in `[since, until]`, oldest first.
     fn raw(
@@ -343,15 +351,15 @@ pub(crate) fn temperature_history(
     let (since, until) = (query.since.0, query.until.0);
     let points = query.points.max(1);
     let (raw_since, minutes_since) = reader.bounds()?;
-    let sensors = match &query.sensor {
-        Some(sensor) => vec![sensor.clone()],
-        None => reader.sensors(&query.device, history::bucket_start(since, HOUR_MS), until)?,
-    };
+    let sensors = reader.sensors(&query.device, query.sensor.as_ref(), since, until)?;
     let plan = BucketPlan::new(since, until, points, minutes_since);
     let mut out = Vec::new();
     let mut bucketed = false;
-    for sensor in &sensors {
-        if since >= raw_since {
+    for (sensor, at_least) in &sensors {
+        // Raw when the raw rows are all there and few enough; the whole hours inside the range
+        // already holding more spare the look.
+        let few = usize::try_from(*at_least).is_ok_and(|at_least| at_least <= points);
+        if since >= raw_since && few {
             let raw = reader.raw(&query.device, sensor, since, until, points + 1)?;
             if raw.len() <= points {
                 history::raw_points(raw, &mut out);

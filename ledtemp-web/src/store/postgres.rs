@@ -1146,18 +1146,31 @@ impl RangeReader for PostgresHistory {
         }
     }
 
-    fn sensors(&self, device: &DeviceId, from: i64, until: i64) -> Result<Vec<SensorName>, Error> {
+    fn sensors(
+        &self,
+        device: &DeviceId,
+        sensor: Option<&SensorName>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(SensorName, i64)>, Error> {
         let device = device.as_str();
+        let sensor = sensor.map(SensorName::as_str);
+        let from = crate::history::bucket_start(since, HOUR_MS);
+        let last_whole = until.saturating_sub(HOUR_MS - 1);
         let rows = self.select(
-            "SELECT DISTINCT sensor FROM temperature_hours
-             WHERE device = $1::text AND bucket_ms >= $2::int8 AND bucket_ms <= $3::int8
-             ORDER BY sensor",
-            &[&device, &from, &until],
+            "SELECT sensor, SUM(CASE WHEN bucket_ms >= $2::int8 AND bucket_ms <= $5::int8
+                                     THEN count ELSE 0 END)::int8
+             FROM temperature_hours
+             WHERE device = $1::text AND ($6::text IS NULL OR sensor = $6::text)
+               AND bucket_ms >= $3::int8 AND bucket_ms <= $4::int8
+             GROUP BY sensor ORDER BY sensor",
+            &[&device, &since, &from, &until, &last_whole, &sensor],
         )?;
         let mut sensors = Vec::with_capacity(rows.len());
         for row in &rows {
-            let text: String = row.try_get(0).map_err(db)?;
-            sensors.extend(name("sensor name", &text, SensorName::new));
+            let (text, at_least): (String, i64) =
+                (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+            sensors.extend(name("sensor name", &text, SensorName::new).map(|s| (s, at_least)));
         }
         Ok(sensors)
     }

@@ -762,6 +762,11 @@ impl SqliteHistory {
     }
 }
 
+/// The first hour overlapping `[since, until]`, and the start of the last hour wholly in it.
+fn hours_of(since: i64, until: i64) -> (i64, i64) {
+    (history::bucket_start(since, HOUR_MS), until.saturating_sub(HOUR_MS - 1))
+}
+
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -779,20 +784,35 @@ impl RangeReader for SqliteHistory {
             .map_err(db)
     }
 
-    fn sensors(&self, device: &DeviceId, from: i64, until: i64) -> Result<Vec<SensorName>, Error> {
+    fn sensors(
+        &self,
+        device: &DeviceId,
+        sensor: Option<&SensorName>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(SensorName, i64)>, Error> {
         let conn = self.connection();
         let mut statement = conn
             .prepare_cached(
-                "SELECT DISTINCT sensor FROM temperature_hours
-                 WHERE device = ?1 AND bucket_ms >= ?2 AND bucket_ms <= ?3 ORDER BY sensor",
+                "SELECT sensor,
+                        SUM(CASE WHEN bucket_ms >= ?2 AND bucket_ms <= ?5 THEN count ELSE 0 END)
+                 FROM temperature_hours
+                 WHERE device = ?1 AND (?6 IS NULL OR sensor = ?6)
+                   AND bucket_ms >= ?3 AND bucket_ms <= ?4
+                 GROUP BY sensor ORDER BY sensor",
             )
             .map_err(db)?;
+        let (from, last_whole) = hours_of(since, until);
+        let sensor = sensor.map(SensorName::as_str);
         let rows = statement
-            .query_map(params![device.as_str(), from, until], |row| row.get::<_, String>(0))
+            .query_map(params![device.as_str(), since, from, until, last_whole, sensor], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
             .map_err(db)?;
         let mut sensors = Vec::new();
         for row in rows {
-            sensors.extend(sensor_of(&row.map_err(db)?));
+            let (sensor, at_least) = row.map_err(db)?;
+            sensors.extend(sensor_of(&sensor).map(|sensor| (sensor, at_least)));
         }
         Ok(sensors)
     }
